@@ -188,10 +188,12 @@ def download(
     source = DATASETS[name]
     expected = dict(source.files if checksums is None else checksums)
     if set(expected) != set(source.files):
-        raise ValueError(f"checksums for {name!r} must name exactly {sorted(source.files)}, received {sorted(expected)}")
+        raise ValueError(f"checksums for {name!r} must name exactly {sorted(source.files)}, "
+                         f"received {sorted(expected)}")
     target = os.path.abspath(os.path.join(data_dir, source.target_dir))
     finals = {file: os.path.join(target, file) for file in expected}
-    stale = sorted(f for f, path in finals.items() if force or not (os.path.isfile(path) and sha256_of(path) == expected[f]))
+    stale = sorted(f for f, path in finals.items()
+                   if force or not (os.path.isfile(path) and sha256_of(path) == expected[f]))
     if not stale:
         logger.info("%s: all %d files present and verified in %s", name, len(finals), target)
         return list(finals.values())
@@ -221,7 +223,8 @@ def download(
         for file, path in candidates.items():
             actual = sha256_of(path)
             if actual != expected[file]:
-                mismatches.append(f"{os.path.join(source.target_dir, file)}: expected sha256 {expected[file]}, received {actual}")
+                mismatches.append(f"{os.path.join(source.target_dir, file)}: "
+                                  f"expected sha256 {expected[file]}, received {actual}")
         if mismatches:
             raise ChecksumError(f"checksum mismatch for {len(mismatches)} file(s) of {name} from {url} "
                                 "(nothing was written): " + "; ".join(mismatches))

@@ -133,7 +133,8 @@ def test_fake_files_with_injected_checksums_then_skip_and_force(server, tmp_path
     paths = dl.download("movielens", out, base_url=server.url, checksums=checksums, progress=False)
     assert sorted(os.path.basename(p) for p in paths) == sorted(MOVIELENS_FILES)
     assert all(dl.sha256_of(p) == checksums[os.path.basename(p)] for p in paths)
-    assert _files_under(os.path.join(out, "movielens")) == sorted(os.path.join("ml-latest-small", f) for f in MOVIELENS_FILES)
+    expected_files = sorted(os.path.join("ml-latest-small", f) for f in MOVIELENS_FILES)
+    assert _files_under(os.path.join(out, "movielens")) == expected_files
     dl.download("movielens", out, base_url=server.url, checksums=checksums, progress=False)
     assert len(server.requests) == 1
     dl.download("movielens", out, base_url=server.url, checksums=checksums, force=True, progress=False)
@@ -234,7 +235,8 @@ def test_argument_errors(tmp_path, monkeypatch, capsys):
 
 
 def test_official_urls_and_base_url():
-    assert dl.source_url(dl.DATASETS["movielens"]) == "https://files.grouplens.org/datasets/movielens/ml-latest-small.zip"
+    official = "https://files.grouplens.org/datasets/movielens/ml-latest-small.zip"
+    assert dl.source_url(dl.DATASETS["movielens"]) == official
     assert dl.source_url(dl.DATASETS["clinc150"], "http://mirror/x/") == "http://mirror/x/data_full.json"
 
 

@@ -1,0 +1,463 @@
+"""Synthetic recommendation data at any scale, in the feature pipeline's generic input format.
+
+``python -m pipelines.synthetic --output_dir DIR --num_users N --num_items M --num_interactions K``
+writes ``DIR/schema.json``, ``DIR/items.jsonl`` (every item, with its features),
+``DIR/interactions.csv`` (or ``interactions-SSSSS-of-NNNNN.csv`` shards; columns user_id, item_id,
+timestamp, weight; rows in time order) and ``DIR/generation.json`` (resolved config and realised
+statistics). Output is a pure function of the config: the same seed gives byte-identical files.
+
+Generative story (what CFM should find, and what it should not):
+
+Items. Each item has a hidden latent ``topic`` (not written), drawn from topic shares
+``Dirichlet(2)``. From it:
+
+- ``category``: the topic's home category (topics are spread over categories, several topics per
+  category), replaced by a uniformly random category with probability ``category_noise``.
+  Almost determined by the topic.
+- ``subcategory``: nested in the category (``cat3/sub1``): the slot inside the category is
+  drawn from a topic-specific distribution. Determines the category exactly.
+- ``brand``: one of the subcategory's own ``brands_per_subcategory`` brands (Zipf inside the
+  subcategory), or with probability ``brand_noise`` any brand. Strongly tied to subcategory.
+- ``tags`` (multivalent, 1-5 distinct values): each drawn from the topic's own tag list (Zipf
+  over ``tags_per_topic`` tags) or, with probability ``tag_noise``, from a global Zipf over all
+  tags. Dependent on category/subcategory/brand through the topic.
+- ``year``: normal around a topic-specific mean (spread 5 years) with a 7-year standard
+  deviation. Weakly related to the others.
+- ``price_bucket`` and ``language``: drawn independently of everything (fixed, skewed marginals).
+
+Dependent pairs therefore: category-subcategory, subcategory-brand, category-brand (strong);
+tags with each of those (medium); year with each of those (weak). Independent pairs: price_bucket
+and language with every feature and with each other.
+
+Popularity. A random permutation gives every item a rank r; its popularity is r^-zipf_exponent,
+except for a random ``cold_item_fraction`` of items (new catalogue entries) with popularity zero.
+Zero-popularity items never receive an interaction; with a Zipf exponent near 1 many tail items
+also get none by chance.
+
+Users and interactions. A user prefers 1..``max_topics_per_user`` topics (chosen in proportion to
+topic shares) with Dirichlet(1) weights; activity is log-normal, every user has at least one
+interaction. A user's history is a sequence of sessions (a new session starts with probability
+``session_break_probability``); each session picks one of the user's topics, and each
+interaction in it picks an item of that topic by popularity, or with probability ``exploration``
+any item by global popularity. So the item's features predict who interacts with it. Timestamps
+increase strictly per user: gaps of ~5 minutes within a session and ~3 days between sessions,
+compressed when a very active user would overflow the time range. ``weight`` is a 1-5 rating:
+higher when the item's topic is one the user prefers, plus a per-item quality and noise.
+
+Speed: vectorised numpy, streamed writes; see BENCHMARKS.md for the time at 2M interactions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+ITEM_FEATURES = ("category", "subcategory", "brand", "tags", "price_bucket", "language", "year")
+PRICE_BUCKETS, PRICE_PROBS = ("p0", "p1", "p2", "p3", "p4"), (0.30, 0.25, 0.20, 0.15, 0.10)
+LANGUAGES, LANGUAGE_PROBS = ("en", "es", "de", "fr", "ja", "pt"), (0.45, 0.15, 0.12, 0.12, 0.10, 0.06)
+SCHEMA_FILE, ITEMS_FILE, SUMMARY_FILE = "schema.json", "items.jsonl", "generation.json"
+_WRITE_CHUNK = 200_000
+
+
+def _field(default, help_text: str):
+    return dataclasses.field(default=default, metadata={"help": help_text})
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+    """What to generate and where. Every field is also a ``--flag`` of the CLI."""
+
+    output_dir: str = _field("", "directory to write schema.json, items.jsonl, interactions*.csv")
+    num_users: int = _field(10_000, "number of users (each gets at least one interaction)")
+    num_items: int = _field(5_000, "number of items (all are written to items.jsonl)")
+    num_interactions: int = _field(200_000, "number of interaction rows")
+    seed: int = _field(0, "random seed; the output is a deterministic function of the config")
+    zipf_exponent: float = _field(1.0, "item popularity is rank^-zipf_exponent")
+    cold_item_fraction: float = _field(0.02, "fraction of items with zero popularity (never interacted)")
+    num_topics: int = _field(20, "number of latent item topics")
+    num_categories: int = _field(10, "number of categories (a topic has one home category)")
+    subcategories_per_category: int = _field(4, "subcategories nested in each category")
+    brands_per_subcategory: int = _field(6, "brands owned by each subcategory")
+    num_tags: int = _field(300, "size of the tag vocabulary")
+    tags_per_topic: int = _field(12, "size of each topic's own tag list")
+    category_noise: float = _field(0.05, "probability that an item's category ignores its topic")
+    brand_noise: float = _field(0.10, "probability that an item's brand ignores its subcategory")
+    tag_noise: float = _field(0.20, "probability that a tag comes from the global tag distribution")
+    max_topics_per_user: int = _field(3, "a user prefers 1..this many topics")
+    exploration: float = _field(0.10, "probability that an interaction ignores the user's topics")
+    session_break_probability: float = _field(0.20, "probability that an interaction starts a new session")
+    start_timestamp: int = _field(1_546_300_800, "earliest timestamp, seconds (2019-01-01 UTC)")
+    end_timestamp: int = _field(1_704_067_200, "latest timestamp, seconds (2024-01-01 UTC)")
+    with_weights: bool = _field(True, "write a 1-5 rating as the weight column")
+    num_shards: int = _field(1, "number of interaction CSV files")
+    overwrite: bool = _field(False, "replace an earlier generator output in output_dir")
+
+    def __post_init__(self):
+        positive = ("num_users", "num_items", "num_interactions", "num_topics", "num_categories",
+                    "subcategories_per_category", "brands_per_subcategory", "num_tags",
+                    "tags_per_topic", "max_topics_per_user", "num_shards")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, received {getattr(self, name)}")
+        for name in ("cold_item_fraction", "category_noise", "brand_noise", "tag_noise",
+                     "exploration", "session_break_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], received {getattr(self, name)}")
+        if self.cold_item_fraction >= 1.0:
+            raise ValueError("cold_item_fraction must be < 1 so that some items can be interacted with")
+        if not 0.0 <= self.zipf_exponent <= 5.0:
+            raise ValueError(f"zipf_exponent must be in [0, 5], received {self.zipf_exponent}")
+        if self.num_interactions < self.num_users:
+            raise ValueError(f"num_interactions ({self.num_interactions}) must be >= num_users "
+                             f"({self.num_users}): every user has at least one interaction")
+        if self.tags_per_topic > self.num_tags:
+            raise ValueError(f"tags_per_topic ({self.tags_per_topic}) exceeds num_tags ({self.num_tags})")
+        if self.max_topics_per_user > self.num_topics:
+            raise ValueError(f"max_topics_per_user ({self.max_topics_per_user}) exceeds num_topics ({self.num_topics})")
+        if self.end_timestamp - self.start_timestamp < self.num_interactions:
+            raise ValueError("end_timestamp - start_timestamp must be at least num_interactions seconds, "
+                             f"received [{self.start_timestamp}, {self.end_timestamp}]")
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratedFiles:
+    """Absolute paths of one generator output, plus the realised statistics (``generation.json``)."""
+
+    schema: str
+    items: str
+    interactions: tuple[str, ...]
+    summary: str
+    stats: dict
+
+
+def _zipf(n: int, exponent: float) -> np.ndarray:
+    weights = np.arange(1, n + 1, dtype=np.float64) ** -exponent
+    return weights / weights.sum()
+
+
+def _sample_rows(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One categorical draw per row of ``probs`` ([n, k] float, rows sum to 1) -> [n] int64."""
+    cumulative = np.cumsum(probs, axis=1)
+    draws = rng.random((probs.shape[0], 1)) * cumulative[:, -1:]
+    return np.minimum((draws >= cumulative).sum(axis=1), probs.shape[1] - 1)
+
+
+def sample_items(config: SyntheticConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Samples the item table (see the module docstring for the generative story).
+
+    Returns:
+      Integer codes, each [num_items] int64 unless noted: ``topic`` (hidden), ``category``,
+      ``subcategory`` (global index, category * subcategories_per_category + slot), ``brand``
+      (global index), ``tags`` ([num_items, 5], -1 = no tag; distinct per row, at least one),
+      ``price_bucket``, ``language``, ``year``, and ``popularity`` ([num_items] float64, >= 0).
+    """
+    c = config
+    m, subs, brands = c.num_items, c.subcategories_per_category, c.brands_per_subcategory
+    topic_share = rng.dirichlet(np.full(c.num_topics, 2.0))
+    topic = rng.choice(c.num_topics, size=m, p=topic_share)
+    home_category = rng.permutation(np.arange(c.num_topics) % c.num_categories)
+    category = np.where(rng.random(m) < c.category_noise, rng.integers(c.num_categories, size=m), home_category[topic])
+    topic_slot_probs = rng.dirichlet(np.full(subs, 0.5), size=c.num_topics)  # [T, subs]
+    subcategory = category * subs + _sample_rows(topic_slot_probs[topic], rng)
+    own_brand = subcategory * brands + rng.choice(brands, size=m, p=_zipf(brands, 1.0))
+    num_brands = c.num_categories * subs * brands
+    brand = np.where(rng.random(m) < c.brand_noise, rng.integers(num_brands, size=m), own_brand)
+
+    topic_tags = np.stack([rng.choice(c.num_tags, c.tags_per_topic, replace=False) for _ in range(c.num_topics)])
+    own_tags = topic_tags[topic[:, None], rng.choice(c.tags_per_topic, size=(m, 5), p=_zipf(c.tags_per_topic, 1.0))]
+    global_tags = rng.choice(c.num_tags, size=(m, 5), p=_zipf(c.num_tags, 1.0))
+    tags = np.where(rng.random((m, 5)) < c.tag_noise, global_tags, own_tags)
+    tags[np.arange(5)[None, :] >= 1 + rng.binomial(4, 0.4, size=m)[:, None]] = -1
+    tags = -np.sort(-tags, axis=1)  # descending: duplicates adjacent, -1 padding last
+    tags[:, 1:][tags[:, 1:] == tags[:, :-1]] = -1
+    tags = -np.sort(-tags, axis=1)
+
+    year = np.rint(rng.normal(2010.0, 5.0, size=c.num_topics)[topic] + rng.normal(0.0, 7.0, size=m))
+    popularity = np.arange(1, m + 1, dtype=np.float64)[rng.permutation(m)] ** -c.zipf_exponent
+    popularity[rng.permutation(m)[: min(int(round(c.cold_item_fraction * m)), m - 1)]] = 0.0
+    return {
+        "topic": topic, "category": category, "subcategory": subcategory, "brand": brand, "tags": tags,
+        "price_bucket": rng.choice(len(PRICE_BUCKETS), size=m, p=PRICE_PROBS),
+        "language": rng.choice(len(LANGUAGES), size=m, p=LANGUAGE_PROBS),
+        "year": np.clip(year, 1970, 2024).astype(np.int64), "popularity": popularity,
+    }
+
+
+def sample_interactions(
+    config: SyntheticConfig, items: dict[str, np.ndarray], rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Samples users' sessions and interactions given the item table of :func:`sample_items`.
+
+    Returns:
+      ``user``, ``item``, ``timestamp`` (seconds), ``weight`` (1-5 rating): [num_interactions]
+      int64 each, sorted by (timestamp, user); timestamps strictly increase per user.
+    """
+    c = config
+    n, k, num_topics = c.num_users, c.num_interactions, c.num_topics
+    activity = rng.lognormal(0.0, 1.0, size=n)
+    counts = 1 + rng.multinomial(k - n, activity / activity.sum())
+    user = np.repeat(np.arange(n), counts)
+    user_start = np.cumsum(counts) - counts
+
+    topic_demand = np.bincount(items["topic"], weights=items["popularity"], minlength=num_topics) + 1e-12
+    keys = np.log(topic_demand)[None, :] + rng.gumbel(size=(n, num_topics))  # Gumbel top-k: no repeats
+    preferred = np.argsort(-keys, axis=1)[:, : c.max_topics_per_user]  # [n, max_topics]
+    preference = rng.dirichlet(np.ones(c.max_topics_per_user), size=n)
+    num_preferred = rng.integers(1, c.max_topics_per_user + 1, size=(n, 1))
+    preference[np.arange(c.max_topics_per_user)[None, :] >= num_preferred] = 0.0
+
+    starts_session = rng.random(k) < c.session_break_probability
+    starts_session[user_start] = True
+    session = np.cumsum(starts_session) - 1
+    session_user = user[starts_session]
+    session_topic = preferred[session_user, _sample_rows(preference[session_user], rng)]
+    topic = session_topic[session]
+
+    # Popularity-proportional item choice within the topic: one searchsorted over the items sorted
+    # by topic; a topic owns the cumulative-popularity interval [start, end).
+    by_topic = np.argsort(items["topic"], kind="stable")
+    cumulative = np.cumsum(items["popularity"][by_topic])
+    bounds = np.searchsorted(items["topic"][by_topic], np.arange(num_topics + 1))
+    padded = np.concatenate([[0.0], cumulative])
+    start, end = padded[bounds[:-1]], padded[bounds[1:]]
+    last_positive = np.searchsorted(cumulative, end, side="left")  # last item whose cumsum reaches end
+    target = start[topic] + rng.random(k) * (end - start)[topic]
+    position = np.minimum(np.searchsorted(cumulative, target, side="right"), last_positive[topic])
+    item = by_topic[np.minimum(position, len(by_topic) - 1)]
+    explore = (rng.random(k) < c.exploration) | ((end - start)[topic] <= 0)
+    global_draw = np.searchsorted(cumulative, rng.random(k) * cumulative[-1], side="right")
+    item = np.where(explore, by_topic[np.minimum(global_draw, len(by_topic) - 1)], item)
+
+    gaps = np.where(starts_session, rng.exponential(3 * 86_400.0, size=k), rng.exponential(300.0, size=k))
+    gaps = 1 + np.floor(gaps).astype(np.int64)
+    gaps[user_start] = 0
+    span = np.add.reduceat(gaps, user_start)
+    time_range = c.end_timestamp - c.start_timestamp
+    scale = np.where(span > time_range, (time_range - counts) / np.maximum(span - counts, 1), 1.0)
+    gaps = np.where(gaps > 0, 1 + np.floor((gaps - 1) * scale[user]).astype(np.int64), 0)
+    elapsed = np.cumsum(gaps)
+    offsets = elapsed - np.repeat(elapsed[user_start], counts)  # gaps[user_start] == 0
+    span = np.add.reduceat(gaps, user_start)
+    first = c.start_timestamp + np.floor(rng.random(n) * (time_range - span + 1)).astype(np.int64)
+    timestamp = first[user] + offsets
+
+    likes = (items["topic"][item][:, None] == preferred[user]) & (preference[user] > 0)
+    quality = rng.normal(0.0, 0.5, size=c.num_items)
+    rating = 3.0 + 0.8 * likes.any(axis=1) + quality[item] + rng.normal(0.0, 0.9, size=k)
+    order = np.lexsort((user, timestamp))
+    return {"user": user[order], "item": item[order], "timestamp": timestamp[order],
+            "weight": np.clip(np.rint(rating), 1, 5).astype(np.int64)[order]}
+
+
+def _ids(prefix: str, count: int, min_width: int) -> list[str]:
+    width = max(min_width, len(str(count - 1)))
+    return [f"{prefix}{i:0{width}d}" for i in range(count)]
+
+
+def _schema(config: SyntheticConfig, interactions_path: str) -> dict:
+    interactions = {"path": interactions_path, "user_id": "user_id", "item_id": "item_id", "timestamp": "timestamp"}
+    if config.with_weights:
+        interactions["weight"] = "weight"
+    features = [{"name": name, "column": name, "multivalent": name == "tags"} for name in ITEM_FEATURES]
+    features[ITEM_FEATURES.index("tags")]["separator"] = "|"
+    return {"interactions": interactions, "items": {"path": ITEMS_FILE, "item_id": "item_id", "features": features},
+            "item_events": []}
+
+
+def _item_lines(config: SyntheticConfig, items: dict[str, np.ndarray], item_ids: list[str]):
+    c = config
+    cat_width = len(str(c.num_categories - 1))
+    categories = [f"cat{i:0{cat_width}d}" for i in range(c.num_categories)]
+    subcategories = [f"{categories[i // c.subcategories_per_category]}/sub{i % c.subcategories_per_category}"
+                     for i in range(c.num_categories * c.subcategories_per_category)]
+    brands = _ids("brand", len(subcategories) * c.brands_per_subcategory, 4)
+    tag_names = _ids("tag", c.num_tags, 3)
+    columns = zip(item_ids, items["category"].tolist(), items["subcategory"].tolist(), items["brand"].tolist(),
+                  items["tags"].tolist(), items["price_bucket"].tolist(), items["language"].tolist(),
+                  items["year"].tolist())
+    for item_id, cat, sub, brand, tags, price, language, year in columns:
+        yield json.dumps({
+            "item_id": item_id, "category": categories[cat], "subcategory": subcategories[sub],
+            "brand": brands[brand], "tags": [tag_names[t] for t in tags if t >= 0],
+            "price_bucket": PRICE_BUCKETS[price], "language": LANGUAGES[language], "year": str(year),
+        }) + "\n"
+
+
+def _write_lines(path: str, header: str, lines, total: int, label: str) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as f, tqdm(total=total, desc=label, unit="row",
+                                                                    unit_scale=True, leave=False) as bar:
+        f.write(header)
+        buffer = []
+        for line in lines:
+            buffer.append(line)
+            if len(buffer) == _WRITE_CHUNK:
+                f.write("".join(buffer))
+                bar.update(len(buffer))
+                buffer.clear()
+        f.write("".join(buffer))
+        bar.update(len(buffer))
+
+
+def _mutual_information(x: np.ndarray, y: np.ndarray, weight: np.ndarray) -> float:
+    """Plug-in MI in nats of aligned [n] int64 codes with [n] float64 sample masses."""
+    _, pair = np.unique(x * (int(y.max()) + 1) + y, return_inverse=True)
+    p_joint, p_x, p_y = (np.bincount(v, weights=weight) / weight.sum() for v in (pair, x, y))
+    return float(sum(np.sum(p[p > 0] * np.log(p[p > 0])) * sign for p, sign in ((p_joint, 1), (p_x, -1), (p_y, -1))))
+
+
+def measure_dependence(items: dict[str, np.ndarray]) -> dict[str, float]:
+    """MI (nats) between every pair of written item features, keyed ``"a|b"``.
+
+    Same definition as the feature pipeline's ``item_feature_mi.json``: every item has unit
+    mass, spread evenly over its tags for pairs with ``tags``. Plug-in estimates are biased
+    upwards by about (|A| - 1)(|B| - 1) / (2 n), so compare pairs at similar cardinality.
+    """
+    has_tag = items["tags"] >= 0
+    tag_count = has_tag.sum(axis=1)
+    result = {}
+    for i, a in enumerate(ITEM_FEATURES):
+        for b in ITEM_FEATURES[i + 1:]:
+            if "tags" in (a, b):
+                other = np.repeat(items[b if a == "tags" else a], tag_count)
+                x, y, weight = items["tags"][has_tag], other, np.repeat(1.0 / tag_count, tag_count)
+            else:
+                x, y, weight = items[a], items[b], np.ones(len(items[a]))
+            result[f"{a}|{b}"] = round(_mutual_information(x - x.min(), y - y.min(), weight), 4)
+    return result
+
+
+def _stats(config: SyntheticConfig, items: dict[str, np.ndarray], inter: dict[str, np.ndarray]) -> dict:
+    per_item = np.bincount(inter["item"], minlength=config.num_items)
+    top = np.sort(per_item)[::-1][: max(1, config.num_items // 5)]
+    return {
+        "num_users": config.num_users, "num_items": config.num_items, "num_interactions": int(len(inter["item"])),
+        "items_with_interactions": int((per_item > 0).sum()), "items_without_interactions": int((per_item == 0).sum()),
+        "cold_items": int((items["popularity"] == 0).sum()), "top_20pct_items_share": float(top.sum() / per_item.sum()),
+        "max_item_interactions": int(per_item.max()),
+        "mean_tags_per_item": float((items["tags"] >= 0).sum(axis=1).mean()),
+        "timestamp_range": [int(inter["timestamp"].min()), int(inter["timestamp"].max())],
+        "item_feature_mi_nats": measure_dependence(items),
+    }
+
+
+def _outputs(config: SyntheticConfig) -> list[str]:
+    if config.num_shards == 1:
+        return ["interactions.csv"]
+    return [f"interactions-{i:05d}-of-{config.num_shards:05d}.csv" for i in range(config.num_shards)]
+
+
+def generate(config: SyntheticConfig) -> GeneratedFiles:
+    """Generates the data set described by ``config`` into ``config.output_dir``.
+
+    Files are written into a hidden temporary directory inside ``output_dir`` and moved into
+    place when complete, ``schema.json`` last, so a reader that finds ``schema.json`` finds the
+    whole data set.
+
+    Raises:
+      ValueError: ``output_dir`` is empty, holds a ``schema.json`` this generator did not write,
+        or holds an earlier generator output and ``config.overwrite`` is false.
+    """
+    if not config.output_dir:
+        raise ValueError("output_dir is required")
+    output_dir = os.path.abspath(config.output_dir)
+    schema_path = os.path.join(output_dir, SCHEMA_FILE)
+    if os.path.exists(schema_path):
+        if not os.path.exists(os.path.join(output_dir, SUMMARY_FILE)):
+            raise ValueError(f"{output_dir} holds a {SCHEMA_FILE} that this generator did not write "
+                             f"(no {SUMMARY_FILE}); choose another output_dir")
+        if not config.overwrite:
+            raise ValueError(f"{output_dir} already holds a generated data set; pass overwrite=True "
+                             "(--overwrite) to replace it")
+    started = time.perf_counter()
+    item_seed, interaction_seed = np.random.SeedSequence(config.seed).spawn(2)
+    items = sample_items(config, np.random.default_rng(item_seed))
+    inter = sample_interactions(config, items, np.random.default_rng(interaction_seed))
+    logger.info("sampled %d items and %d interactions in %.1fs", config.num_items, config.num_interactions,
+                time.perf_counter() - started)
+    stats = _stats(config, items, inter)
+
+    os.makedirs(output_dir, exist_ok=True)
+    shard_names = _outputs(config)
+    staging = tempfile.mkdtemp(prefix=".tmp-synthetic-", dir=output_dir)
+    try:
+        item_ids, user_ids = _ids("i", config.num_items, 7), _ids("u", config.num_users, 6)
+        _write_lines(os.path.join(staging, ITEMS_FILE), "", _item_lines(config, items, item_ids),
+                     config.num_items, ITEMS_FILE)
+        header = "user_id,item_id,timestamp" + (",weight\n" if config.with_weights else "\n")
+        bounds = np.linspace(0, config.num_interactions, config.num_shards + 1).astype(np.int64)
+        for name, lo, hi in zip(shard_names, bounds[:-1], bounds[1:]):
+            columns = [inter["user"][lo:hi].tolist(), inter["item"][lo:hi].tolist(), inter["timestamp"][lo:hi].tolist()]
+            if config.with_weights:
+                lines = (f"{user_ids[u]},{item_ids[i]},{t},{w}\n"
+                         for u, i, t, w in zip(*columns, inter["weight"][lo:hi].tolist()))
+            else:
+                lines = (f"{user_ids[u]},{item_ids[i]},{t}\n" for u, i, t in zip(*columns))
+            _write_lines(os.path.join(staging, name), header, lines, int(hi - lo), name)
+        interactions_path = shard_names[0] if config.num_shards == 1 else "interactions-*-of-*.csv"
+        with open(os.path.join(staging, SUMMARY_FILE), "w") as f:
+            json.dump({"config": dataclasses.asdict(config), "stats": stats}, f, indent=2)
+        with open(os.path.join(staging, SCHEMA_FILE), "w") as f:
+            json.dump(_schema(config, interactions_path), f, indent=2)
+        if os.path.exists(schema_path):  # overwrite: retire the earlier output, schema first
+            os.remove(schema_path)
+            for name in os.listdir(output_dir):
+                if name.startswith("interactions") and name.endswith(".csv"):
+                    os.remove(os.path.join(output_dir, name))
+        for name in [ITEMS_FILE, *shard_names, SUMMARY_FILE, SCHEMA_FILE]:
+            os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("wrote %s in %.1fs: %s", output_dir, time.perf_counter() - started, stats)
+    return GeneratedFiles(schema=schema_path, items=os.path.join(output_dir, ITEMS_FILE),
+                          interactions=tuple(os.path.join(output_dir, n) for n in shard_names),
+                          summary=os.path.join(output_dir, SUMMARY_FILE), stats=stats)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.synthetic",
+        description=__doc__.split("\n\n")[0] + " Writes schema.json, items.jsonl, interactions*.csv, generation.json.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for field in dataclasses.fields(SyntheticConfig):
+        flag = f"--{field.name}"
+        if field.type in (bool, "bool"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default,
+                                help=field.metadata["help"])
+        else:
+            kind = {"int": int, "float": float, "str": str}[str(field.type)]
+            parser.add_argument(flag, type=kind, default=field.default, help=field.metadata["help"],
+                                required=field.name == "output_dir")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = SyntheticConfig(**vars(args))
+        logger.info("config: %s", json.dumps(dataclasses.asdict(config)))
+        files = generate(config)
+    except (ValueError, OSError) as error:
+        logger.error("%s", error)
+        return 1
+    logger.info("schema: %s", files.schema)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
