@@ -1,0 +1,137 @@
+"""``python -m serving``: a model server speaking TF Serving's REST and gRPC APIs (ScaNN included).
+
+Flags are named like tensorflow_model_server's, so existing launch scripts carry over::
+
+    python -m serving --model_name=retrieval --model_base_path=runs/export/retrieval \\
+        --port=8500 --rest_api_port=8501
+    python -m serving --model_config_file=serving/config/models.config \\
+        --enable_batching --batching_parameters_file=batching.config
+
+Differences from tensorflow_model_server: both servers bind 127.0.0.1 unless ``--host`` says
+otherwise; ``--max_request_bytes`` bounds request bodies; SavedModels with ScaNN ops load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+
+import serving  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
+from serving.batching_config import BatchingOptions, load_batching_parameters_file
+from serving.model_config import ModelConfigError, load_model_config_file, single_model_config
+
+logger = logging.getLogger("serving")
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, received {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = BatchingOptions()
+    parser = argparse.ArgumentParser(
+        prog="python -m serving",
+        description="Serve SavedModels (including ScaNN retrieval exports) over TF Serving's REST "
+        "and gRPC APIs. Give either --model_name/--model_base_path or --model_config_file.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    models = parser.add_argument_group("models")
+    models.add_argument("--model_name", default="default", help="name to serve a single model under")
+    models.add_argument("--model_base_path", help="directory holding the model's <version>/ SavedModel dirs")
+    models.add_argument("--model_config_file", help="text-format ModelServerConfig (overrides --model_name/--model_base_path)")
+    models.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0.0,
+                        help="re-read --model_config_file this often (0: read once)")
+    models.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
+                        help="poll base paths for new versions this often (0: once at start)")
+    models.add_argument("--max_num_load_retries", type=int, default=2,
+                        help="retries (on later polls) of a version that failed to load")
+    models.add_argument("--enable_model_warmup", type=_bool, nargs="?", const=True, default=True,
+                        help="replay assets.extra/tf_serving_warmup_requests when loading")
+    net = parser.add_argument_group("network")
+    net.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 for all)")
+    net.add_argument("--port", type=int, default=8500, help="gRPC port (0 disables gRPC)")
+    net.add_argument("--rest_api_port", type=int, default=8501, help="REST port (0 disables REST)")
+    net.add_argument("--rest_api_timeout_in_ms", type=int, default=30_000,
+                     help="per-request timeout (queue + model call); also caps gRPC deadlines; 0 = none")
+    net.add_argument("--max_request_bytes", type=int, default=16 * 1024 * 1024,
+                     help="largest REST body / gRPC message accepted (413 / RESOURCE_EXHAUSTED beyond)")
+    batching = parser.add_argument_group("batching")
+    batching.add_argument("--enable_batching", type=_bool, nargs="?", const=True, default=True,
+                          help="merge concurrent predict requests into one model call")
+    batching.add_argument("--batching_parameters_file",
+                          help="text-format BatchingParameters (tensorflow_model_server's format)")
+    batching.add_argument("--max_batch_size", type=int, default=defaults.max_batch_size)
+    batching.add_argument("--batch_timeout_micros", type=int, default=defaults.batch_timeout_micros)
+    batching.add_argument("--num_batch_threads", type=int, default=defaults.num_batch_threads,
+                          help="concurrent model calls per model version and signature")
+    batching.add_argument("--max_enqueued_batches", type=int, default=defaults.max_enqueued_batches)
+    batching.add_argument("--pad_variable_length_inputs", type=_bool, nargs="?", const=True,
+                          default=defaults.pad_variable_length_inputs,
+                          help="pad differing non-batch dims (with '' / 0) to merge requests")
+    tf_group = parser.add_argument_group("tensorflow")
+    tf_group.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0, help="0: TF's default")
+    tf_group.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0, help="0: TF's default")
+    parser.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.model_config_file:
+            configs = load_model_config_file(args.model_config_file)
+        elif args.model_base_path:
+            configs = [single_model_config(args.model_name, args.model_base_path)]
+        else:
+            parser.error("give --model_base_path (with --model_name) or --model_config_file")
+        batching = BatchingOptions(
+            enabled=args.enable_batching, max_batch_size=args.max_batch_size,
+            batch_timeout_micros=args.batch_timeout_micros, num_batch_threads=args.num_batch_threads,
+            max_enqueued_batches=args.max_enqueued_batches,
+            pad_variable_length_inputs=args.pad_variable_length_inputs,
+        )
+        if args.batching_parameters_file:
+            batching = load_batching_parameters_file(args.batching_parameters_file, batching)
+        from serving.server import ServerOptions, run_server  # Imports TensorFlow.
+
+        options = ServerOptions(
+            host=args.host, port=args.port, rest_api_port=args.rest_api_port,
+            file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
+            model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
+            rest_api_timeout_in_ms=args.rest_api_timeout_in_ms, max_request_bytes=args.max_request_bytes,
+            max_load_attempts=args.max_num_load_retries + 1, enable_model_warmup=args.enable_model_warmup,
+            batching=batching,
+        )
+    except (ModelConfigError, ValueError) as error:
+        logger.error("%s", error)
+        return 2
+    _configure_tensorflow(args.tensorflow_intra_op_parallelism, args.tensorflow_inter_op_parallelism)
+    logger.info("batching: %s", dataclasses.asdict(batching))
+    try:
+        run_server(configs, options, args.model_config_file)
+    except OSError as error:
+        logger.error("cannot start the server: %s", error)
+        return 1
+    return 0
+
+
+def _configure_tensorflow(intra: int, inter: int) -> None:
+    import tensorflow as tf
+
+    if intra:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+    if inter:
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""TF Serving's gRPC API (grpc.aio), with the servicer bases from tensorflow-serving-api.
+
+- ``tensorflow.serving.PredictionService``: ``Predict`` and ``GetModelMetadata`` (``Classify``,
+  ``Regress`` and ``MultiInference`` answer UNIMPLEMENTED).
+- ``tensorflow.serving.ModelService``: ``GetModelStatus``, and ``HandleReloadConfigRequest``
+  (replaces the served models with the request's ``ModelServerConfig``, as TF Serving does).
+
+Existing clients (``prediction_service_pb2_grpc.PredictionServiceStub`` etc.) work unchanged.
+Errors abort the call with TF Serving's status codes and a message naming the problem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import (
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving.errors import ServingError, invalid_argument
+from serving.manager import ModelManager
+from serving.model_config import ModelConfigError, validate
+from serving.predictor import Predictor, select_outputs
+from serving.responses import model_metadata, model_spec, model_status
+from serving.signature import DEFAULT_SIGNATURE
+
+logger = logging.getLogger(__name__)
+
+
+def _model_ref(spec) -> tuple[str, int | None, str | None]:
+    if not spec.name:
+        raise invalid_argument("model_spec.name is required")
+    choice = spec.WhichOneof("version_choice")
+    version = spec.version.value if choice == "version" else None
+    label = spec.version_label if choice == "version_label" else None
+    return spec.name, version, label
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: ServingError):
+    await context.abort(error.code, error.message)
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """``Predict`` and ``GetModelMetadata`` over the shared manager and predictor."""
+
+    def __init__(self, manager: ModelManager, predictor: Predictor):
+        self._manager = manager
+        self._predictor = predictor
+
+    async def Predict(self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext):
+        started = time.perf_counter()
+        key = None
+        try:
+            servable = self._manager.resolve(*_model_ref(request.model_spec))
+            signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+            key = ("grpc", servable.name, servable.version, signature_name)
+            signature = servable.signature(signature_name)
+            inputs = {}
+            for name, proto in request.inputs.items():
+                if name in signature.inputs and proto.dtype != signature.inputs[name].dtype:
+                    expected = signature.inputs[name]
+                    raise invalid_argument(
+                        f"input {name!r} expects {expected.dtype_name}, received a tensor of "
+                        f"{tf.dtypes.as_dtype(proto.dtype).name if proto.dtype else 'DT_INVALID'}"
+                    )
+                inputs[name] = _to_ndarray(name, proto)
+            remaining = context.time_remaining()
+            result = await self._predictor.predict(servable, signature_name, inputs, remaining)
+            outputs = select_outputs(result.outputs, list(request.output_filter))
+            response = predict_pb2.PredictResponse()
+            response.model_spec.CopyFrom(model_spec(servable, signature_name))
+            for name, value in outputs.items():
+                response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
+        except ServingError as error:
+            if key is not None:
+                self._predictor.stats.record_error(key, error.code.name)
+            await _abort(context, error)
+        timing = result.timing
+        total = time.perf_counter() - started
+        self._predictor.stats.record(key, total, timing.model_seconds, timing.queue_seconds, timing.batch_rows)
+        context.set_trailing_metadata((
+            ("server-timing", f"model;dur={timing.model_seconds * 1e3:.3f}, total;dur={total * 1e3:.3f}"),
+        ))
+        return response
+
+    async def GetModelMetadata(self, request, context: grpc.aio.ServicerContext):
+        try:
+            servable = self._manager.resolve(*_model_ref(request.model_spec))
+            return model_metadata(servable, list(request.metadata_field))
+        except ServingError as error:
+            await _abort(context, error)
+
+
+def _to_ndarray(name: str, proto) -> np.ndarray:
+    try:
+        return tf.make_ndarray(proto)
+    except Exception as error:  # noqa: BLE001 - malformed TensorProtos raise various types.
+        raise invalid_argument(f"input {name!r} is not a valid TensorProto: {error}") from None
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    """``GetModelStatus`` and ``HandleReloadConfigRequest``."""
+
+    def __init__(self, manager: ModelManager):
+        self._manager = manager
+
+    async def GetModelStatus(self, request, context: grpc.aio.ServicerContext):
+        try:
+            return model_status(self._manager, *_model_ref(request.model_spec))
+        except ServingError as error:
+            await _abort(context, error)
+
+    async def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest,
+                                        context: grpc.aio.ServicerContext):
+        config: model_server_config_pb2.ModelServerConfig = request.config
+        response = model_management_pb2.ReloadConfigResponse()
+        try:
+            if config.WhichOneof("config") != "model_config_list":
+                raise ModelConfigError("only model_config_list configs are supported")
+            configs = list(config.model_config_list.config)
+            validate(configs, source="ReloadConfigRequest")
+        except ModelConfigError as error:
+            await _abort(context, invalid_argument(str(error)))
+        await asyncio.to_thread(self._manager.reconfigure, configs)
+        response.status.error_code = grpc.StatusCode.OK.value[0]
+        return response
+
+
+def add_services(server: grpc.aio.Server, manager: ModelManager, predictor: Predictor) -> None:
+    """Registers both TF Serving services on ``server``."""
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionServicer(manager, predictor), server
+    )
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)

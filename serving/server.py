@@ -1,0 +1,179 @@
+"""The model server: one process, one event loop, REST (aiohttp) and gRPC (grpc.aio) sharing one
+model manager, one batcher per model version and signature, and one model-call thread pool.
+
+Use :func:`run_server` for a blocking server (what ``python -m serving`` does), or
+:class:`ModelServer` inside an existing event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import functools
+import logging
+import os
+import signal
+
+import grpc
+from aiohttp import web
+
+from serving.batching_config import BatchingOptions
+from serving.grpc_service import add_services
+from serving.manager import ModelManager
+from serving.model_config import ModelConfig, ModelConfigError, load_model_config_file
+from serving.predictor import Predictor
+from serving.rest import create_app
+from serving.servable import load_servable
+from serving.stats import RequestStats
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerOptions:
+    """Everything about the server except which models it serves.
+
+    Attributes:
+      host: interface both servers bind (127.0.0.1 unless told otherwise).
+      port: gRPC port (0 disables gRPC).
+      rest_api_port: REST port (0 disables REST).
+      file_system_poll_wait_seconds: seconds between polls of the base paths for new versions;
+        0 polls once at start.
+      model_config_file_poll_wait_seconds: seconds between re-reads of ``--model_config_file``;
+        0 reads it once.
+      rest_api_timeout_in_ms: per-request timeout (queue wait + model call) for REST, and the
+        upper bound for gRPC (a shorter client deadline wins); 0 disables it.
+      max_request_bytes: largest REST body and gRPC message accepted.
+      max_load_attempts: attempts to load a version before giving up on it.
+      enable_model_warmup: replay ``assets.extra/tf_serving_warmup_requests`` when loading.
+      grpc_shutdown_grace_seconds: how long in-flight calls may finish on shutdown.
+      batching: request batching options.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8500
+    rest_api_port: int = 8501
+    file_system_poll_wait_seconds: float = 1.0
+    model_config_file_poll_wait_seconds: float = 0.0
+    rest_api_timeout_in_ms: int = 30_000
+    max_request_bytes: int = 16 * 1024 * 1024
+    max_load_attempts: int = 3
+    enable_model_warmup: bool = True
+    grpc_shutdown_grace_seconds: float = 5.0
+    batching: BatchingOptions = dataclasses.field(default_factory=BatchingOptions)
+
+    def __post_init__(self):
+        if self.port == 0 and self.rest_api_port == 0:
+            raise ValueError("both --port and --rest_api_port are 0: enable gRPC, REST or both")
+        for name in ("port", "rest_api_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ValueError(f"--{name} must be in [0, 65535], received {getattr(self, name)}")
+        if self.max_request_bytes < 1024:
+            raise ValueError(f"--max_request_bytes must be >= 1024, received {self.max_request_bytes}")
+        if self.rest_api_timeout_in_ms < 0:
+            raise ValueError(f"--rest_api_timeout_in_ms must be >= 0, received {self.rest_api_timeout_in_ms}")
+
+
+class ModelServer:
+    """Serves ``configs`` over REST and gRPC until :meth:`stop`.
+
+    Args:
+      configs: the models to serve.
+      options: ports, polling, limits, batching.
+      model_config_file: the file ``configs`` came from, re-read every
+        ``options.model_config_file_poll_wait_seconds`` if that is > 0.
+    """
+
+    def __init__(self, configs: list[ModelConfig], options: ServerOptions, model_config_file: str | None = None):
+        self.options = options
+        self._model_config_file = model_config_file
+        loader = functools.partial(load_servable, warm_up=options.enable_model_warmup)
+        self.manager = ModelManager(configs, options.file_system_poll_wait_seconds,
+                                    options.max_load_attempts, loader)
+        self.stats = RequestStats()
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=options.batching.num_batch_threads, thread_name_prefix="model-call"
+        )
+        timeout = options.rest_api_timeout_in_ms / 1e3 if options.rest_api_timeout_in_ms else None
+        self.predictor = Predictor(options.batching, self._executor, self.stats, timeout)
+        self._grpc_server: grpc.aio.Server | None = None
+        self._rest_runner: web.AppRunner | None = None
+        self._config_task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        """Loads the initial versions (blocking this coroutine, not the loop), then binds both APIs.
+
+        Raises:
+          OSError: a port cannot be bound (e.g. already in use).
+        """
+        await asyncio.to_thread(self.manager.start)
+        opts = self.options
+        if opts.port:
+            self._grpc_server = grpc.aio.server(options=[
+                ("grpc.max_receive_message_length", opts.max_request_bytes),
+                ("grpc.max_send_message_length", -1),
+                ("grpc.so_reuseport", 0),
+            ])
+            add_services(self._grpc_server, self.manager, self.predictor)
+            address = f"{opts.host}:{opts.port}"
+            if self._grpc_server.add_insecure_port(address) == 0:
+                raise OSError(f"cannot bind gRPC to {address}")
+            await self._grpc_server.start()
+            logger.info("Running gRPC ModelServer at %s ...", address)
+        if opts.rest_api_port:
+            app = create_app(self.manager, self.predictor, opts.max_request_bytes)
+            self._rest_runner = web.AppRunner(app, access_log=None)
+            await self._rest_runner.setup()
+            site = web.TCPSite(self._rest_runner, opts.host, opts.rest_api_port, reuse_address=True)
+            await site.start()
+            logger.info("Exporting HTTP/REST API at:%s:%d ...", opts.host, opts.rest_api_port)
+        if self._model_config_file and opts.model_config_file_poll_wait_seconds > 0:
+            self._config_task = asyncio.get_running_loop().create_task(self._watch_config_file())
+
+    async def stop(self) -> None:
+        """Stops accepting requests, lets in-flight ones finish (gRPC grace period), unloads."""
+        if self._config_task is not None:
+            self._config_task.cancel()
+        if self._grpc_server is not None:
+            await self._grpc_server.stop(self.options.grpc_shutdown_grace_seconds)
+        if self._rest_runner is not None:
+            await self._rest_runner.cleanup()
+        await asyncio.to_thread(self.manager.stop)
+        self._executor.shutdown(wait=True)
+
+    async def _watch_config_file(self) -> None:
+        path = self._model_config_file
+        last_mtime = os.path.getmtime(path)
+        while True:
+            await asyncio.sleep(self.options.model_config_file_poll_wait_seconds)
+            try:
+                mtime = os.path.getmtime(path)
+                if mtime == last_mtime:
+                    continue
+                last_mtime = mtime
+                configs = load_model_config_file(path)
+            except (OSError, ModelConfigError) as error:
+                logger.error("ignoring the changed model config file (keeping the current models): %s", error)
+                continue
+            logger.info("model config file %s changed; applying it", path)
+            await asyncio.to_thread(self.manager.reconfigure, configs)
+
+
+def run_server(configs: list[ModelConfig], options: ServerOptions, model_config_file: str | None = None) -> None:
+    """Runs the server until SIGINT or SIGTERM, then shuts it down gracefully."""
+
+    async def serve() -> None:
+        server = ModelServer(configs, options, model_config_file)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await server.start()
+            await stop.wait()
+            logger.info("shutting down")
+        finally:
+            await server.stop()
+
+    asyncio.run(serve())
