@@ -1,0 +1,115 @@
+"""Small artefacts of the feature pipeline: vocabularies, JSON documents, the head/tail split.
+
+Everything is written through Beam's ``FileSystems``, so the same code writes to local disk, GCS
+or HDFS when the pipeline runs on a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable, Mapping
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+HEAD_FRACTION = 0.2
+
+
+def write_text(path: str, text: str) -> None:
+    """Writes ``text`` (UTF-8) to ``path`` on any Beam filesystem, creating parent directories."""
+    directory = path.rsplit("/", 1)[0]
+    if directory and not FileSystems.exists(directory):
+        FileSystems.mkdirs(directory)
+    with FileSystems.create(path) as f:
+        f.write(text.encode("utf-8"))
+
+
+def vocabulary_text(counts: Iterable[tuple[str, int]]) -> str:
+    """``value<TAB>count`` lines, most frequent first, ties by value (a deterministic order)."""
+    ordered = sorted(counts, key=lambda vc: (-vc[1], vc[0]))
+    for value, _ in ordered:
+        if "\t" in value or "\n" in value or "\r" in value:
+            raise ValueError(f"vocabulary values may not contain tabs or newlines, received {value!r}")
+    return "".join(f"{value}\t{count}\n" for value, count in ordered)
+
+
+class WriteJson(beam.PTransform):
+    """Writes the single element of a PCollection as a JSON file (sorted keys, indented)."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self._path = path
+
+    def expand(self, singleton):
+        path = self._path
+
+        def write(document):
+            write_text(path, json.dumps(document, indent=1, sort_keys=True) + "\n")
+            logging.info("wrote %s", path)
+
+        return singleton | "Write" >> beam.Map(write)
+
+
+class WriteVocabularies(beam.PTransform):
+    """``(vocab_name, value)`` occurrences -> ``vocab_dir/<vocab_name>.txt`` with counts.
+
+    ``required`` names get a (possibly empty) file even when no value occurred.
+    """
+
+    def __init__(self, vocab_dir: str, required: Iterable[str] = ()):
+        super().__init__()
+        self._vocab_dir = vocab_dir
+        self._required = tuple(required)
+
+    def expand(self, occurrences):
+        vocab_dir = self._vocab_dir
+
+        def write(name_and_counts):
+            name, counts = name_and_counts
+            write_text(f"{vocab_dir}/{name}.txt", vocabulary_text(counts))
+            return name
+
+        counted = (
+            occurrences
+            | "Count" >> beam.combiners.Count.PerElement()
+            | "ByName" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1])))
+        )
+        required = (
+            occurrences.pipeline
+            | "Required" >> beam.Create([(name, None) for name in self._required])
+        )
+        return (
+            (counted, required)
+            | "Merge" >> beam.Flatten()
+            | "Group" >> beam.GroupByKey()
+            | "Drop" >> beam.MapTuple(lambda name, values: (name, [v for v in values if v is not None]))
+            | "Write" >> beam.Map(write)
+        )
+
+
+def head_tail(frequencies: Mapping[str, int], head_fraction: float = HEAD_FRACTION) -> dict:
+    """The head/tail split of the item corpus by train frequency.
+
+    Head: the ``ceil(head_fraction * num_items)`` most frequent items (ties broken by item id),
+    restricted to items with at least one train interaction. Tail: every other corpus item,
+    including items never seen in training.
+
+    Returns:
+      ``{"head_fraction", "num_head_items", "num_tail_items", "head_min_frequency",
+      "head_interaction_share", "head_items"}`` (head items sorted by id).
+    """
+    ranked = sorted(frequencies.items(), key=lambda kv: (-kv[1], kv[0]))
+    size = math.ceil(head_fraction * len(ranked))
+    head = [item for item, count in ranked[:size] if count > 0]
+    total = sum(frequencies.values())
+    head_total = sum(frequencies[item] for item in head)
+    return {
+        "head_fraction": head_fraction,
+        "num_head_items": len(head),
+        "num_tail_items": len(ranked) - len(head),
+        "head_min_frequency": min((frequencies[i] for i in head), default=0),
+        "head_interaction_share": head_total / total if total else 0.0,
+        "head_items": sorted(head),
+    }

@@ -1,0 +1,188 @@
+"""Mutual information between item features over the item corpus (the input of CFM).
+
+Definitions (all in nats), for features ``i`` and ``j``:
+
+- **Multivalent features**: each item carries unit mass, spread uniformly over the cross product
+  of its values: an item with values ``A`` of ``i`` and ``B`` of ``j`` adds ``1 / (|A| |B|)`` to
+  every pair ``(a, b)``. For single-valued features this is the usual joint count, and the
+  marginals of the joint are the features' own value distributions (each item's mass spread over
+  its values).
+- **Missing values**: pairwise deletion. ``MI(i, j)`` is computed over the items that have at least
+  one value of both features (``support[i][j]`` items), so a sparse feature such as tags does not
+  look informative merely because it is often missing.
+- ``MI(i, j) = sum_ab P(a, b) log(P(a, b) / (P(a) P(b)))`` with ``P`` the normalised joint over the
+  supporting items and ``P(a)``, ``P(b)`` its marginals. The matrix is symmetric by construction.
+- The diagonal holds the entropy ``H(i)`` of each feature's value distribution over the items that
+  have it. ``normalized_mi[i][j] = MI(i, j) / sqrt(H_ij(i) H_ij(j))`` uses the entropies of the
+  joint's own marginals, so it lies in [0, 1]; identifier features (item_id) have raw MI with any
+  feature equal to that feature's entropy, which normalisation exposes for what it is.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+
+import apache_beam as beam
+
+JointCounts = dict  # {(value_i, value_j): mass}
+
+
+def pair_contributions(features: Mapping[str, Sequence[str]], names: Sequence[str]):
+    """Yields ``((name_i, name_j), {(a, b): mass})`` for each feature pair (i < j) present in the item."""
+    for first, second in itertools.combinations(names, 2):
+        values_i, values_j = features.get(first, ()), features.get(second, ())
+        if not values_i or not values_j:
+            continue
+        mass = 1.0 / (len(values_i) * len(values_j))
+        yield (first, second), {(a, b): mass for a in values_i for b in values_j}
+
+
+def entropy(masses: Iterable[float]) -> float:
+    masses = [m for m in masses if m > 0]
+    total = sum(masses)
+    if total <= 0:
+        return 0.0
+    return -sum((m / total) * math.log(m / total) for m in masses)
+
+
+def joint_statistics(joint: JointCounts) -> tuple[float, float, float]:
+    """Returns ``(MI, H(first), H(second))`` of a joint mass table (marginals from the joint)."""
+    total = sum(joint.values())
+    if total <= 0:
+        return 0.0, 0.0, 0.0
+    marginal_i: dict = defaultdict(float)
+    marginal_j: dict = defaultdict(float)
+    for (a, b), mass in joint.items():
+        marginal_i[a] += mass
+        marginal_j[b] += mass
+    mi = 0.0
+    for (a, b), mass in joint.items():
+        if mass > 0:
+            mi += (mass / total) * math.log(mass * total / (marginal_i[a] * marginal_j[b]))
+    return max(mi, 0.0), entropy(marginal_i.values()), entropy(marginal_j.values())
+
+
+class _JointCountsFn(beam.CombineFn):
+    """Sums ``{(a, b): mass}`` tables; the accumulator also counts the supporting items."""
+
+    def create_accumulator(self):
+        return defaultdict(float), 0
+
+    def add_input(self, accumulator, table):
+        joint, support = accumulator
+        for key, mass in table.items():
+            joint[key] += mass
+        return joint, support + 1
+
+    def merge_accumulators(self, accumulators):
+        merged, support = defaultdict(float), 0
+        for joint, count in accumulators:
+            for key, mass in joint.items():
+                merged[key] += mass
+            support += count
+        return merged, support
+
+    def extract_output(self, accumulator):
+        joint, support = accumulator
+        mi, h_i, h_j = joint_statistics(joint)
+        return {"mi": mi, "entropy_first": h_i, "entropy_second": h_j, "support": support}
+
+
+class _ValueMassFn(beam.CombineFn):
+    """Per feature: value masses (each item's unit mass spread over its values) and support."""
+
+    def create_accumulator(self):
+        return defaultdict(float), 0
+
+    def add_input(self, accumulator, values):
+        masses, support = accumulator
+        for value in values:
+            masses[value] += 1.0 / len(values)
+        return masses, support + 1
+
+    def merge_accumulators(self, accumulators):
+        merged, support = defaultdict(float), 0
+        for masses, count in accumulators:
+            for key, mass in masses.items():
+                merged[key] += mass
+            support += count
+        return merged, support
+
+    def extract_output(self, accumulator):
+        masses, support = accumulator
+        return {"entropy": entropy(masses.values()), "support": support}
+
+
+def assemble_matrix(names: Sequence[str], pair_stats: Mapping, feature_stats: Mapping) -> dict:
+    """Builds the ``item_feature_mi.json`` document from per-pair and per-feature statistics."""
+    size = len(names)
+    mi = [[0.0] * size for _ in range(size)]
+    normalized = [[0.0] * size for _ in range(size)]
+    support = [[0] * size for _ in range(size)]
+    for index, name in enumerate(names):
+        stats = feature_stats.get(name, {"entropy": 0.0, "support": 0})
+        mi[index][index] = stats["entropy"]
+        normalized[index][index] = 1.0 if stats["entropy"] > 0 else 0.0
+        support[index][index] = stats["support"]
+    for (first, second), stats in pair_stats.items():
+        i, j = names.index(first), names.index(second)
+        denominator = math.sqrt(stats["entropy_first"] * stats["entropy_second"])
+        nmi = min(1.0, stats["mi"] / denominator) if denominator > 0 else 0.0
+        mi[i][j] = mi[j][i] = stats["mi"]
+        normalized[i][j] = normalized[j][i] = nmi
+        support[i][j] = support[j][i] = stats["support"]
+    return {
+        "features": list(names),
+        "mi": mi,
+        "normalized_mi": normalized,
+        "support": support,
+        "definition": (
+            "MI in nats over the item corpus; multivalent features spread each item's unit mass over "
+            "the cross product of its values; missing values by pairwise deletion (support = items "
+            "having both features); diagonal = entropy; normalized_mi = MI / sqrt(H_i H_j) with the "
+            "entropies of the pair's joint marginals. See pipelines/mutual_information.py."
+        ),
+    }
+
+
+class ItemFeatureMutualInformation(beam.PTransform):
+    """Corpus items (``CorpusItem``) -> one dict, the ``item_feature_mi.json`` document.
+
+    Args:
+      names: every item feature in schema order, ``item_id`` first (its values are the id).
+    """
+
+    def __init__(self, names: Sequence[str]):
+        super().__init__()
+        self._names = tuple(names)
+
+    def expand(self, corpus):
+        names = self._names
+
+        def features_of(item):
+            return {"item_id": (item.item_id,), **dict(item.features)}
+
+        with_features = corpus | "AllFeatures" >> beam.Map(features_of)
+        pair_stats = (
+            with_features
+            | "PairTables" >> beam.FlatMap(lambda f: pair_contributions(f, names))
+            | "SumPairs" >> beam.CombinePerKey(_JointCountsFn())
+        )
+        feature_stats = (
+            with_features
+            | "FeatureValues" >> beam.FlatMap(lambda f: [(n, tuple(f[n])) for n in names if f.get(n)])
+            | "SumValues" >> beam.CombinePerKey(_ValueMassFn())
+        )
+        return (
+            corpus.pipeline
+            | "One" >> beam.Create([None])
+            | "Assemble" >> beam.Map(
+                lambda _, pairs, features: assemble_matrix(names, dict(pairs), dict(features)),
+                pairs=beam.pvalue.AsList(pair_stats),
+                features=beam.pvalue.AsList(feature_stats),
+            )
+        )
+

@@ -1,0 +1,193 @@
+"""Unit tests of the feature pipeline's pieces: parsing, splits, histories, vocabularies, MI, joins."""
+
+from __future__ import annotations
+
+import math
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from pipelines import feature_outputs, movielens, mutual_information as mi_lib, splits
+from pipelines.item_corpus import ValidateAgainstItems
+from pipelines.sources import (
+    DEAD_LETTER_TAG, DeadLetter, InputSpec, Interaction, Item, ItemFeatureColumn, ParseRecords, RawLine,
+    interaction_parser, item_parser,
+)
+
+SPEC = InputSpec(
+    interactions_path="unused", user_id_column="user", item_id_column="item", timestamp_column="ts",
+    weight_column="rating", items_path="unused", items_id_column="item",
+    item_features=(ItemFeatureColumn("genres", "genres", multivalent=True), ItemFeatureColumn("year", "year")),
+)
+HEADER = ("user", "item", "rating", "ts")
+
+
+def _line(number: int, data: bytes, header=HEADER) -> RawLine:
+    return RawLine("interactions", "f.csv", number, header, data)
+
+
+def test_parse_interactions_routes_bad_rows_to_dead_letters():
+    lines = [
+        _line(2, b"u1,i1,4.5,100"),
+        _line(3, b"u1,i2,4.5"),  # wrong column count
+        _line(4, b"u2,i1,x,100"),  # unparseable weight
+        _line(5, b"u2,i1,3,1e2"),  # float timestamp is fine
+        _line(6, b",i1,3,100"),  # empty user id
+        _line(7, b"u3,i\xff,3,100"),  # undecodable bytes
+        _line(8, b"u3,i1,3,nan"),
+    ]
+    with TestPipeline() as p:
+        parsed = p | beam.Create(lines) | ParseRecords(interaction_parser(SPEC))
+        assert_that(parsed.records, equal_to([
+            Interaction("u1", "i1", 100, 4.5, "f.csv:2"), Interaction("u2", "i1", 100, 3.0, "f.csv:5"),
+        ]), label="records")
+        kinds = parsed[DEAD_LETTER_TAG] | beam.Map(lambda d: (d.position, d.kind))
+        assert_that(kinds, equal_to([
+            ("f.csv:3", "wrong_column_count"), ("f.csv:4", "unparseable_number"), ("f.csv:6", "empty_value"),
+            ("f.csv:7", "undecodable_bytes"), ("f.csv:8", "unparseable_number"),
+        ]), label="dead")
+
+
+def test_parse_items_jsonl_lists_and_separators():
+    lines = [
+        RawLine("items", "items.jsonl", 1, None, b'{"item": "i1", "genres": ["A", "B", "A"], "year": 1990}'),
+        RawLine("items", "items.jsonl", 2, None, b'{"item": "i2", "genres": "B|C", "year": null}'),
+        RawLine("items", "items.jsonl", 3, None, b'["not", "an", "object"]'),
+        RawLine("items", "items.jsonl", 4, None, b'{"item": "i3", "genres": '),
+    ]
+    with TestPipeline() as p:
+        parsed = p | beam.Create(lines) | ParseRecords(item_parser(SPEC))
+        assert_that(parsed.records, equal_to([
+            Item("i1", (("genres", ("A", "B")), ("year", ("1990",))), "items.jsonl:1"),
+            Item("i2", (("genres", ("B", "C")), ("year", ())), "items.jsonl:2"),
+        ]), label="records")
+        assert_that(parsed[DEAD_LETTER_TAG] | beam.Map(lambda d: d.kind), equal_to(["invalid_json"] * 2),
+                    label="dead")
+
+
+def test_time_cutoffs_ties_go_to_the_later_split():
+    # 10 interactions: t=1 x2, t=2 x3, t=3 x1, t=4 x4. Last 10% -> rank 9 -> t=4 (all four at t=4).
+    histogram = [(4, 4), (1, 2), (3, 1), (2, 3)]
+    assert splits.time_cutoffs(histogram, 0.1, 0.1) == (3, 4)  # 6 before eval; last 10% of 6 -> rank 5 -> t=3
+    assert splits.time_cutoffs(histogram, 0.4, 0.5) == (2, 4)
+    assert splits.time_cutoffs(histogram, 0.0, 0.0) == (5, 5)  # empty eval and validation
+    assert splits.time_cutoffs([], 0.1, 0.1) == (0, 0)
+
+
+def test_user_time_splits_take_the_last_fraction():
+    assert splits.user_time_splits(20, 0.1, 0.1) == ["train"] * 17 + ["validation"] + ["eval"] * 2
+    assert splits.user_time_splits(5, 0.1, 0.1) == ["train"] * 5  # too few for a held-out example
+
+
+def test_histories_are_strictly_before_and_truncated():
+    result = splits.histories([1, 1, 2, 3, 3, 5], list("abcdef"), history_length=2)
+    assert result == [[], [], ["a", "b"], ["b", "c"], ["b", "c"], ["d", "e"]]
+
+
+def test_build_examples_without_future_leakage():
+    import tensorflow as tf
+
+    interactions = [Interaction("u", f"i{t}", t, None, f"p:{t}") for t in (5, 1, 3, 3, 9)]
+    with TestPipeline() as p:
+        cutoffs = p | "Cutoffs" >> beam.Create([(4, 9)])
+        examples = (
+            p | beam.Create(interactions)
+            | splits.BuildExamples(splits.SplitProtocol.TIME, 0.2, 0.2, history_length=3, cutoffs=cutoffs)
+        )
+
+        def decode(example):
+            split, user, item, serialized = example
+            parsed = tf.train.Example.FromString(serialized).features.feature
+            history = [v.decode() for v in parsed["history"].bytes_list.value]
+            return split, item, tuple(history), parsed["timestamp"].int64_list.value[0]
+
+        assert_that(examples | beam.Map(decode), equal_to([
+            ("train", "i1", (), 1), ("train", "i3", ("i1",), 3), ("train", "i3", ("i1",), 3),
+            ("validation", "i5", ("i1", "i3", "i3"), 5), ("eval", "i9", ("i3", "i3", "i5"), 9),
+        ]))
+
+
+def test_validate_against_items_dead_letters_unknown_and_duplicates():
+    items = [Item("i1", (), "items.csv:2"), Item("i1", (), "items.csv:10"), Item("i2", (), "items.csv:3")]
+    interactions = [Interaction("u", "i1", 1, None, "r:2"), Interaction("u", "i9", 2, None, "r:3")]
+    with TestPipeline() as p:
+        validated = {
+            "items": p | "I" >> beam.Create(items),
+            "interactions": p | "R" >> beam.Create(interactions),
+            "events": p | "E" >> beam.Create([]),
+        } | ValidateAgainstItems({"items": "items", "interactions": "interactions", "events": "events"})
+        assert_that(validated["items"] | beam.Map(lambda i: i.position), equal_to(["items.csv:2", "items.csv:3"]),
+                    label="items")
+        assert_that(validated.interactions | beam.Map(lambda r: r.item_id), equal_to(["i1"]), label="kept")
+        assert_that(validated[DEAD_LETTER_TAG] | beam.Map(lambda d: (d.source, d.position, d.kind)), equal_to([
+            ("items", "items.csv:10", "duplicate_item_id"), ("interactions", "r:3", "unknown_item_id"),
+        ]), label="dead")
+
+
+def test_mutual_information_hand_computed():
+    # Two single-valued features over 4 items: x = (a, a, b, b), y = (c, c, d, e).
+    # P(a,c)=1/2, P(b,d)=1/4, P(b,e)=1/4; P(a)=P(b)=1/2; P(c)=1/2, P(d)=P(e)=1/4.
+    # MI = 1/2 log(1/2 / (1/2*1/2)) + 2 * 1/4 log(1/4 / (1/2*1/4)) = log 2.
+    joint = {("a", "c"): 2.0, ("b", "d"): 1.0, ("b", "e"): 1.0}
+    mi, h_x, h_y = mi_lib.joint_statistics(joint)
+    assert mi == pytest.approx(math.log(2))
+    assert h_x == pytest.approx(math.log(2))
+    assert h_y == pytest.approx(1.5 * math.log(2))  # -(1/2 log 1/2 + 2 * 1/4 log 1/4)
+    # Multivalent: an item with x=(a) and y=(c, d) adds 1/2 to (a,c) and (a,d).
+    (pair, table), = mi_lib.pair_contributions({"x": ("a",), "y": ("c", "d")}, ["x", "y"])
+    assert pair == ("x", "y") and table == {("a", "c"): 0.5, ("a", "d"): 0.5}
+    # Independent features have zero MI.
+    assert mi_lib.joint_statistics({("a", "c"): 1, ("a", "d"): 1, ("b", "c"): 1, ("b", "d"): 1})[0] == pytest.approx(0)
+
+
+def test_mutual_information_transform_symmetric_with_pairwise_deletion():
+    from pipelines.item_corpus import CorpusItem
+
+    corpus = [
+        CorpusItem("i1", (("x", ("a",)), ("y", ("c",)), ("z", ()))),
+        CorpusItem("i2", (("x", ("a",)), ("y", ("c",)), ("z", ("t",)))),
+        CorpusItem("i3", (("x", ("b",)), ("y", ("d",)), ("z", ()))),
+        CorpusItem("i4", (("x", ("b",)), ("y", ("e",)), ("z", ("t",)))),
+    ]
+    with TestPipeline() as p:
+        document = p | beam.Create(corpus) | mi_lib.ItemFeatureMutualInformation(["item_id", "x", "y", "z"])
+
+        def check(documents):
+            (doc,) = documents
+            matrix, support = doc["mi"], doc["support"]
+            assert all(matrix[i][j] == matrix[j][i] for i in range(4) for j in range(4))
+            assert matrix[1][2] == pytest.approx(math.log(2))
+            assert matrix[1][1] == pytest.approx(math.log(2)) and matrix[0][0] == pytest.approx(math.log(4))
+            assert matrix[0][1] == pytest.approx(math.log(2))  # the id determines x: MI = H(x)
+            assert doc["normalized_mi"][0][1] == pytest.approx(math.log(2) / math.sqrt(math.log(4) * math.log(2)))
+            assert support[1][3] == 2 and support[3][3] == 2 and support[1][2] == 4  # z missing on 2 items
+            assert matrix[1][3] == pytest.approx(0.0)  # x is independent of z on the supporting items
+
+        assert_that(document, check)
+
+
+def test_vocabulary_text_and_head_tail():
+    assert feature_outputs.vocabulary_text([("b", 2), ("a", 2), ("c", 5)]) == "c\t5\na\t2\nb\t2\n"
+    with pytest.raises(ValueError, match="tabs or newlines"):
+        feature_outputs.vocabulary_text([("a\tb", 1)])
+    freq = {f"i{k}": c for k, c in enumerate([50, 30, 10, 5, 5, 0, 0, 0, 0, 0])}
+    split = feature_outputs.head_tail(freq, 0.2)
+    assert split["head_items"] == ["i0", "i1"] and split["num_tail_items"] == 8
+    assert split["head_interaction_share"] == pytest.approx(80 / 100)
+    sparse = feature_outputs.head_tail({"a": 1, "b": 0, "c": 0, "d": 0, "e": 0, "f": 0}, 0.5)
+    assert sparse["head_items"] == ["a"]  # never-seen items are tail even inside the top fraction
+
+
+def test_movielens_item_adapter():
+    row = movielens.movie_row({"movieId": "1", "title": "City of Lost Children, The (1995)", "genres": "A|B"})
+    assert row["year"] == "1995-1999" and row["title_words"] == ["city", "lost", "children"]
+    assert movielens.movie_row({"title": "Babylon 5"})["year"] == ""
+
+
+def test_dead_letter_json_round_trip():
+    import json
+
+    letter = DeadLetter("items", "f:3", "invalid_json", "invalid JSON: x", "{\"a\"")
+    assert json.loads(letter.to_json()) == letter._asdict()

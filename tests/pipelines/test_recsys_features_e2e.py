@@ -1,0 +1,155 @@
+"""End-to-end runs of ``python -m pipelines.recsys_features`` on a fixture and on ml-latest-small."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import pytest
+
+from pipelines import recsys_features
+from recsys_ssl import schema as fs
+
+
+def _write(path, text, mode="w"):
+    with open(path, mode) as f:
+        f.write(text)
+
+
+@pytest.fixture
+def generic_input(tmp_path):
+    """A small generic-format data set with one bad row of each kind."""
+    root = tmp_path / "input"
+    root.mkdir()
+    rows = ["user_id,item_id,timestamp,weight"]
+    for user in range(6):
+        for step in range(10):
+            rows.append(f"u{user},i{(user * 3 + step) % 12},{1000 + 10 * step + user},{1 + step % 5}")
+    rows += [
+        "u1,i1,1005",  # wrong column count
+        "u1,i1,notatime,3",  # unparseable timestamp
+        "u1,i999,1010,3",  # unknown item id
+        ",i1,1010,3",  # empty user id
+    ]
+    _write(root / "interactions.csv", "\r\n".join(rows) + "\r\n")
+    _write(root / "interactions.csv", b"u2,i\xe9,1010,3\n", mode="ab")  # undecodable bytes
+    items = [{"item_id": f"i{k}", "category": f"c{k % 3}", "color": ["red", "blue"][k % 2],
+              "labels": [f"l{k % 4}", f"l{(k + 1) % 4}"]} for k in range(14)]  # i12, i13 never interacted
+    items.append({"item_id": "i3", "category": "dup"})  # duplicate id
+    _write(root / "items.jsonl", "\n".join(json.dumps(i) for i in items) + "\n{broken\n")
+    _write(root / "events.csv", "item,tag,ts,user\ni1,early,900,u9\ni2,late,99999,u9\ni3,x,950,u0\ni404,y,1,u1\n")
+    _write(root / "schema.json", json.dumps({
+        "interactions": {"path": "interactions.csv", "user_id": "user_id", "item_id": "item_id",
+                         "timestamp": "timestamp", "weight": "weight"},
+        "items": {"path": "items.jsonl", "item_id": "item_id", "features": [
+            {"name": "category", "column": "category"}, {"name": "color", "column": "color"},
+            {"name": "labels", "column": "labels", "multivalent": True},
+            {"name": "tags", "column": "tags", "multivalent": True}]},
+        "item_events": [{"path": "events.csv", "item_id": "item", "value": "tag", "timestamp": "ts",
+                         "user_id": "user", "feature": "tags"}],
+    }))
+    return root
+
+
+def _read_examples(pattern):
+    import tensorflow as tf
+
+    records = []
+    for path in sorted(glob.glob(pattern)):
+        for raw in tf.data.TFRecordDataset(path, compression_type="GZIP"):
+            records.append(tf.train.Example.FromString(raw.numpy()).features.feature)
+    return records
+
+
+def _run(argv):
+    assert recsys_features.main(argv) == 0
+
+
+@pytest.mark.parametrize("beam_flags", [[], ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]],
+                         ids=["in_process", "two_workers"])
+def test_generic_input_end_to_end(generic_input, tmp_path, beam_flags):
+    out = str(tmp_path / "features")
+    _run(["--input_format", "interactions", "--data_dir", str(generic_input), "--output_dir", out,
+          "--split", "time", "--eval_fraction", "0.2", "--validation_fraction", "0.25", "--history_length", "3",
+          "--runner=DirectRunner", *beam_flags])
+    stats = json.load(open(os.path.join(out, fs.STATS_FILE)))
+    inter = stats["sources"]["interactions"]
+    assert inter["read"] == 65 and inter["accepted"] == 60 and inter["rejected"] == 5 and inter["reconciled"]
+    assert inter["rejected_by_reason"] == {"empty_value": 1, "undecodable_bytes": 1, "unknown_item_id": 1,
+                                           "unparseable_number": 1, "wrong_column_count": 1}
+    items = stats["sources"]["items"]
+    assert (items["read"], items["accepted"], items["rejected"]) == (16, 14, 2)
+    events = stats["sources"]["item_events"]
+    assert (events["read"], events["accepted"], events["rejected"]) == (4, 3, 1)
+    assert events["excluded_from_features"] == {"after_eval_start": 1}
+    assert stats["reconciled"]
+
+    # Dead letters carry source, position and reason; their number matches the stats.
+    dead = [json.loads(line) for path in glob.glob(os.path.join(out, "dead_letter", "*.jsonl")) for line in open(path)]
+    assert len(dead) == 5 + 2 + 1
+    assert {d["kind"] for d in dead if d["source"] == "items"} == {"duplicate_item_id", "invalid_json"}
+    assert all(d["position"].rsplit(":", 1)[1].isdigit() and d["reason"] for d in dead)
+
+    # Splits: a global time cutoff; every eval example is at or after every train example.
+    split_examples = {s: _read_examples(os.path.join(out, f"{s}-*.tfrecord.gz")) for s in fs.SPLITS}
+    assert sum(len(v) for v in split_examples.values()) == 60
+    assert sum(v["examples"] for v in stats["splits"].values()) == 60
+    times = {s: [e["timestamp"].int64_list.value[0] for e in v] for s, v in split_examples.items()}
+    assert max(times["train"]) < min(times["validation"]) <= max(times["validation"]) < min(times["eval"])
+    assert len(split_examples["eval"]) == 12 and len(split_examples["validation"]) == 12
+    # Histories: previous items of the same user strictly before the example's time, at most 3.
+    for example in split_examples["eval"]:
+        user = example["user_id"].bytes_list.value[0].decode()
+        t = example["timestamp"].int64_list.value[0]
+        history = [h.decode() for h in example["history"].bytes_list.value]
+        step = (t - 1000 - int(user[1:])) // 10
+        expected = [f"i{(int(user[1:]) * 3 + s) % 12}" for s in range(max(0, step - 3), step)]
+        assert history == expected
+
+    # Item corpus: every catalogue item (incl. never-interacted), tags only from before eval start.
+    corpus = {e["item_id"].bytes_list.value[0].decode(): e for e in _read_examples(os.path.join(out, "items-*.tfrecord.gz"))}
+    assert sorted(corpus) == sorted(f"i{k}" for k in range(14))
+    assert [v.decode() for v in corpus["i1"]["tags"].bytes_list.value] == ["early"]
+    assert list(corpus["i2"]["tags"].bytes_list.value) == []
+    assert corpus["i3"]["category"].bytes_list.value == [b"c0"]  # the first definition won
+
+    # Vocabularies, schema, MI, head/tail.
+    schema = fs.FeatureSchema.load(out)
+    assert schema.item_feature_names == ["item_id", "category", "color", "labels", "tags"] and schema.has_weight
+    values, counts = fs.read_vocab(os.path.join(out, "vocab", "item_id.txt"))
+    assert len(values) == 14 and counts[values.index("i12")] == 0
+    assert sum(counts) == len(split_examples["train"])
+    assert os.path.isfile(os.path.join(out, "vocab", "user_id.txt"))
+    mi = json.load(open(os.path.join(out, fs.MI_FILE)))
+    assert mi["features"] == schema.item_feature_names
+    assert all(mi["mi"][i][j] == mi["mi"][j][i] for i in range(5) for j in range(5))
+    head = stats["head_tail"]
+    assert head["num_head_items"] + head["num_tail_items"] == 14 and head["num_head_items"] == 3
+    assert not glob.glob(os.path.join(out, "beam-temp-*"))
+
+
+def test_bad_arguments_fail_clearly(tmp_path, capsys):
+    assert recsys_features.main(["--input_format", "interactions", "--data_dir", str(tmp_path),
+                                 "--output_dir", str(tmp_path / "o")]) == 2
+    assert "needs --schema FILE or --data_dir DIR with schema.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        recsys_features.main(["--help"])
+
+
+@pytest.mark.real_data
+def test_movielens_small_reconciles(movielens_dir, tmp_path):
+    out = str(tmp_path / "ml")
+    _run(["--input_format", "movielens", "--data_dir", movielens_dir, "--output_dir", out, "--split", "user_time",
+          "--runner=DirectRunner"])
+    stats = json.load(open(os.path.join(out, fs.STATS_FILE)))
+    ratings = stats["sources"]["interactions"]
+    assert ratings["read"] == 100_836 and ratings["accepted"] == 100_836 and ratings["rejected"] == 0
+    assert sum(v["examples"] for v in stats["splits"].values()) == 100_836
+    assert stats["splits"]["eval"]["users"] == 610
+    assert stats["num_items"] == 9_742 and stats["sources"]["items"]["accepted"] == 9_742
+    assert stats["sources"]["item_events"]["read"] == 3_683 and stats["reconciled"]
+    items = _read_examples(os.path.join(out, "items-*.tfrecord.gz"))
+    assert len(items) == 9_742
+    mi = json.load(open(os.path.join(out, fs.MI_FILE)))
+    assert mi["features"] == ["item_id", "genres", "year", "title_words", "tags"]
