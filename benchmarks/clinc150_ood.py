@@ -1,0 +1,234 @@
+"""CLINC150 OoD benchmark of MLKD (Wu et al. 2023) against its baselines, with stage wall times.
+
+Protocol (the paper's): ID train = 15,000 in-scope training queries; model selection and threshold
+calibration on the 3,000 in-scope validation queries; test = 4,500 in-scope (ID) + 1,000
+out-of-scope (OoD) queries. Detectors: fine-tuned teacher, from-scratch LM, MLKD student, and MLKD
+without the intermediate term, all scored by mean token NLL (perplexity). The teacher is
+pre-trained once (seed-independent) on ../shared/data/text/general + sst2 (never CLINC; CLINC's
+ID training texts only join the tokenizer's training data), then every seed fine-tunes it and
+trains the students. After the first seed, the MLKD student is exported and the SavedModel's
+scoring throughput is measured in a fresh process at batch 256.
+
+Results go to ``WORKDIR/results.json`` and ``WORKDIR/results.md`` after every step, so an
+interrupted run keeps what finished. A seed is only started if the time left before
+``--deadline_minutes`` is at least the duration of the previous seed.
+
+Usage (CPU preset, about an hour per seed on 2 cores)::
+
+  SSL_DATA_DIR=../shared/data nohup .venv/bin/python benchmarks/clinc150_ood.py \
+      --workdir runs/bench_clinc150 --seeds 0,1,2 > runs/bench_clinc150.log 2>&1 &
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import text_ood  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
+from serving.env import data_root
+from text_ood.__main__ import main as text_ood_main
+
+PAPER = {  # Wu et al. 2023, CLINC150, GPT-2 small, mean of 5 seeds: AUROC / AUPR(-OUT) / FAR95.
+    "teacher": (89.76, 62.39, 33.77),
+    "scratch": (91.73, 68.78, 28.31),
+    "mlkd": (92.51, 70.94, 27.16),
+    "mlkd_no_intermediate": (None, None, None),
+}
+DETECTORS = ("teacher", "scratch", "mlkd", "mlkd_no_intermediate")
+LABELS = {"teacher": "fine-tuned teacher", "scratch": "from scratch", "mlkd": "MLKD",
+          "mlkd_no_intermediate": "MLKD w/o intermediate"}
+
+THROUGHPUT_CODE = r"""
+import json, sys, time
+import numpy as np
+import tensorflow as tf
+import tensorflow_text  # registers the SentencePiece ops of the SavedModel
+model = tf.saved_model.load(sys.argv[1])
+serve = model.signatures["serving_default"]
+texts = json.load(open(sys.argv[2]))
+batch = int(sys.argv[3])
+batches = [tf.constant(texts[i:i + batch]) for i in range(0, len(texts), batch)]
+serve(text=batches[0])  # warm-up
+start = time.perf_counter()
+n = 0
+for b in batches:
+    n += int(serve(text=b)["ood_score"].shape[0])
+elapsed = time.perf_counter() - start
+print(json.dumps({"texts": n, "seconds": elapsed, "texts_per_s": n / elapsed, "batch": batch}))
+"""
+
+logger = logging.getLogger("benchmark")
+
+
+def _run(argv: list[str]) -> None:
+    logger.info("python -m text_ood %s", " ".join(argv))
+    code = text_ood_main(argv)
+    if code != 0:
+        raise RuntimeError(f"text_ood {argv[0]} failed with exit code {code}")
+
+
+def _stage_times(workdir: str) -> dict:
+    out = {}
+    for stage in DETECTORS:
+        path = os.path.join(workdir, stage, "done.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                done = json.load(f)
+            out[stage] = {"wall_time_s": done["wall_time_s"], "epochs": done["epochs_run"],
+                          "selected_epoch": done["selected_epoch"],
+                          "best_val_perplexity": done["best_val_perplexity"]}
+    return out
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def write_markdown(results: dict, path: str) -> None:
+    seeds = results["seeds"]
+    lines = [f"Seeds finished: {len(seeds)} ({', '.join(str(s['seed']) for s in seeds) or 'none'})", ""]
+    if seeds:
+        lines += ["| detector | AUROC | AUPR-OUT | AUPR-IN | FAR95 | paper AUROC / AUPR / FAR95 |",
+                  "|---|---|---|---|---|---|"]
+        for name in DETECTORS:
+            rows = [s["metrics"][name] for s in seeds if name in s["metrics"]]
+            if not rows:
+                continue
+            cells = []
+            for key in ("auroc", "aupr_out", "aupr_in", "far95"):
+                mean, std = _mean_std([100 * r[key] for r in rows])
+                cells.append(f"{mean:.2f} ± {std:.2f}" if len(rows) > 1 else f"{mean:.2f}")
+            paper = PAPER[name]
+            paper_cell = " / ".join(f"{v:.2f}" for v in paper) if paper[0] is not None else "n/a"
+            lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + f" | {paper_cell} |")
+        lines += ["", "Per seed (AUROC): " + "; ".join(
+            f"seed {s['seed']}: " + ", ".join(f"{n} {100 * s['metrics'][n]['auroc']:.2f}"
+                                               for n in DETECTORS if n in s["metrics"])
+            for s in seeds), ""]
+        lines += ["| stage wall time (min) | " + " | ".join(f"seed {s['seed']}" for s in seeds) + " |",
+                  "|---|" + "---|" * len(seeds)]
+        lines.append("| pre-training (once) | " + " | ".join(
+            f"{results['pretrain']['wall_time_s'] / 60:.1f}" if i == 0 else "-"
+            for i in range(len(seeds))) + " |")
+        for name in DETECTORS:
+            lines.append(f"| {LABELS[name]} | " + " | ".join(
+                f"{s['stages'][name]['wall_time_s'] / 60:.1f} ({s['stages'][name]['epochs']} ep, "
+                f"best {s['stages'][name]['selected_epoch']})" if name in s["stages"] else "-"
+                for s in seeds) + " |")
+        lines.append("| evaluation (all detectors) | " + " | ".join(
+            f"{s['evaluate_s'] / 60:.1f}" for s in seeds) + " |")
+    if "throughput" in results:
+        t = results["throughput"]
+        lines += ["", f"Exported SavedModel scoring throughput (fresh process, batch {t['batch']}, "
+                      f"{t['texts']} CLINC150 test texts): {t['texts_per_s']:.0f} texts/s"]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default="runs/bench_clinc150")
+    parser.add_argument("--data_dir", default=None, help="default: $SSL_DATA_DIR")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="config overrides for pretrain and train (repeatable)")
+    parser.add_argument("--deadline_minutes", type=float, default=0,
+                        help="do not start a seed that would likely end after this many minutes")
+    parser.add_argument("--throughput_batch", type=int, default=256)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    start = time.time()
+    root = data_root(args.data_dir)
+    if root is None:
+        parser.error("pass --data_dir or set $SSL_DATA_DIR")
+    clinc = os.path.join(root, "text", "clinc150")
+    corpus = sorted(glob.glob(os.path.join(root, "text", "general", "*.txt"))) + [
+        os.path.join(root, "text", "sst2", "train.tsv")]
+    os.makedirs(args.workdir, exist_ok=True)
+    results_path = os.path.join(args.workdir, "results.json")
+    results = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "preset": args.preset,
+               "overrides": args.overrides, "seeds": []}
+    if os.path.isfile(results_path):
+        with open(results_path) as f:
+            results = json.load(f)
+
+    def save():
+        with open(results_path, "w") as f:
+            json.dump(results, f, indent=2)
+        write_markdown(results, os.path.join(args.workdir, "results.md"))
+
+    config_flags = ["--preset", args.preset] + [x for o in args.overrides for x in ("--set", o)]
+    pretrain_dir = os.path.join(args.workdir, "pretrain")
+    _run(["pretrain", "--workdir", pretrain_dir, "--corpus", *corpus, "--dataset", "clinc150",
+          "--data_dir", clinc, *config_flags])
+    with open(os.path.join(pretrain_dir, "pretrain", "done.json")) as f:
+        done = json.load(f)
+    results["pretrain"] = {"wall_time_s": done["wall_time_s"], "steps": done["steps"],
+                           "val_perplexity": done["best_val_perplexity"]}
+    save()
+    finished = {s["seed"] for s in results["seeds"]}
+    last_seed_s = None
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        if seed in finished:
+            continue
+        elapsed_min = (time.time() - start) / 60
+        if args.deadline_minutes and last_seed_s is not None and \
+                elapsed_min + last_seed_s / 60 > args.deadline_minutes:
+            logger.warning("stopping before seed %d: %.0f min elapsed, a seed takes %.0f min, "
+                           "deadline %.0f min", seed, elapsed_min, last_seed_s / 60,
+                           args.deadline_minutes)
+            results["stopped_early"] = (f"seed {seed} not started: a seed takes "
+                                        f"{last_seed_s / 60:.0f} min, deadline {args.deadline_minutes} min")
+            save()
+            break
+        seed_start = time.time()
+        workdir = os.path.join(args.workdir, f"seed{seed}")
+        _run(["train", "--dataset", "clinc150", "--data_dir", clinc, "--workdir", workdir,
+              "--teacher", pretrain_dir, "--detectors", ",".join(DETECTORS), "--seed", str(seed),
+              *config_flags])
+        eval_start = time.time()
+        _run(["evaluate", "--workdir", workdir])
+        evaluate_s = time.time() - eval_start
+        with open(os.path.join(workdir, "eval.json")) as f:
+            metrics = json.load(f)["detectors"]
+        results["seeds"].append({"seed": seed, "metrics": metrics, "stages": _stage_times(workdir),
+                                 "evaluate_s": evaluate_s, "seed_wall_time_s": time.time() - seed_start})
+        last_seed_s = time.time() - seed_start
+        save()
+        if "throughput" not in results:
+            export_dir = os.path.join(args.workdir, "export")
+            _run(["export", "--workdir", workdir, "--export_dir", export_dir])
+            version = max(int(v) for v in os.listdir(export_dir) if v.isdigit())
+            from text_ood.data import load_clinc150
+
+            dataset = load_clinc150(clinc)
+            texts_path = os.path.join(args.workdir, "throughput_texts.json")
+            with open(texts_path, "w") as f:
+                json.dump(dataset.id_test + dataset.ood_test, f)
+            out = subprocess.run([sys.executable, "-c", THROUGHPUT_CODE,
+                                  os.path.join(export_dir, str(version)), texts_path,
+                                  str(args.throughput_batch)],
+                                 capture_output=True, text=True, check=True)
+            results["throughput"] = json.loads(out.stdout.strip().splitlines()[-1])
+            save()
+    results["total_wall_time_s"] = results.get("total_wall_time_s", 0) + time.time() - start
+    save()
+    with open(os.path.join(args.workdir, "results.md")) as f:
+        print(f.read())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""``python -m text_ood {pretrain,train,evaluate,export}``: MLKD text OoD detection (Wu et al. 2023).
+
+Typical run (CLINC150, CPU preset)::
+
+  python -m text_ood pretrain --workdir runs/pretrain \
+      --corpus $SSL_DATA_DIR/text/general/*.txt $SSL_DATA_DIR/text/sst2/train.tsv \
+      --dataset clinc150
+  python -m text_ood train --dataset clinc150 --workdir runs/clinc --teacher runs/pretrain
+  python -m text_ood evaluate --workdir runs/clinc
+  python -m text_ood export --workdir runs/clinc --export_dir exports/ood
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from serving.dataclass_config import ConfigError, apply_overrides
+from serving.env import DATA_DIR_ENV, data_root
+
+logger = logging.getLogger("text_ood")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from text_ood.config import PRESETS
+    from text_ood.data import DATASETS
+    from text_ood.detectors import DEFAULT_DETECTORS, DETECTORS
+
+    parser = argparse.ArgumentParser(prog="python -m text_ood", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--verbosity", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add_config_flags(p):
+        p.add_argument("--preset", default="cpu", choices=PRESETS,
+                       help="model/optimisation preset (default: cpu = 4 x 256 GPT-2)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="config override, repeatable, e.g. --set student.epochs=8")
+        p.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
+
+    def add_data_flags(p, required: bool):
+        p.add_argument("--dataset", choices=DATASETS, required=required,
+                       help="clinc150, or 'files' (DATA_DIR/{id_train,id_val,id_test,ood_test}"
+                            ".{txt,jsonl,tsv})")
+        p.add_argument("--data_dir", default=None,
+                       help=f"data set directory (default: ${DATA_DIR_ENV}, plus text/clinc150 "
+                            "for clinc150)")
+
+    p = commands.add_parser("pretrain", help="train the tokenizer and a general-English LM")
+    p.add_argument("--corpus", nargs="+", required=True, metavar="FILE",
+                   help="pre-training corpus files (.txt, .jsonl, .tsv); never the evaluation set")
+    p.add_argument("--workdir", required=True)
+    add_data_flags(p, required=False)
+    p.description = ("Trains SentencePiece on the corpus (plus the ID training texts of --dataset, "
+                     "if given: tokenizer only) and pre-trains a GPT-2-architecture LM.")
+    add_config_flags(p)
+
+    p = commands.add_parser("train", help="fine-tune the teacher, distil the MLKD student, "
+                                          "train the from-scratch baseline")
+    add_data_flags(p, required=True)
+    p.add_argument("--workdir", required=True)
+    teacher = p.add_mutually_exclusive_group(required=True)
+    teacher.add_argument("--teacher", metavar="PRETRAIN_DIR", help="a `pretrain` workdir")
+    teacher.add_argument("--teacher_hf", metavar="HF_DIR",
+                         help="a local Hugging Face GPT-2-family checkpoint with its tokenizer")
+    p.add_argument("--detectors", default=",".join(DEFAULT_DETECTORS),
+                   help=f"comma-separated detectors to train; registered: {sorted(DETECTORS)}")
+    add_config_flags(p)
+
+    p = commands.add_parser("evaluate", help="metrics of every trained detector -> eval.json, roc.png")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--data_dir", default=None, help="overrides the data directory in run.json")
+    p.add_argument("--detectors", default=None,
+                   help="comma-separated detectors (default: those `train` trained)")
+
+    p = commands.add_parser("export", help="versioned SavedModel taking raw strings")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--export_dir", required=True, help="writes EXPORT_DIR/<next version>/")
+    p.add_argument("--data_dir", default=None, help="overrides the data directory in run.json")
+    p.add_argument("--detector", default="mlkd", help="the detector to export (default: mlkd)")
+    return parser
+
+
+def _resolve_data_dir(dataset: str, data_dir: str | None) -> str:
+    root = data_root(data_dir)
+    if root is None:
+        raise SystemExit(f"no data directory: pass --data_dir or set ${DATA_DIR_ENV}")
+    return root
+
+
+def _build_config(args):
+    from text_ood.config import preset
+
+    config = apply_overrides(preset(args.preset), args.overrides)
+    if args.seed is not None:
+        config = apply_overrides(config, [f"seed={args.seed}"])
+    return config
+
+
+def _open_workdir(args):
+    from text_ood.data import load_dataset
+    from text_ood.stages import RUN_FILE, load_context
+
+    run_path = os.path.join(args.workdir, RUN_FILE)
+    if not os.path.isfile(run_path):
+        raise SystemExit(f"{args.workdir} is not a trained workdir (no {RUN_FILE}); run `train` first")
+    with open(run_path) as f:
+        run = json.load(f)
+    data_dir = args.data_dir or run.get("data_dir") or data_root()
+    dataset = load_dataset(run["dataset"], data_dir)
+    return load_context(args.workdir, dataset), run
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.verbosity),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # checkpoint-sharding chatter
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
+    from text_ood.data import DataError, load_dataset
+    from text_ood.detectors import DETECTORS, create_detector
+    from text_ood.tokenizer import TokenizerError
+
+    try:
+        if args.command == "pretrain":
+            from text_ood.stages import pretrain
+
+            config = _build_config(args)
+            extra = []
+            if args.dataset:
+                extra = load_dataset(args.dataset, _resolve_data_dir(args.dataset, args.data_dir),
+                                     config.seed).id_train
+            summary = pretrain(args.corpus, args.workdir, config, tokenizer_extra_texts=extra)
+            logger.info("pre-training done: validation perplexity %.3f", summary["best_val_perplexity"])
+        elif args.command == "train":
+            from text_ood.stages import RUN_FILE, prepare_training
+
+            config = _build_config(args)
+            names = [n.strip() for n in args.detectors.split(",") if n.strip()]
+            unknown = [n for n in names if n not in DETECTORS]
+            if unknown:
+                raise SystemExit(f"unknown detectors {unknown}; registered: {sorted(DETECTORS)}")
+            data_dir = _resolve_data_dir(args.dataset, args.data_dir)
+            dataset = load_dataset(args.dataset, data_dir, config.seed)
+            logger.info("data set %s: %s", dataset.name, dataset.summary())
+            ctx = prepare_training(args.workdir, config, dataset, teacher_dir=args.teacher,
+                                   teacher_hf=args.teacher_hf, data_dir=data_dir)
+            for name in names:
+                create_detector(name, ctx).fit(dataset.id_train)
+                logger.info("detector %s trained", name)
+            run_path = os.path.join(args.workdir, RUN_FILE)
+            with open(run_path) as f:
+                run = json.load(f)
+            run["detectors"] = sorted(set(run.get("detectors", [])) | set(names))
+            with open(run_path, "w") as f:
+                json.dump(run, f, indent=2)
+        elif args.command == "evaluate":
+            from text_ood.evaluate import evaluate_detectors
+
+            ctx, run = _open_workdir(args)
+            names = ([n.strip() for n in args.detectors.split(",") if n.strip()]
+                     if args.detectors else run.get("detectors", []))
+            if not names:
+                raise SystemExit("no detectors to evaluate: `train` recorded none; pass --detectors")
+            evaluate_detectors(ctx, names)
+        elif args.command == "export":
+            from text_ood.export import export_detector
+
+            ctx, run = _open_workdir(args)
+            detector = create_detector(args.detector, ctx).fit(ctx.dataset.id_train)
+            check = ctx.dataset.id_val[:32] + ctx.dataset.ood_test[:32]
+            path = export_detector(detector, ctx.dataset.id_val, args.export_dir,
+                                   metadata={"workdir": os.path.abspath(args.workdir),
+                                             "dataset": run["dataset"]},
+                                   check_texts=check)
+            print(path)
+    except (ConfigError, DataError, TokenizerError, FileNotFoundError, ValueError) as error:
+        logger.error("%s", error)
+        return 2
+    except Exception as error:  # noqa: BLE001  (export errors carry their own message)
+        from text_ood.serving_model import ExportError
+
+        if isinstance(error, ExportError):
+            logger.error("%s", error)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

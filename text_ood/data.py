@@ -1,0 +1,172 @@
+"""Data sets of the OoD task (ID train / ID val / ID test / OoD test) and pre-training corpora.
+
+Formats:
+- CLINC150 (``--dataset clinc150``): ``DATA_DIR/data_full.json`` (or ``DATA_DIR/text/clinc150/``)
+  with keys ``train``, ``val``, ``test``, ``oos_test``, each a list of ``[text, intent]``. The
+  paper's protocol: ID train = the 15,000 in-scope training queries; ID validation = the 3,000
+  in-scope validation queries (model selection and threshold calibration only); test = 4,500
+  in-scope (ID) + 1,000 out-of-scope (OoD) queries.
+- Generic (``--dataset files``): ``DATA_DIR/{id_train,id_val,id_test,ood_test}.{txt,jsonl,tsv}``;
+  ``id_val`` is optional (then 10% of ``id_train`` is held out, seeded). ``.txt``: one text per
+  line; ``.jsonl``: one object per line with a ``"text"`` field; ``.tsv``: a header row with a
+  ``text`` (or ``sentence``) column.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import os
+import random
+from collections.abc import Sequence
+
+logger = logging.getLogger(__name__)
+
+DATASETS = ("clinc150", "files")
+TEXT_EXTENSIONS = (".txt", ".jsonl", ".tsv")
+
+
+class DataError(ValueError):
+    """A data file that is missing or not in the expected format."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OODDataset:
+    """The four splits of an OoD benchmark; OoD texts are only ever used for testing."""
+
+    name: str
+    id_train: list[str]
+    id_val: list[str]
+    id_test: list[str]
+    ood_test: list[str]
+
+    def summary(self) -> dict[str, int]:
+        return {k: len(getattr(self, k)) for k in ("id_train", "id_val", "id_test", "ood_test")}
+
+
+def load_dataset(name: str, data_dir: str, seed: int = 0) -> OODDataset:
+    """Loads ``name`` (one of :data:`DATASETS`) from ``data_dir``.
+
+    Raises:
+      DataError: unknown name, missing files, or malformed content.
+    """
+    if name == "clinc150":
+        return load_clinc150(data_dir)
+    if name == "files":
+        return load_text_files(data_dir, seed=seed)
+    raise DataError(f"unknown dataset {name!r}; valid: {list(DATASETS)}")
+
+
+def load_clinc150(data_dir: str) -> OODDataset:
+    """CLINC150 ``data_full.json`` under ``data_dir`` (or ``data_dir/text/clinc150``)."""
+    candidates = [os.path.join(data_dir, "data_full.json"),
+                  os.path.join(data_dir, "text", "clinc150", "data_full.json")]
+    path = next((p for p in candidates if os.path.isfile(p)), None)
+    if path is None:
+        raise DataError(f"CLINC150 data_full.json not found; looked for {candidates}")
+    with open(path, encoding="utf-8") as f:
+        raw = json.load(f)
+    missing = [k for k in ("train", "val", "test", "oos_test") if k not in raw]
+    if missing:
+        raise DataError(f"{path}: missing keys {missing}; has {sorted(raw)}")
+
+    def texts(key: str) -> list[str]:
+        rows = raw[key]
+        bad = [r for r in rows[:1000] if not (isinstance(r, list) and r and isinstance(r[0], str))]
+        if bad:
+            raise DataError(f"{path}[{key!r}]: expected [text, intent] pairs, received {bad[0]!r}")
+        return [r[0] for r in rows]
+
+    return OODDataset("clinc150", texts("train"), texts("val"), texts("test"), texts("oos_test"))
+
+
+def _find_split(data_dir: str, split: str) -> str | None:
+    for ext in TEXT_EXTENSIONS:
+        path = os.path.join(data_dir, split + ext)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def load_text_files(data_dir: str, seed: int = 0) -> OODDataset:
+    """The generic layout ``{id_train,id_val,id_test,ood_test}.{txt,jsonl,tsv}`` (see module doc)."""
+    splits = {}
+    for split in ("id_train", "id_val", "id_test", "ood_test"):
+        path = _find_split(data_dir, split)
+        if path is None:
+            if split == "id_val":
+                continue
+            raise DataError(
+                f"{split} not found in {data_dir}: expected {split} with one of {TEXT_EXTENSIONS}"
+            )
+        splits[split] = read_texts(path)
+        if not splits[split]:
+            raise DataError(f"{path} holds no texts")
+    if "id_val" not in splits:
+        train = list(splits["id_train"])
+        random.Random(seed).shuffle(train)
+        n_val = max(1, len(train) // 10)
+        splits["id_val"], splits["id_train"] = train[:n_val], train[n_val:]
+        logger.info("no id_val file: held out %d of id_train for validation", n_val)
+    return OODDataset(os.path.basename(os.path.normpath(data_dir)), **splits)
+
+
+def read_texts(path: str) -> list[str]:
+    """Reads texts from a ``.txt`` (line per text), ``.jsonl`` (``text`` field) or ``.tsv`` file.
+
+    Blank lines of ``.txt`` files are skipped; undecodable bytes become U+FFFD.
+
+    Raises:
+      DataError: unknown extension, a JSONL line without a string ``text``, or a TSV without a
+        ``text``/``sentence`` column.
+    """
+    ext = os.path.splitext(path)[1].lower()
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        if ext == ".txt":
+            return [line.strip() for line in f if line.strip()]
+        if ext == ".jsonl":
+            out = []
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise DataError(f"{path}:{number}: not JSON ({error})") from None
+                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                    raise DataError(f"{path}:{number}: expected an object with a string 'text', "
+                                    f"received {line.strip()[:80]!r}")
+                out.append(record["text"])
+            return out
+        if ext == ".tsv":
+            reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            column = next((c for c in ("text", "sentence") if c in (reader.fieldnames or [])), None)
+            if column is None:
+                raise DataError(f"{path}: expected a 'text' or 'sentence' column, "
+                                f"received header {reader.fieldnames}")
+            return [row[column].strip() for row in reader if (row.get(column) or "").strip()]
+    raise DataError(f"{path}: unsupported extension {ext!r}; expected one of {TEXT_EXTENSIONS}")
+
+
+def read_corpus(paths: Sequence[str]) -> list[str]:
+    """Concatenates the texts of several corpus files (any of :data:`TEXT_EXTENSIONS`)."""
+    texts = []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise DataError(f"corpus file not found: {path}")
+        part = read_texts(path)
+        logger.info("corpus %s: %d texts", path, len(part))
+        texts.extend(part)
+    if not texts:
+        raise DataError(f"the corpus {list(paths)} holds no texts")
+    return texts
+
+
+def split_holdout(texts: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Shuffles (seeded) and splits off ``fraction`` of ``texts``; returns ``(rest, held_out)``."""
+    shuffled = list(texts)
+    random.Random(seed).shuffle(shuffled)
+    n_out = max(1, int(len(shuffled) * fraction))
+    return shuffled[n_out:], shuffled[:n_out]

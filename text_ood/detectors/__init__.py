@@ -1,0 +1,41 @@
+"""OoD detectors behind one contract, and the registry that ``train``/``evaluate``/``export`` use.
+
+Add a detector by registering a factory ``(TrainingContext) -> OODDetector`` under a new name in
+:data:`DETECTORS`; the commands then train, evaluate and export it like the built-in ones.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+from text_ood.detectors.base import OODDetector, RequiresFittingError
+from text_ood.detectors.perplexity import PerplexityDetector
+from text_ood.stages import TrainingContext, train_scratch, train_student, train_teacher
+
+DetectorFactory = Callable[[TrainingContext], OODDetector]
+
+DETECTORS: dict[str, DetectorFactory] = {
+    "mlkd": lambda ctx: PerplexityDetector("mlkd", ctx, functools.partial(train_student, name="mlkd")),
+    "mlkd_no_intermediate": lambda ctx: PerplexityDetector(
+        "mlkd_no_intermediate", ctx,
+        functools.partial(train_student, name="mlkd_no_intermediate", intermediate=False)),
+    "teacher": lambda ctx: PerplexityDetector("teacher", ctx, train_teacher),
+    "scratch": lambda ctx: PerplexityDetector("scratch", ctx, train_scratch),
+}
+DEFAULT_DETECTORS = ("teacher", "scratch", "mlkd")
+
+
+def create_detector(name: str, context: TrainingContext) -> OODDetector:
+    """Builds the registered detector ``name`` for ``context``.
+
+    Raises:
+      KeyError: unknown name (the message lists the registered ones).
+    """
+    if name not in DETECTORS:
+        raise KeyError(f"unknown detector {name!r}; registered: {sorted(DETECTORS)}")
+    return DETECTORS[name](context)
+
+
+__all__ = ["DETECTORS", "DEFAULT_DETECTORS", "OODDetector", "PerplexityDetector",
+           "RequiresFittingError", "create_detector"]

@@ -1,0 +1,94 @@
+"""Losses of the text OoD half: causal LM NLL and the two MLKD distillation levels.
+
+Shapes: ``B`` batch, ``T`` tokens (``[BOS] ... [EOS]`` then padding), ``V`` vocabulary,
+``D`` hidden size. Logits at position ``t`` predict token ``t + 1``, so token-level losses use
+``logits[:, :-1]`` against ``ids[:, 1:]`` with weights ``mask[:, 1:]`` (the real target tokens).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def _masked_mean(values: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_sum(values * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
+
+
+def token_nll(logits: tf.Tensor, ids: tf.Tensor, mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Per-token negative log-likelihood of the next token.
+
+    Args:
+      logits: float32 [B, T, V].
+      ids: int32 [B, T].
+      mask: float32 [B, T], 1 on real tokens.
+
+    Returns:
+      ``nll`` float32 [B, T - 1] (nats) and its ``weights`` float32 [B, T - 1] (``mask[:, 1:]``).
+    """
+    nll = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=ids[:, 1:], logits=logits[:, :-1])
+    return nll, mask[:, 1:]
+
+
+def causal_lm_loss(logits: tf.Tensor, ids: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Mean next-token NLL over real target tokens: scalar float32."""
+    nll, weights = token_nll(logits, ids, mask)
+    return _masked_mean(nll, weights)
+
+
+def sequence_mean_nll(logits: tf.Tensor, ids: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Mean NLL of each sequence (log-perplexity; the OoD score): float32 [B]."""
+    nll, weights = token_nll(logits, ids, mask)
+    return tf.reduce_sum(nll * weights, axis=1) / tf.maximum(tf.reduce_sum(weights, axis=1), 1.0)
+
+
+def prediction_distillation_loss(teacher_logits: tf.Tensor, student_logits: tf.Tensor,
+                                 mask: tf.Tensor, temperature: float = 1.0) -> tf.Tensor:
+    """Prediction-layer distillation: KL(p_teacher^T || p_student^T) averaged over real tokens.
+
+    Wu et al. 2023, Eq. 3: at every position whose next token is real, the student's
+    temperature-softened next-token distribution is pulled towards the teacher's.
+
+    Args:
+      teacher_logits: float32 [B, T, V] (no gradient flows into the teacher).
+      student_logits: float32 [B, T, V].
+      mask: float32 [B, T], 1 on real tokens.
+      temperature: softmax temperature T of both distributions.
+
+    Returns:
+      Scalar float32: sum_v p_t(v) (log p_t(v) - log p_s(v)), mean over positions 0..T-2 with
+      ``mask[:, 1:] == 1``.
+    """
+    teacher_logits = tf.stop_gradient(teacher_logits[:, :-1]) / temperature
+    student_logits = student_logits[:, :-1] / temperature
+    teacher_log_probs = tf.nn.log_softmax(teacher_logits, axis=-1)
+    student_log_probs = tf.nn.log_softmax(student_logits, axis=-1)
+    kl = tf.reduce_sum(tf.exp(teacher_log_probs) * (teacher_log_probs - student_log_probs), axis=-1)
+    return _masked_mean(kl, mask[:, 1:])
+
+
+def intermediate_distillation_loss(student_hidden: list[tf.Tensor], projected_teacher: tf.Tensor,
+                                   mask: tf.Tensor, nearest_k: int = 2) -> tf.Tensor:
+    """Similarity-based intermediate-layer distillation (Wu et al. 2023, Eq. 4-5, released recipe).
+
+    For each distilled student layer ``s`` and real token, the distance to teacher layer ``l`` is
+    ``d_l = mean_D (h_s - W h_l)^2``; the ``nearest_k`` smallest distances are summed
+    (beta_k = 1). The result is summed over student layers and averaged over real tokens.
+
+    Args:
+      student_hidden: list of S tensors float32 [B, T, D_s] (the distilled student layers).
+      projected_teacher: float32 [L, B, T, D_s]: every teacher layer after the shared projection W.
+      mask: float32 [B, T], 1 on real tokens.
+      nearest_k: K, clipped to L.
+
+    Returns:
+      Scalar float32.
+    """
+    num_teacher_layers = projected_teacher.shape[0]
+    k = min(nearest_k, num_teacher_layers) if num_teacher_layers else nearest_k
+    total = tf.zeros_like(mask)
+    for hidden in student_hidden:
+        distances = tf.reduce_mean(tf.square(hidden[tf.newaxis] - projected_teacher), axis=-1)
+        distances = tf.transpose(distances, [1, 2, 0])  # [B, T, L]
+        nearest = -tf.math.top_k(-distances, k=k).values  # k smallest: [B, T, k]
+        total += tf.reduce_sum(nearest, axis=-1)
+    return _masked_mean(total, mask)

@@ -1,0 +1,228 @@
+"""The training stages of MLKD: pre-training, teacher fine-tuning, distillation, from scratch.
+
+Workdir layouts (each stage is a :mod:`text_ood.trainer` stage directory, resumable):
+
+``pretrain --workdir P``: ``P/config.json``, ``P/tokenizer/``, ``P/pretrain/best/`` (the
+general-English LM), ``P/logs/pretrain/``.
+
+``train --workdir W``: ``W/config.json``, ``W/run.json`` (data set, teacher source),
+``W/tokenizer/``, ``W/teacher/`` (fine-tuned teacher), ``W/scratch/``, ``W/mlkd/``,
+``W/mlkd_no_intermediate/`` (students), ``W/logs/<stage>/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Sequence
+
+import tensorflow as tf
+
+from serving.dataclass_config import from_dict, to_dict
+from text_ood.config import TextOODConfig, default_student_layers
+from text_ood.data import OODDataset, read_corpus, split_holdout
+from text_ood.lm import build_lm, load_hf_lm, load_lm
+from text_ood.losses import (causal_lm_loss, intermediate_distillation_loss,
+                             prediction_distillation_loss)
+from text_ood.tokenizer import HFGPT2Tokenizer, SentencePieceTokenizer, load_tokenizer
+from text_ood.trainer import Stage, is_done, run_stage
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+RUN_FILE = "run.json"
+
+
+def write_config(workdir: str, config: TextOODConfig) -> None:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+        json.dump(to_dict(config), f, indent=2)
+    logger.info("config: %s", json.dumps(to_dict(config)))
+
+
+def read_config(workdir: str) -> TextOODConfig:
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{workdir} has no {CONFIG_FILE}: run `python -m text_ood train` "
+                                "(or `pretrain`) with this --workdir first")
+    with open(path) as f:
+        return from_dict(TextOODConfig, json.load(f))
+
+
+def pretrain(corpus_paths: Sequence[str], workdir: str, config: TextOODConfig,
+             tokenizer_extra_texts: Sequence[str] = ()) -> dict:
+    """Trains the SentencePiece tokenizer and a general-English LM (the offline stand-in for GPT-2).
+
+    Args:
+      corpus_paths: pre-training corpus files (never the evaluation data set).
+      workdir: the pre-training directory ``P``.
+      config: its ``tokenizer``, ``model`` and ``pretrain`` sections are used.
+      tokenizer_extra_texts: ID training texts added to the tokenizer's training data only.
+
+    Returns:
+      The pre-training stage summary.
+    """
+    write_config(workdir, config)
+    corpus = read_corpus(corpus_paths)
+    tokenizer_dir = os.path.join(workdir, "tokenizer")
+    if os.path.isdir(tokenizer_dir):
+        tokenizer = load_tokenizer(tokenizer_dir)
+    else:
+        tc = config.tokenizer
+        tokenizer = SentencePieceTokenizer.train(
+            list(corpus) + list(tokenizer_extra_texts), tc.vocab_size, tc.model_type,
+            tc.character_coverage, tc.max_sentences, seed=config.seed)
+        tokenizer.save(tokenizer_dir)
+    train_texts, val_texts = split_holdout(corpus, 0.02, seed=config.seed)
+    lm = build_lm(config.model, tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id)
+    return _run_lm_stage("pretrain", workdir, config, config.pretrain, lm, tokenizer,
+                         train_texts, val_texts)
+
+
+def _run_lm_stage(name, workdir, config, stage_config, lm, tokenizer, train_texts, val_texts):
+    max_length = lm.config.n_positions
+
+    def loss_fn(ids, mask):
+        loss = causal_lm_loss(lm(input_ids=ids, attention_mask=mask, training=True).logits, ids, mask)
+        return loss, {}
+
+    stage = Stage(name=name, directory=os.path.join(workdir, name),
+                  log_dir=os.path.join(workdir, "logs", name), config=stage_config,
+                  seed=config.seed, loss_fn=loss_fn, trainables={"model": lm}, selected_lm=lm,
+                  train_ids=tokenizer.encode(train_texts, max_length),
+                  val_ids=tokenizer.encode(val_texts, max_length), pad_id=tokenizer.pad_id,
+                  eval_batch_size=config.eval_batch_size)
+    return run_stage(stage)
+
+
+@dataclasses.dataclass
+class TrainingContext:
+    """Everything the ``train`` stages and the detectors share for one workdir."""
+
+    workdir: str
+    config: TextOODConfig
+    dataset: OODDataset
+    tokenizer: SentencePieceTokenizer | HFGPT2Tokenizer
+    teacher_source: dict  # {"kind": "pretrained", "path": P} or {"kind": "hf", "path": HF_DIR}
+
+    def stage_dir(self, name: str) -> str:
+        return os.path.join(self.workdir, name)
+
+    @property
+    def max_length(self) -> int:
+        return self.config.model.max_length
+
+
+def prepare_training(workdir: str, config: TextOODConfig, dataset: OODDataset,
+                     teacher_dir: str | None = None, teacher_hf: str | None = None,
+                     data_dir: str | None = None) -> TrainingContext:
+    """Sets up ``W``: config, run.json and the tokenizer (the teacher's, copied)."""
+    if (teacher_dir is None) == (teacher_hf is None):
+        raise ValueError("give exactly one teacher: --teacher PRETRAIN_DIR (from `pretrain`) or "
+                         "--teacher_hf HF_DIR (a local Hugging Face GPT-2-family checkpoint)")
+    if teacher_dir is not None:
+        if not is_done(os.path.join(teacher_dir, "pretrain")):
+            raise FileNotFoundError(f"--teacher {teacher_dir}: no finished pre-training there "
+                                    "(expected pretrain/done.json); run `python -m text_ood pretrain`")
+        source = {"kind": "pretrained", "path": os.path.abspath(teacher_dir)}
+        tokenizer = load_tokenizer(os.path.join(teacher_dir, "tokenizer"))
+    else:
+        source = {"kind": "hf", "path": os.path.abspath(teacher_hf)}
+        tokenizer = HFGPT2Tokenizer(teacher_hf)
+    write_config(workdir, config)
+    tokenizer.save(os.path.join(workdir, "tokenizer"))
+    with open(os.path.join(workdir, RUN_FILE), "w") as f:
+        json.dump({"dataset": dataset.name, "data_dir": data_dir and os.path.abspath(data_dir),
+                   "splits": dataset.summary(), "teacher": source}, f, indent=2)
+    return TrainingContext(workdir, config, dataset, tokenizer, source)
+
+
+def load_context(workdir: str, dataset: OODDataset) -> TrainingContext:
+    """Reopens a workdir written by :func:`prepare_training`."""
+    with open(os.path.join(workdir, RUN_FILE)) as f:
+        run = json.load(f)
+    return TrainingContext(workdir, read_config(workdir), dataset,
+                           load_tokenizer(os.path.join(workdir, "tokenizer")), run["teacher"])
+
+
+def _load_initial_teacher(ctx: TrainingContext):
+    if ctx.teacher_source["kind"] == "hf":
+        return load_hf_lm(ctx.teacher_source["path"])
+    return load_lm(os.path.join(ctx.teacher_source["path"], "pretrain", "best"),
+                   dropout=ctx.config.model.dropout)
+
+
+def train_teacher(ctx: TrainingContext, train_texts: Sequence[str]) -> str:
+    """Fine-tunes the pre-trained teacher on ID texts (causal LM loss); returns its ``best/`` dir."""
+    directory = ctx.stage_dir("teacher")
+    if not is_done(directory):
+        lm = _load_initial_teacher(ctx)
+        _run_lm_stage("teacher", ctx.workdir, ctx.config, ctx.config.teacher, lm, ctx.tokenizer,
+                      train_texts, ctx.dataset.id_val)
+    return os.path.join(directory, "best")
+
+
+def train_scratch(ctx: TrainingContext, train_texts: Sequence[str]) -> str:
+    """Trains the student architecture from scratch on ID texts, without distillation."""
+    directory = ctx.stage_dir("scratch")
+    if not is_done(directory):
+        lm = build_lm(ctx.config.model, ctx.tokenizer.vocab_size, ctx.tokenizer.bos_id,
+                      ctx.tokenizer.eos_id, name="scratch")
+        _run_lm_stage("scratch", ctx.workdir, ctx.config, ctx.config.scratch, lm, ctx.tokenizer,
+                      train_texts, ctx.dataset.id_val)
+    return os.path.join(directory, "best")
+
+
+def train_student(ctx: TrainingContext, train_texts: Sequence[str], name: str = "mlkd",
+                  intermediate: bool = True) -> str:
+    """Distils the fine-tuned teacher into a from-scratch student (MLKD; Wu et al. 2023, Eq. 6).
+
+    Loss = ``prediction_weight * L_pred + intermediate_weight * L_int`` (``L_int`` dropped when
+    ``intermediate`` is False: the "MLKD without the intermediate term" ablation). No ground-truth
+    LM loss, as in the released recipe.
+    """
+    directory = ctx.stage_dir(name)
+    if is_done(directory):
+        return os.path.join(directory, "best")
+    teacher = load_lm(train_teacher(ctx, train_texts))
+    cfg, distill = ctx.config, ctx.config.distill
+    max_length = min(cfg.model.max_length, teacher.config.n_positions)
+    student = build_lm(dataclasses.replace(cfg.model, max_length=max_length),
+                       ctx.tokenizer.vocab_size, ctx.tokenizer.bos_id, ctx.tokenizer.eos_id,
+                       name="student")
+    if teacher.config.vocab_size != student.config.vocab_size:
+        raise ValueError(f"teacher vocabulary {teacher.config.vocab_size} != student "
+                         f"{student.config.vocab_size}: both must share the tokenizer")
+    layers = distill.student_layers or default_student_layers(cfg.model.n_layer)
+    use_intermediate = intermediate and distill.intermediate_weight > 0
+    projection = tf.keras.layers.Dense(cfg.model.n_embd, name="teacher_projection")
+    projection.build([None, None, None, teacher.config.n_embd])
+    trainables = {"model": student, "teacher_projection": projection} if use_intermediate \
+        else {"model": student}
+
+    def loss_fn(ids, mask):
+        t_out = teacher(input_ids=ids, attention_mask=mask, output_hidden_states=use_intermediate,
+                        training=False)
+        s_out = student(input_ids=ids, attention_mask=mask, output_hidden_states=use_intermediate,
+                        training=True)
+        pred = prediction_distillation_loss(t_out.logits, s_out.logits, mask, distill.temperature)
+        parts = {"prediction_kd": pred}
+        loss = distill.prediction_weight * pred
+        if use_intermediate:
+            teacher_layers = tf.stop_gradient(tf.stack(t_out.hidden_states[1:]))  # [L, B, T, D_t]
+            inter = intermediate_distillation_loss(
+                [s_out.hidden_states[i] for i in layers], projection(teacher_layers), mask,
+                distill.nearest_k)
+            parts["intermediate_kd"] = inter
+            loss += distill.intermediate_weight * inter
+        return loss, parts
+
+    stage = Stage(name=name, directory=directory, log_dir=os.path.join(ctx.workdir, "logs", name),
+                  config=cfg.student, seed=cfg.seed, loss_fn=loss_fn, trainables=trainables,
+                  selected_lm=student, train_ids=ctx.tokenizer.encode(train_texts, max_length),
+                  val_ids=ctx.tokenizer.encode(ctx.dataset.id_val, max_length),
+                  pad_id=ctx.tokenizer.pad_id, eval_batch_size=cfg.eval_batch_size)
+    run_stage(stage)
+    return os.path.join(directory, "best")
