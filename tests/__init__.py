@@ -1,0 +1,1 @@
+"""Test suite (a package, so tests/<pkg>/ never shadows the project package <pkg>)."""
