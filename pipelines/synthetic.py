@@ -155,6 +155,18 @@ def _sample_rows(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.minimum((draws >= cumulative).sum(axis=1), probs.shape[1] - 1)
 
 
+def _search(cumulative: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """``searchsorted(cumulative, queries, side="right")``, ~3x faster for many random queries.
+
+    Binary search over a large array with random queries misses the cache at every step; sorted
+    queries let numpy reuse the previous position.
+    """
+    order = np.argsort(queries)
+    positions = np.empty(len(queries), dtype=np.int64)
+    positions[order] = np.searchsorted(cumulative, queries[order], side="right")
+    return positions
+
+
 def sample_items(config: SyntheticConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Samples the item table (see the module docstring for the generative story).
 
@@ -235,11 +247,10 @@ def sample_interactions(
     start, end = padded[bounds[:-1]], padded[bounds[1:]]
     last_positive = np.searchsorted(cumulative, end, side="left")  # last item whose cumsum reaches end
     target = start[topic] + rng.random(k) * (end - start)[topic]
-    position = np.minimum(np.searchsorted(cumulative, target, side="right"), last_positive[topic])
+    position = np.minimum(_search(cumulative, target), last_positive[topic])
+    explore = np.flatnonzero((rng.random(k) < c.exploration) | ((end - start)[topic] <= 0))
+    position[explore] = _search(cumulative, rng.random(len(explore)) * cumulative[-1])
     item = by_topic[np.minimum(position, len(by_topic) - 1)]
-    explore = (rng.random(k) < c.exploration) | ((end - start)[topic] <= 0)
-    global_draw = np.searchsorted(cumulative, rng.random(k) * cumulative[-1], side="right")
-    item = np.where(explore, by_topic[np.minimum(global_draw, len(by_topic) - 1)], item)
 
     gaps = np.where(starts_session, rng.exponential(3 * 86_400.0, size=k), rng.exponential(300.0, size=k))
     gaps = 1 + np.floor(gaps).astype(np.int64)
@@ -257,7 +268,7 @@ def sample_interactions(
     likes = (items["topic"][item][:, None] == preferred[user]) & (preference[user] > 0)
     quality = rng.normal(0.0, 0.5, size=c.num_items)
     rating = 3.0 + 0.8 * likes.any(axis=1) + quality[item] + rng.normal(0.0, 0.9, size=k)
-    order = np.lexsort((user, timestamp))
+    order = np.argsort(timestamp, kind="stable")  # rows are grouped by user: ties stay in user order
     return {"user": user[order], "item": item[order], "timestamp": timestamp[order],
             "weight": np.clip(np.rint(rating), 1, 5).astype(np.int64)[order]}
 
