@@ -99,6 +99,31 @@ def test_schema_and_file_format(generated):
     assert sorted(os.listdir(base)) == ["generation.json", "interactions.csv", "items.jsonl", "schema.json"]
 
 
+def test_feature_pipeline_reader_accepts_every_row(generated):
+    """The feature pipeline's own parsers (pipelines.sources) read every row without a dead letter."""
+    from pipelines import sources
+
+    files, _, items, rows = generated
+    spec = sources.InputSpec.from_schema_file(files.schema)
+    assert spec.weight_column == "weight" and [f.name for f in spec.item_features] == list(synthetic.ITEM_FEATURES)
+    parse_interaction, parse_item = sources.interaction_parser(spec), sources.item_parser(spec)
+    interactions = []
+    for path in sorted(glob.glob(spec.interactions_path)):
+        with open(path, "rb") as f:
+            header = tuple(f.readline().decode().rstrip("\n").split(","))
+            for number, data in enumerate(f, 2):
+                line = sources.RawLine("interactions", path, number, header, data.rstrip(b"\r\n"))
+                interactions.append(parse_interaction(line, sources.parse_row(line)))
+    assert [(i.user_id, i.item_id, i.timestamp, i.weight) for i in interactions] == [
+        (r["user_id"], r["item_id"], int(r["timestamp"]), float(r["weight"])) for r in rows]
+    with open(spec.items_path, "rb") as f:
+        for number, (data, item) in enumerate(zip(f, items), 1):
+            line = sources.RawLine("items", spec.items_path, number, None, data.rstrip(b"\n"))
+            parsed = parse_item(line, sources.parse_row(line))
+            assert parsed.item_id == item["item_id"]
+            assert dict(parsed.features) == {name: tuple(_values(item, name)) for name in synthetic.ITEM_FEATURES}
+
+
 def test_counts_ids_and_timestamps(generated):
     files, _, items, rows = generated
     assert len(rows) == SMALL["num_interactions"]
