@@ -44,7 +44,12 @@ increase strictly per user: gaps of ~5 minutes within a session and ~3 days betw
 compressed when a very active user would overflow the time range. ``weight`` is a 1-5 rating:
 higher when the item's topic is one the user prefers, plus a per-item quality and noise.
 
-Speed: vectorised numpy, streamed writes; see BENCHMARKS.md for the time at 2M interactions.
+Measured at 200k items (seed 0; ``generation.json`` records these for every run), MI in nats:
+subcategory-brand 2.82, category-subcategory 2.26, category-tags 1.17, category-year 0.10,
+brand-language 0.003, price_bucket-language 0.000.
+
+Speed: vectorised numpy sampling, streamed writes: 200k users / 200k items / 2M interactions
+take ~7-10 s and ~0.7 GB on a shared 2-core CPU (BENCHMARKS.md); time and memory grow linearly.
 """
 
 from __future__ import annotations
