@@ -1,0 +1,133 @@
+"""Run configuration of the SSL-regularised two-tower model: frozen dataclasses and presets.
+
+Every field can be overridden from the command line with ``--set section.field=value``; the
+resolved config is written to ``WORKDIR/config.json`` and logged at the start of training.
+Presets are functions; their docstrings say what they are for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+SSL_METHODS = ("none", "rfm", "cfm")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Tower shapes."""
+
+    embedding_dim: int = 32  # width of every feature embedding
+    query_hidden: tuple[int, ...] = (128,)  # query-tower MLP hidden layers
+    item_hidden: tuple[int, ...] = (128,)  # item-tower MLP hidden layers
+    output_dim: int = 64  # width of the L2-normalised tower outputs
+    max_values: int = 16  # values kept per multivalent item feature (first ones)
+    min_count: int = 1  # feature values on fewer corpus items map to the OOV bucket
+
+    def __post_init__(self):
+        for name in ("embedding_dim", "output_dim", "max_values", "min_count"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be >= 1, received {getattr(self, name)}")
+        if any(h < 1 for h in self.query_hidden + self.item_hidden):
+            raise ValueError("hidden layer sizes must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class SSLConfig:
+    """The self-supervised task on the item tower (Yao et al. 2021, section 3)."""
+
+    method: Literal["none", "rfm", "cfm"] = "cfm"  # none | random | correlated feature masking
+    weight: float = 0.3  # alpha in L = L_main + alpha * L_ssl
+    temperature: float = 0.1  # InfoNCE temperature of the SSL task
+    dropout: float = 0.2  # drop rate of the remaining values of multivalent features in each view
+    batch_size: int = 128  # items per SSL batch, sampled uniformly from the corpus
+    # CFM's feature affinity: "raw_mi" is the paper's MI; "normalized_mi" divides by sqrt(H_i H_j).
+    affinity: Literal["raw_mi", "normalized_mi"] = "normalized_mi"
+    # Identifier features (item_id) in CFM: "grouped" treats them like any feature; "random_view"
+    # keeps them out of the MI grouping and gives each to one view at random every batch.
+    identifiers: Literal["grouped", "random_view"] = "random_view"
+
+    def __post_init__(self):
+        if self.method not in SSL_METHODS:
+            raise ValueError(f"ssl.method must be one of {SSL_METHODS}, received {self.method!r}")
+        if self.weight < 0 or self.temperature <= 0 or self.batch_size < 2:
+            raise ValueError("ssl.weight must be >= 0, ssl.temperature > 0 and ssl.batch_size >= 2")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ssl.dropout must be in [0, 1), received {self.dropout}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, the main retrieval task, checkpoints and model selection."""
+
+    batch_size: int = 256  # interactions per batch (in-batch negatives)
+    epochs: int = 8  # maximum epochs; early stopping usually ends sooner
+    optimizer: Literal["adam", "adagrad"] = "adam"
+    learning_rate: float = 0.003
+    temperature: float = 0.05  # softmax temperature of the main task (cosine scores / temperature)
+    logq_correction: bool = True  # subtract log(item sampling probability) from logits
+    remove_accidental_hits: bool = True
+    feature_dropout: float = 0.0  # value dropout on the main task's items (the dropout-only baseline)
+    train_fraction: float = 1.0  # share of training examples used (data-scarcity experiments)
+    early_stopping_patience: int = 2  # epochs without validation improvement before stopping
+    selection_k: int = 100  # model selection on validation recall@selection_k
+    validation_max_examples: int = 20_000  # validation examples scored each epoch (a fixed sample)
+    checkpoint_every_steps: int = 500
+    log_every_steps: int = 50
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.batch_size < 2 or self.epochs < 1 or self.learning_rate <= 0 or self.temperature <= 0:
+            raise ValueError("train.batch_size >= 2, train.epochs >= 1, learning_rate > 0, temperature > 0")
+        if not 0.0 < self.train_fraction <= 1.0:
+            raise ValueError(f"train.train_fraction must be in (0, 1], received {self.train_fraction}")
+        if not 0.0 <= self.feature_dropout < 1.0:
+            raise ValueError(f"train.feature_dropout must be in [0, 1), received {self.feature_dropout}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    model: ModelConfig = ModelConfig()
+    ssl: SSLConfig = SSLConfig()
+    train: TrainConfig = TrainConfig()
+
+
+def movielens() -> Config:
+    """ml-latest-small with ``--split user_time``: CFM two-tower model, the project default.
+
+    ``python -m recsys_ssl train --features runs/features --workdir runs/cfm --preset movielens``
+    trains in about a minute per epoch on 2 CPU cores; early stopping picks the best epoch on
+    validation recall@100. Results are in BENCHMARKS.md (ssl_ablation).
+    """
+    return Config()
+
+
+def synthetic() -> Config:
+    """The synthetic data set of ``pipelines.synthetic`` at the paper's regime (200k items).
+
+    Larger batches for more in-batch negatives over a long tail; see benchmarks/ssl_ablation.py.
+    """
+    return Config(
+        model=ModelConfig(embedding_dim=32, query_hidden=(128,), item_hidden=(128,), output_dim=64),
+        ssl=SSLConfig(batch_size=256),
+        train=TrainConfig(batch_size=512, epochs=6, checkpoint_every_steps=1000, validation_max_examples=20_000),
+    )
+
+
+def tiny() -> Config:
+    """Tests: minimal towers, two epochs, frequent checkpoints."""
+    return Config(
+        model=ModelConfig(embedding_dim=8, query_hidden=(16,), item_hidden=(16,), output_dim=8, max_values=4),
+        ssl=SSLConfig(batch_size=8),
+        train=TrainConfig(batch_size=16, epochs=2, checkpoint_every_steps=5, log_every_steps=2,
+                          validation_max_examples=200),
+    )
+
+
+PRESETS = {"movielens": movielens, "synthetic": synthetic, "tiny": tiny}
+
+
+def preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {sorted(PRESETS)}")
+    return PRESETS[name]()

@@ -1,0 +1,94 @@
+"""Retrieval quality: exact top-K over the full item corpus, excluding items the user has seen.
+
+Protocol: for each held-out example (user, history, target item), score every corpus item with
+the model, drop the items of the user's earlier splits (train for validation; train and
+validation for eval) except the target itself, and count a hit at K when the target is among
+the K best. Recall@K is the mean hit rate; slices (head / tail) group examples by their target.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from recsys_ssl import schema as fs
+
+NEG_INF = -1e9
+
+
+def seen_rows(users: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """user id -> unique corpus rows the user interacted with (from aligned arrays)."""
+    seen = defaultdict(set)
+    for user, row in zip(users, rows):
+        if row >= 0:
+            seen[user].add(int(row))
+    return {user: np.fromiter(items, dtype=np.int64) for user, items in seen.items()}
+
+
+def query_embeddings(model, examples: Mapping[str, np.ndarray], batch_size: int = 1024) -> np.ndarray:
+    """float32 [num_examples, d] query-tower outputs of in-memory examples."""
+    outputs = []
+    for start in range(0, len(examples[fs.USER_ID]), batch_size):
+        batch = {
+            fs.USER_ID: tf.constant(examples[fs.USER_ID][start: start + batch_size].astype(str)),
+            fs.HISTORY: tf.constant(examples[fs.HISTORY][start: start + batch_size].astype(str)),
+        }
+        outputs.append(model.query_tower(batch, training=False).numpy())
+    if not outputs:
+        return np.zeros([0, model.config.model.output_dim], np.float32)
+    return np.concatenate(outputs)
+
+
+def corpus_embeddings(model, num_items: int, batch_size: int = 4096) -> np.ndarray:
+    """float32 [num_items, d] item-tower outputs of the whole corpus (no masking)."""
+    parts = [model.item_embeddings(tf.range(start, min(start + batch_size, num_items))).numpy()
+             for start in range(0, num_items, batch_size)]
+    return np.concatenate(parts)
+
+
+def hits_at_k(queries: np.ndarray, items: np.ndarray, targets: np.ndarray, exclude: Sequence[np.ndarray],
+              ks: Sequence[int], chunk_size: int = 512) -> np.ndarray:
+    """Exact top-K hits.
+
+    Args:
+      queries: float32 [Q, d].
+      items: float32 [N, d].
+      targets: int [Q] corpus rows of the targets.
+      exclude: per query, int rows to exclude from the ranking (the target is never excluded).
+      ks: cut-offs, e.g. (10, 50, 100).
+
+    Returns:
+      bool [Q, len(ks)]: whether the target is within the top ``k`` of the remaining items.
+    """
+    max_k = min(max(ks), items.shape[0])
+    hits = np.zeros((len(targets), len(ks)), dtype=bool)
+    items_t = tf.constant(items)
+    chunk_size = max(16, min(chunk_size, int(2e7) // max(items.shape[0], 1)))
+    for start in range(0, len(targets), chunk_size):
+        end = min(start + chunk_size, len(targets))
+        scores = tf.matmul(tf.constant(queries[start:end]), items_t, transpose_b=True).numpy()
+        rows = [np.full(len(exclude[i]), i - start) for i in range(start, end)]
+        if rows:
+            columns = np.concatenate([exclude[i] for i in range(start, end)]).astype(np.int64)
+            rows = np.concatenate(rows).astype(np.int64)
+            keep_target = columns != targets[start:end][rows]
+            scores[rows[keep_target], columns[keep_target]] = NEG_INF
+        top = tf.math.top_k(scores, k=max_k).indices.numpy()
+        for column, k in enumerate(ks):
+            hits[start:end, column] = (top[:, :k] == targets[start:end, None]).any(axis=1)
+    return hits
+
+
+def recall_summary(hits: np.ndarray, ks: Sequence[int], slices: Mapping[str, np.ndarray]) -> dict:
+    """``{slice: {"examples": n, "recall@k": mean hit, ...}}`` for every boolean slice mask."""
+    summary = {}
+    for name, mask in slices.items():
+        selected = hits[mask]
+        entry = {"examples": int(mask.sum())}
+        for column, k in enumerate(ks):
+            entry[f"recall@{k}"] = float(selected[:, column].mean()) if len(selected) else float("nan")
+        summary[name] = entry
+    return summary

@@ -1,0 +1,149 @@
+"""The SSL-regularised two-tower retrieval model (Yao et al. 2021) on tensorflow-recommenders.
+
+``L = L_main + alpha * L_ssl``:
+
+- ``L_main``: in-batch softmax over the interactions of a batch (TFRS retrieval task, mean over
+  the batch) with temperature, logQ correction from the items' train frequencies, and removal of
+  accidental hits.
+- ``L_ssl``: a second batch of items sampled **uniformly from the item corpus**, two views by
+  complementary feature masking (RFM or CFM) and value dropout (``augment.py``), both through the
+  shared item tower, InfoNCE with its own temperature (``losses.info_nce``).
+
+The main items and both SSL views go through the item tower in one call (per-row feature masks),
+which keeps the SSL step cheap. All randomness is stateless, from a per-step int32 [2] seed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from recsys_ssl import schema as fs
+from recsys_ssl.augment import FeatureMasking, drop_values
+from recsys_ssl.config import Config
+from recsys_ssl.data import FIRST_ID, FeatureSet
+from recsys_ssl.losses import info_nce, retrieval_task
+from recsys_ssl.towers import ItemTower, QueryTower
+
+
+def feature_affinity(feature_set: FeatureSet, affinity: str) -> np.ndarray:
+    """[F, F] affinity between the schema's item features from ``item_feature_mi.json``."""
+    document = feature_set.mutual_information
+    key = {"raw_mi": "mi", "normalized_mi": "normalized_mi"}[affinity]
+    order = [document["features"].index(name) for name in feature_set.schema.item_feature_names]
+    matrix = np.asarray(document[key], dtype=np.float64)
+    return matrix[np.ix_(order, order)]
+
+
+class SSLTwoTowerModel(tfrs.Model):
+    """Two towers, the item corpus as id matrices, the main retrieval task and the SSL task.
+
+    Args:
+      feature_set: the loaded feature directory (vocabularies, corpus, frequencies, MI).
+      config: the run configuration.
+    """
+
+    def __init__(self, feature_set: FeatureSet, config: Config):
+        super().__init__()
+        self.config = config
+        schema = feature_set.schema
+        self.item_feature_names = schema.item_feature_names
+        self.multivalent = [f.multivalent for f in schema.item_features]
+        self.num_items = feature_set.num_items
+        self.query_tower = QueryTower(
+            feature_set.vocabularies[fs.USER_ID], feature_set.vocabularies[fs.ITEM_ID], config.model
+        )
+        self.item_tower = ItemTower(
+            [(f.name, len(feature_set.vocabularies[f.vocab_name]), f.multivalent) for f in schema.item_features],
+            config.model,
+        )
+        self.retrieval = retrieval_task(config.train.temperature, config.train.remove_accidental_hits)
+        self._corpus = {name: tf.constant(ids) for name, ids in feature_set.item_feature_ids.items()}
+        self._item_probability = tf.constant(np.maximum(feature_set.item_probability, 1e-9))
+        self.masking = None
+        if config.ssl.method != "none":
+            self.masking = FeatureMasking(
+                config.ssl.method, len(self.item_feature_names), [f.identifier for f in schema.item_features],
+                feature_affinity(feature_set, config.ssl.affinity) if config.ssl.method == "cfm" else None,
+                config.ssl.identifiers,
+            )
+
+    def item_rows(self, item_ids: tf.Tensor) -> tf.Tensor:
+        """Corpus rows of item id strings [batch] -> int32 [batch] (-1 for unknown items)."""
+        return tf.cast(self.query_tower.item_lookup(item_ids), tf.int32) - FIRST_ID
+
+    def corpus_features(self, rows: tf.Tensor) -> dict[str, tf.Tensor]:
+        """The item tower's id inputs of corpus rows int32 [batch]."""
+        return {name: tf.gather(ids, rows) for name, ids in self._corpus.items()}
+
+    def item_embeddings(self, rows: tf.Tensor) -> tf.Tensor:
+        """float32 [batch, output_dim] unmasked item embeddings of corpus rows."""
+        return self.item_tower(self.corpus_features(rows), training=False)
+
+    def _dropout(self, features: dict, rate: float, seed: tf.Tensor) -> dict:
+        return {
+            name: drop_values(ids, rate, tf.random.experimental.stateless_fold_in(seed, index))
+            if multi else ids
+            for index, (name, ids, multi) in enumerate(
+                (n, features[n], m) for n, m in zip(self.item_feature_names, self.multivalent)
+            )
+        }
+
+    def losses(self, batch: dict[str, tf.Tensor], seed: tf.Tensor, training: bool = True) -> dict[str, tf.Tensor]:
+        """Main, SSL and total loss of one batch.
+
+        Args:
+          batch: ``user_id`` string [B], ``history`` string [B, H], ``item_id`` string [B].
+          seed: int32 [2], this step's random seed.
+
+        Returns:
+          ``{"main", "ssl", "total"}`` scalars (``ssl`` is 0 when the SSL task is off).
+        """
+        train_config, ssl_config = self.config.train, self.config.ssl
+        queries = self.query_tower({fs.USER_ID: batch[fs.USER_ID], fs.HISTORY: batch[fs.HISTORY]}, training=training)
+        rows = self.item_rows(batch[fs.ITEM_ID])
+        main_items = self.corpus_features(rows)
+        if train_config.feature_dropout > 0 and training:
+            main_items = self._dropout(main_items, train_config.feature_dropout, tf.random.experimental.stateless_fold_in(seed, 11))
+        batch_size = tf.shape(rows)[0]
+        num_features = len(self.item_feature_names)
+
+        if self.masking is None:
+            candidates = self.item_tower(main_items, training=training)
+        else:
+            ssl_size = ssl_config.batch_size
+            ssl_rows = tf.random.stateless_uniform(
+                [ssl_size], seed=tf.random.experimental.stateless_fold_in(seed, 1), minval=0,
+                maxval=self.num_items, dtype=tf.int32,
+            )
+            ssl_items = self.corpus_features(ssl_rows)
+            view_1 = self._dropout(ssl_items, ssl_config.dropout, tf.random.experimental.stateless_fold_in(seed, 2))
+            view_2 = self._dropout(ssl_items, ssl_config.dropout, tf.random.experimental.stateless_fold_in(seed, 3))
+            mask = self.masking.view_mask(tf.random.experimental.stateless_fold_in(seed, 4))  # [F]
+            feature_mask = tf.concat([
+                tf.zeros([batch_size, num_features], tf.bool),
+                tf.tile(mask[None, :], [ssl_size, 1]),
+                tf.tile(tf.logical_not(mask)[None, :], [ssl_size, 1]),
+            ], axis=0)
+            all_items = {name: tf.concat([main_items[name], view_1[name], view_2[name]], axis=0)
+                         for name in self.item_feature_names}
+            embeddings = self.item_tower(all_items, feature_mask, training=training)
+            candidates = embeddings[:batch_size]
+            ssl_1, ssl_2 = embeddings[batch_size: batch_size + ssl_size], embeddings[batch_size + ssl_size:]
+
+        probability = tf.gather(self._item_probability, rows) if train_config.logq_correction else None
+        main = tf.reduce_mean(self.retrieval(
+            queries, candidates, candidate_sampling_probability=probability,
+            candidate_ids=rows if train_config.remove_accidental_hits else None,
+            compute_metrics=False, compute_batch_metrics=False,
+        ))
+        if self.masking is None:
+            ssl = tf.constant(0.0)
+        else:
+            ssl = info_nce(ssl_1, ssl_2, ssl_config.temperature, ids=ssl_rows)
+        return {"main": main, "ssl": ssl, "total": main + ssl_config.weight * ssl}
+
+    def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
+        seed = tf.constant([self.config.train.seed, 0], tf.int32)
+        return self.losses(inputs, seed, training=training)["total"]

@@ -1,0 +1,107 @@
+"""The query and item towers of the two-tower retrieval model.
+
+Both end in an MLP and an L2 normalisation, so their dot product is a cosine similarity.
+The query tower takes raw strings (so exported models take raw query features); the item tower
+takes feature ids (the model gathers them from the in-memory item corpus, see ``data.py``) and a
+per-example feature mask: a masked feature, or one with no value, is represented by that
+feature's learned default embedding (Yao et al. 2021, section 3.2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import tensorflow as tf
+
+from recsys_ssl import schema as fs
+from recsys_ssl.config import ModelConfig
+from recsys_ssl.data import PAD_ID
+
+
+def _mlp(hidden: Sequence[int], output_dim: int, name: str) -> tf.keras.Sequential:
+    layers = [tf.keras.layers.Dense(units, activation="relu", name=f"{name}_hidden_{i}") for i, units in enumerate(hidden)]
+    layers.append(tf.keras.layers.Dense(output_dim, name=f"{name}_output"))
+    return tf.keras.Sequential(layers, name=name)
+
+
+def string_lookup(vocabulary: Sequence[str], name: str) -> tf.keras.layers.StringLookup:
+    """Maps "" to 0 (padding), unknown strings to 1 (OOV) and ``vocabulary[i]`` to ``2 + i``."""
+    return tf.keras.layers.StringLookup(
+        vocabulary=list(vocabulary), mask_token="", num_oov_indices=1, output_mode="int", name=name
+    )
+
+
+class QueryTower(tf.keras.Model):
+    """user_id and the pooled history of item ids -> MLP -> L2-normalised query embedding.
+
+    Inputs: ``{"user_id": string [batch], "history": string [batch, H]}`` (history padded with "").
+    Output: float32 [batch, output_dim], unit norm. Unknown users and items use OOV embeddings;
+    an empty history pools to zeros.
+    """
+
+    def __init__(self, user_vocabulary: Sequence[str], item_vocabulary: Sequence[str], config: ModelConfig,
+                 name: str = "query_tower"):
+        super().__init__(name=name)
+        self.user_lookup = string_lookup(user_vocabulary, "user_lookup")
+        self.item_lookup = string_lookup(item_vocabulary, "item_lookup")
+        self.user_embedding = tf.keras.layers.Embedding(len(user_vocabulary) + 2, config.embedding_dim,
+                                                        name="user_embedding")
+        self.history_embedding = tf.keras.layers.Embedding(len(item_vocabulary) + 2, config.embedding_dim,
+                                                           name="history_embedding")
+        self.mlp = _mlp(config.query_hidden, config.output_dim, "mlp")
+
+    def call(self, inputs, training=False):
+        user = self.user_embedding(self.user_lookup(inputs[fs.USER_ID]))
+        history_ids = self.item_lookup(inputs[fs.HISTORY])
+        valid = tf.cast(tf.not_equal(history_ids, PAD_ID), tf.float32)[..., None]
+        history = tf.reduce_sum(self.history_embedding(history_ids) * valid, axis=1) / tf.maximum(
+            tf.reduce_sum(valid, axis=1), 1.0
+        )
+        return tf.math.l2_normalize(self.mlp(tf.concat([user, history], axis=-1), training=training), axis=-1)
+
+
+class ItemTower(tf.keras.Model):
+    """One embedding per item feature (multivalent ones mean-pooled), default embeddings for masked
+    or missing features, MLP, L2 normalisation.
+
+    Args:
+      features: ``(name, vocabulary_size, multivalent)`` per item feature, schema order.
+      config: tower sizes.
+
+    Call:
+      feature_ids: name -> int32 [batch] (single-valued) or [batch, max_values] (multivalent,
+        0-padded) ids.
+      feature_mask: optional bool [batch, num_features]; True replaces the feature by its default
+        embedding.
+      Returns float32 [batch, output_dim], unit norm.
+    """
+
+    def __init__(self, features: Sequence[tuple[str, int, bool]], config: ModelConfig, name: str = "item_tower"):
+        super().__init__(name=name)
+        self.feature_names = [name_ for name_, _, _ in features]
+        self.multivalent = {name_: multi for name_, _, multi in features}
+        self.embeddings = {
+            name_: tf.keras.layers.Embedding(size + 2, config.embedding_dim, name=f"{name_}_embedding")
+            for name_, size, _ in features
+        }
+        self.default_embeddings = self.add_weight(
+            name="default_embeddings", shape=(len(features), config.embedding_dim),
+            initializer=tf.keras.initializers.RandomNormal(stddev=0.05),
+        )
+        self.mlp = _mlp(config.item_hidden, config.output_dim, "mlp")
+
+    def call(self, feature_ids, feature_mask=None, training=False):
+        pooled = []
+        for index, name in enumerate(self.feature_names):
+            ids = feature_ids[name]
+            embedded = self.embeddings[name](ids)
+            if self.multivalent[name]:
+                valid_values = tf.cast(tf.not_equal(ids, PAD_ID), tf.float32)[..., None]
+                count = tf.reduce_sum(valid_values, axis=1)
+                embedded = tf.reduce_sum(embedded * valid_values, axis=1) / tf.maximum(count, 1.0)
+                present = count[:, 0] > 0
+            else:
+                present = tf.not_equal(ids, PAD_ID)
+            use_value = present if feature_mask is None else tf.logical_and(present, tf.logical_not(feature_mask[:, index]))
+            pooled.append(tf.where(use_value[:, None], embedded, self.default_embeddings[index][None, :]))
+        return tf.math.l2_normalize(self.mlp(tf.concat(pooled, axis=-1), training=training), axis=-1)
