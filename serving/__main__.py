@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="poll base paths for new versions this often (0: once at start)")
     models.add_argument("--max_num_load_retries", type=int, default=2,
                         help="retries (on later polls) of a version that failed to load")
+    models.add_argument("--version_settle_seconds", type=float, default=1.0,
+                        help="load a new version dir only once its newest file is this old "
+                        "(guards against non-atomic copies; 0 disables)")
     models.add_argument("--enable_model_warmup", type=_bool, nargs="?", const=True, default=True,
                         help="replay assets.extra/tf_serving_warmup_requests when loading")
     net = parser.add_argument_group("network")
@@ -108,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
             model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
             rest_api_timeout_in_ms=args.rest_api_timeout_in_ms, max_request_bytes=args.max_request_bytes,
-            max_load_attempts=args.max_num_load_retries + 1, enable_model_warmup=args.enable_model_warmup,
+            max_load_attempts=args.max_num_load_retries + 1, version_settle_seconds=args.version_settle_seconds,
+            enable_model_warmup=args.enable_model_warmup,
             batching=batching,
         )
     except (ModelConfigError, ValueError) as error:

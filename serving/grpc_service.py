@@ -62,7 +62,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         try:
             servable = self._manager.resolve(*_model_ref(request.model_spec))
             signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-            key = ("grpc", servable.name, servable.version, signature_name)
+            known = signature_name if signature_name in servable.signatures else "(unknown)"
+            key = ("grpc", servable.name, servable.version, known)
             signature = servable.signature(signature_name)
             inputs = {}
             for name, proto in request.inputs.items():

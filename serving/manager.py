@@ -4,7 +4,8 @@ Like TF Serving's ``ServerCore`` with a file-system storage path source:
 
 - every ``--file_system_poll_wait_seconds`` the manager lists ``BASE_PATH/<n>/`` (integer names
   only, so the hidden ``.tmp-export-*`` directories of :mod:`serving.export` are ignored, and a
-  directory without ``saved_model.pb`` is treated as still being written);
+  directory without ``saved_model.pb``, or with a file modified less than ``settle_seconds``
+  ago, is treated as still being written, so even a non-atomic copy is never loaded half-done);
 - the version policy (latest N, all, specific) picks the aspired versions; new ones are loaded
   first and only then are versions that left the policy unloaded (availability-preserving, as TF
   Serving's default policy), so a swap never leaves a gap;
@@ -20,6 +21,7 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 
 import grpc
@@ -53,6 +55,18 @@ class _Model:
     base_path: str
     versions: dict[int, VersionStatus] = dataclasses.field(default_factory=dict)
     warned_empty: bool = False
+    settling: bool = False  # A version dir was skipped because files in it are still changing.
+
+
+def _newest_mtime(path: str) -> float:
+    newest = os.path.getmtime(path)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            try:
+                newest = max(newest, os.path.getmtime(os.path.join(root, name)))
+            except OSError:  # Removed while walking: still changing.
+                return time.time()
+    return newest
 
 
 class ModelManager:
@@ -63,18 +77,21 @@ class ModelManager:
       poll_wait_seconds: seconds between polls of the base paths; ``<= 0`` polls once at start
         (TF Serving's meaning of 0).
       max_load_attempts: load attempts per version before it is given up on.
+      settle_seconds: a version directory is loaded only once its newest file is this old
+        (guards against directories copied in place non-atomically; 0 disables the check).
       loader: ``(name, version, path) -> Servable``; the default loads the SavedModel (with
         ScaNN ops when needed) and runs its warm-up requests.
     """
 
     def __init__(self, configs: Iterable[ModelConfig], poll_wait_seconds: float = 1.0,
-                 max_load_attempts: int = 3, loader: Loader | None = None):
+                 max_load_attempts: int = 3, loader: Loader | None = None, settle_seconds: float = 1.0):
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()  # One poll / reconfigure at a time.
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._poll_wait_seconds = poll_wait_seconds
         self._max_load_attempts = max_load_attempts
+        self._settle_seconds = settle_seconds
         self._loader = loader or load_servable
         self._models: dict[str, _Model] = {}
         for config in configs:
@@ -88,6 +105,10 @@ class ModelManager:
             logger.info("serving model %r from %s, version policy %s", model.config.name,
                         model.base_path, describe_policy(model.config))
         self.poll_once()
+        deadline = time.monotonic() + 3 * self._settle_seconds + 1
+        while any(m.settling for m in self._models.values()) and time.monotonic() < deadline:
+            time.sleep(max(self._settle_seconds / 4, 0.05))  # Initial versions still being written.
+            self.poll_once()
         if self._poll_wait_seconds > 0:
             self._thread = threading.Thread(target=self._poll_loop, name="model-poller", daemon=True)
             self._thread.start()
@@ -209,11 +230,22 @@ class ModelManager:
                 logger.warning("cannot list base path of model %r: %s", model.config.name, error)
                 model.warned_empty = True
             return set()
+        with self._lock:
+            loaded = {v for v, s in model.versions.items() if s.servable is not None}
         versions = set()
+        now = time.time()
+        model.settling = False
         for entry in names:
             path = os.path.join(model.base_path, entry)
-            if entry.isdigit() and os.path.isdir(path) and is_complete_version_dir(path):
+            if not entry.isdigit() or not os.path.isdir(path):
+                continue
+            if int(entry) in loaded:
                 versions.add(int(entry))
+            elif is_complete_version_dir(path):
+                if now - _newest_mtime(path) >= self._settle_seconds:
+                    versions.add(int(entry))
+                else:
+                    model.settling = True
         if not versions and not model.warned_empty:
             logger.warning("no complete versions of model %r under %s yet", model.config.name, model.base_path)
             model.warned_empty = True

@@ -105,7 +105,8 @@ class _RestHandler:
         body = await self._read_body(request)
         servable = self._manager.resolve(name, version, label)
         parsed = json_codec.parse_predict_body(body)
-        key = ("rest", servable.name, servable.version, parsed.signature_name)
+        known = parsed.signature_name if parsed.signature_name in servable.signatures else "(unknown)"
+        key = ("rest", servable.name, servable.version, known)
         try:
             signature = servable.signature(parsed.signature_name)
             arrays = json_codec.request_arrays(parsed, signature)

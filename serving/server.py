@@ -46,6 +46,8 @@ class ServerOptions:
         upper bound for gRPC (a shorter client deadline wins); 0 disables it.
       max_request_bytes: largest REST body and gRPC message accepted.
       max_load_attempts: attempts to load a version before giving up on it.
+      version_settle_seconds: a new version directory is loaded only once its newest file is
+        this old (protects against non-atomic copies; 0 disables).
       enable_model_warmup: replay ``assets.extra/tf_serving_warmup_requests`` when loading.
       grpc_shutdown_grace_seconds: how long in-flight calls may finish on shutdown.
       batching: request batching options.
@@ -59,6 +61,7 @@ class ServerOptions:
     rest_api_timeout_in_ms: int = 30_000
     max_request_bytes: int = 16 * 1024 * 1024
     max_load_attempts: int = 3
+    version_settle_seconds: float = 1.0
     enable_model_warmup: bool = True
     grpc_shutdown_grace_seconds: float = 5.0
     batching: BatchingOptions = dataclasses.field(default_factory=BatchingOptions)
@@ -90,7 +93,7 @@ class ModelServer:
         self._model_config_file = model_config_file
         loader = functools.partial(load_servable, warm_up=options.enable_model_warmup)
         self.manager = ModelManager(configs, options.file_system_poll_wait_seconds,
-                                    options.max_load_attempts, loader)
+                                    options.max_load_attempts, loader, options.version_settle_seconds)
         self.stats = RequestStats()
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=options.batching.num_batch_threads, thread_name_prefix="model-call"
