@@ -4,7 +4,7 @@ Like TF Serving's ``ServerCore`` with a file-system storage path source:
 
 - every ``--file_system_poll_wait_seconds`` the manager lists ``BASE_PATH/<n>/`` (integer names
   only, so the hidden ``.tmp-export-*`` directories of :mod:`serving.export` are ignored, and a
-  directory without ``saved_model.pb``, or with a file modified less than ``settle_seconds``
+  directory without ``saved_model.pb``, or with a file changed less than ``settle_seconds``
   ago, is treated as still being written, so even a non-atomic copy is never loaded half-done);
 - the version policy (latest N, all, specific) picks the aspired versions; new ones are loaded
   first and only then are versions that left the policy unloaded (availability-preserving, as TF
@@ -58,14 +58,17 @@ class _Model:
     settling: bool = False  # A version dir was skipped because files in it are still changing.
 
 
-def _newest_mtime(path: str) -> float:
-    newest = os.path.getmtime(path)
+def _newest_change(path: str) -> float:
+    """The latest modification or inode change time under ``path`` (ctime cannot be faked by
+    ``cp -a``/``rsync -t``, which preserve mtimes)."""
+    newest = 0.0
     for root, dirs, files in os.walk(path):
-        for name in dirs + files:
+        for name in [root] + [os.path.join(root, n) for n in dirs + files]:
             try:
-                newest = max(newest, os.path.getmtime(os.path.join(root, name)))
+                stat = os.stat(name)
             except OSError:  # Removed while walking: still changing.
                 return time.time()
+            newest = max(newest, stat.st_mtime, stat.st_ctime)
     return newest
 
 
@@ -242,7 +245,7 @@ class ModelManager:
             if int(entry) in loaded:
                 versions.add(int(entry))
             elif is_complete_version_dir(path):
-                if now - _newest_mtime(path) >= self._settle_seconds:
+                if now - _newest_change(path) >= self._settle_seconds:
                     versions.add(int(entry))
                 else:
                     model.settling = True

@@ -4,15 +4,17 @@ A :class:`Servable` is what the version manager loads and swaps, and what a requ
 it runs (holding the Python reference keeps the version alive even if the manager unloads it in
 the meantime, so in-flight requests never fail during a version swap).
 
-ScaNN: SavedModels exported with ``tfrs.layers.factorized_top_k.ScaNN`` contain custom ops in the
-``Scann`` namespace (``Scann>TensorsToScann``, ``Scann>ScannSearchBatched``). Their kernels live in
-the ``scann`` package's op library; :func:`load_servable` registers them (by importing
-``scann.scann_ops.py.scann_ops``) only when the SavedModel's graph uses them, so other models load
-without ScaNN installed.
+Custom ops: SavedModels exported with ``tfrs.layers.factorized_top_k.ScaNN`` contain ScaNN's ops
+(``Scann>TensorsToScann``, ``Scann>ScannSearchBatched``), and in-graph tokenisation with
+tensorflow-text adds its ops (``SentencepieceOp``, ``TFText>...``). Their kernels live in those
+packages' op libraries, which TensorFlow alone does not load. :func:`load_servable` lists the ops
+the graph uses that are not registered yet and imports the op providers (:data:`OP_PROVIDERS`)
+only then, so other models load without them and a missing provider gives a clear error.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import threading
@@ -23,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from google.protobuf import text_format
+from tensorflow.python.framework import op_def_registry
 
 from serving.errors import ServingError, invalid_argument
 from serving.signature import SignatureSpec
@@ -34,7 +37,7 @@ SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit.
 
-_scann_lock = threading.Lock()
+_provider_lock = threading.Lock()
 
 
 class ServableLoadError(RuntimeError):
@@ -74,28 +77,49 @@ def read_meta_graph(path: str, tag: str = SERVE_TAG) -> meta_graph_pb2.MetaGraph
     raise ServableLoadError(f"the SavedModel in {path} has no meta graph tagged {tag!r}; it has {tags}")
 
 
-def custom_op_namespaces(meta_graph: meta_graph_pb2.MetaGraphDef) -> set[str]:
-    """Returns the namespaces of namespaced ops (``Scann>...`` -> ``Scann``) used by the graph."""
+# Python modules whose import registers custom TensorFlow ops, tried in order for unknown ops.
+OP_PROVIDERS = ("scann.scann_ops.py.scann_ops", "tensorflow_text")
+
+
+def unregistered_ops(meta_graph: meta_graph_pb2.MetaGraphDef) -> set[str]:
+    """Returns the op types the graph uses that this process has not registered (yet)."""
+    functions = {f.signature.name for f in meta_graph.graph_def.library.function}
     ops = {node.op for node in meta_graph.graph_def.node}
     for function in meta_graph.graph_def.library.function:
         ops.update(node.op for node in function.node_def)
-    return {op.split(">", 1)[0] for op in ops if ">" in op}
+    return {op for op in ops - functions if op_def_registry.get(op) is None}
 
 
-def register_scann_ops() -> None:
-    """Loads ScaNN's TensorFlow op library (idempotent).
+def register_custom_ops(meta_graph: meta_graph_pb2.MetaGraphDef) -> list[str]:
+    """Imports op providers until every op of the graph is registered.
+
+    Returns:
+      The provider modules imported for this graph.
 
     Raises:
-      ServableLoadError: the ``scann`` package is not installed or does not match TensorFlow.
+      ServableLoadError: ops remain unregistered (the message lists them and the providers tried,
+        with their import errors).
     """
-    with _scann_lock:
-        try:
-            from scann.scann_ops.py import scann_ops  # noqa: F401  (registers the Scann ops)
-        except Exception as error:  # noqa: BLE001 - ImportError or tf NotFoundError from the .so.
-            raise ServableLoadError(
-                "this SavedModel uses ScaNN ops (namespace 'Scann'), which need the scann package "
-                f"built for this TensorFlow ({tf.__version__}; the project pins scann==1.4.2): {error}"
-            ) from error
+    missing = unregistered_ops(meta_graph)
+    imported, errors = [], []
+    with _provider_lock:
+        for module in OP_PROVIDERS:
+            if not missing:
+                break
+            try:
+                importlib.import_module(module)
+            except Exception as error:  # noqa: BLE001 - ImportError or tf NotFoundError from a .so.
+                errors.append(f"{module}: {error}")
+                continue
+            imported.append(module)
+            missing = unregistered_ops(meta_graph)
+    if missing:
+        raise ServableLoadError(
+            f"the SavedModel uses ops this server cannot register: {sorted(missing)}. ScaNN ops need "
+            f"scann built for TensorFlow {tf.__version__} (the project pins scann==1.4.2), TFText ops "
+            f"need tensorflow-text. Import errors: {errors or 'none'}"
+        )
+    return imported
 
 
 class Servable:
@@ -203,7 +227,7 @@ def error_code(error: tf.errors.OpError):
 
 
 def load_servable(name: str, version: int, path: str, warm_up: bool = True) -> Servable:
-    """Loads one version directory as a :class:`Servable` (ScaNN ops registered when needed).
+    """Loads one version directory as a :class:`Servable` (custom ops registered when needed).
 
     Raises:
       ServableLoadError: the directory is not a complete SavedModel, needs ops that cannot be
@@ -211,9 +235,7 @@ def load_servable(name: str, version: int, path: str, warm_up: bool = True) -> S
     """
     started = time.monotonic()
     meta_graph = read_meta_graph(path)
-    namespaces = custom_op_namespaces(meta_graph)
-    if "Scann" in namespaces:
-        register_scann_ops()
+    providers = register_custom_ops(meta_graph)
     try:
         loaded = tf.saved_model.load(path, tags=[SERVE_TAG])
     except Exception as error:  # noqa: BLE001 - TF raises many types while loading.
@@ -223,7 +245,7 @@ def load_servable(name: str, version: int, path: str, warm_up: bool = True) -> S
     logger.info(
         "loaded model %r version %d from %s in %.2fs (signatures %s%s%s)",
         name, version, path, time.monotonic() - started, sorted(servable.signatures),
-        f", custom op namespaces {sorted(namespaces)}" if namespaces else "",
+        f", custom ops from {providers}" if providers else "",
         f", {warmed} warm-up requests" if warmed else "",
     )
     return servable

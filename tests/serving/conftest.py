@@ -8,8 +8,10 @@ tests need (starting TensorFlow costs seconds, so it is started once):
 - ``retrieval_scann``: the same contract with a ScaNN index (``Scann`` custom ops).
 - ``ood``: the OoD scorer stand-in.
 - ``tools``: test-only signatures: ``serving_default(micros: int64 [batch])`` sleeps (for
-  timeouts) and ``checked(x: float32 [batch])`` fails inside the graph for negative values.
+  timeouts), ``checked(x: float32 [batch])`` fails inside the graph for negative values, and
+  ``total(x: float32 [batch])`` returns a scalar (outputs without a batch dimension).
 - ``swap``: an OoD stand-in the hot-swap test drops new versions next to.
+- ``text_ops``: a model using tensorflow-text ops (registered by the server only when needed).
 """
 
 from __future__ import annotations
@@ -52,12 +54,36 @@ class _Tools(tf.Module):
         with tf.control_dependencies([tf.debugging.assert_non_negative(x, message="x must be >= 0")]):
             return {"sqrt": tf.sqrt(x)}
 
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+    def total(self, x):
+        return {"total": tf.reduce_sum(x)}  # No batch dimension: cannot be split per request.
+
+
+class _TextOps(tf.Module):
+    """Uses tensorflow-text ops (``TFText>WhitespaceTokenizeWithOffsetsV2``, ``RegexSplitWithOffsets``)."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    def count(self, text):
+        import tensorflow_text as tf_text
+
+        words = tf_text.WhitespaceTokenizer().tokenize(text)
+        pieces = tf_text.regex_split(text, r"[,;]")
+        return {"num_words": words.row_lengths(), "num_pieces": pieces.row_lengths()}
+
+
+def export_text_ops(export_dir: str) -> str:
+    module = _TextOps()
+    with atomic_version_dir(export_dir) as target:
+        tf.saved_model.save(module, target.tmp_path, signatures={"serving_default": module.count})
+    return target.path
+
 
 def export_tools(export_dir: str) -> str:
     module = _Tools()
     with atomic_version_dir(export_dir) as target:
         tf.saved_model.save(module, target.tmp_path,
-                            signatures={"serving_default": module.sleep, "checked": module.checked})
+                            signatures={"serving_default": module.sleep, "checked": module.checked,
+                                        "total": module.total})
     return target.path
 
 
@@ -74,6 +100,7 @@ def model_root(tmp_path_factory) -> str:
     # Ready-made next version for the hot-swap test, kept outside the served base path.
     standins.export_ood(os.path.join(root, "staging"), OOD_CORPUS_V2)
     export_tools(os.path.join(root, "tools"))
+    export_text_ops(os.path.join(root, "text_ops"))
     return root
 
 
@@ -92,6 +119,7 @@ model_config_list {{
   config {{ name: "ood" base_path: "{root}/ood" model_platform: "tensorflow" }}
   config {{ name: "tools" base_path: "{root}/tools" model_platform: "tensorflow" }}
   config {{ name: "swap" base_path: "{root}/swap" model_platform: "tensorflow" }}
+  config {{ name: "text_ops" base_path: "{root}/text_ops" model_platform: "tensorflow" }}
 }}
 """
 
@@ -159,7 +187,7 @@ def server(model_root, tmp_path_factory):
     log_path = str(tmp_path_factory.mktemp("server") / "server.log")
     process = ServerProcess(model_root, log_path)
     try:
-        process.wait_until_available(["retrieval", "retrieval_scann", "ood", "tools", "swap"])
+        process.wait_until_available(["retrieval", "retrieval_scann", "ood", "tools", "swap", "text_ops"])
         yield process
     finally:
         code = process.stop()

@@ -5,13 +5,13 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import serving  # noqa: F401
-import tensorflow as tf
-
 from serving.servable import load_servable
 from tests.serving.conftest import MAX_REQUEST_BYTES, OOD_CORPUS_V1
 from tests.serving.helpers import get_json, post_json
@@ -198,7 +198,25 @@ def test_concurrent_requests_are_merged_and_answered_correctly(server, model_roo
     assert max(rows) > 1, f"no request was merged with another: batch rows {rows}"
 
 
-def test_load_servable_direct_and_scann_ops_detected(model_root):
-    servable = load_servable("s", 1, os.path.join(model_root, "retrieval_scann", "1"), warm_up=False)
-    assert "serving_default" in servable.signatures
-    assert tf.saved_model.contains_saved_model(servable.path)
+def test_models_with_custom_ops_load(server):
+    """ScaNN and tensorflow-text ops are registered by the server process on demand."""
+    document, _ = _rows(server, "text_ops", {"instances": ["a b c", "one,two;three four"]})
+    assert document["predictions"] == [{"num_pieces": 1, "num_words": 3}, {"num_pieces": 3, "num_words": 2}]
+    log = server.log()
+    assert "custom ops from ['scann.scann_ops.py.scann_ops']" in log
+    assert "'tensorflow_text']" in log
+
+
+def test_unregistered_ops_are_found_in_a_fresh_process(model_root):
+    code = (
+        "import serving, sys\n"
+        "from serving.servable import read_meta_graph, unregistered_ops, register_custom_ops\n"
+        f"graph = read_meta_graph({os.path.join(model_root, 'retrieval_scann', '1')!r})\n"
+        "print(sorted(unregistered_ops(graph)))\n"
+        "print(register_custom_ops(graph), sorted(unregistered_ops(graph)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    before, after = result.stdout.strip().splitlines()[-2:]
+    assert before == "['Scann>ScannSearchBatched', 'Scann>TensorsToScann']"
+    assert after == "['scann.scann_ops.py.scann_ops'] []"
