@@ -41,6 +41,7 @@ class OODDataset:
     id_val: list[str]
     id_test: list[str]
     ood_test: list[str]
+    kind: str = "files"  # the --dataset value that reloads it (one of DATASETS)
 
     def summary(self) -> dict[str, int]:
         return {k: len(getattr(self, k)) for k in ("id_train", "id_val", "id_test", "ood_test")}
@@ -79,7 +80,8 @@ def load_clinc150(data_dir: str) -> OODDataset:
             raise DataError(f"{path}[{key!r}]: expected [text, intent] pairs, received {bad[0]!r}")
         return [r[0] for r in rows]
 
-    return OODDataset("clinc150", texts("train"), texts("val"), texts("test"), texts("oos_test"))
+    return OODDataset("clinc150", texts("train"), texts("val"), texts("test"), texts("oos_test"),
+                      kind="clinc150")
 
 
 def _find_split(data_dir: str, split: str) -> str | None:
@@ -110,7 +112,7 @@ def load_text_files(data_dir: str, seed: int = 0) -> OODDataset:
         n_val = max(1, len(train) // 10)
         splits["id_val"], splits["id_train"] = train[:n_val], train[n_val:]
         logger.info("no id_val file: held out %d of id_train for validation", n_val)
-    return OODDataset(os.path.basename(os.path.normpath(data_dir)), **splits)
+    return OODDataset(os.path.basename(os.path.normpath(data_dir)), **splits, kind="files")
 
 
 def read_texts(path: str) -> list[str]:

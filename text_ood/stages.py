@@ -134,7 +134,7 @@ def prepare_training(workdir: str, config: TextOODConfig, dataset: OODDataset,
     write_config(workdir, config)
     tokenizer.save(os.path.join(workdir, "tokenizer"))
     with open(os.path.join(workdir, RUN_FILE), "w") as f:
-        json.dump({"dataset": dataset.name, "data_dir": data_dir and os.path.abspath(data_dir),
+        json.dump({"dataset": dataset.kind, "dataset_name": dataset.name, "data_dir": data_dir and os.path.abspath(data_dir),
                    "splits": dataset.summary(), "teacher": source}, f, indent=2)
     return TrainingContext(workdir, config, dataset, tokenizer, source)
 

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 logger = logging.getLogger(__name__)
 
 SPM_FILE = "spm.model"
-META_FILE = "tokenizer.json"
+META_FILE = "text_ood_tokenizer.json"  # not "tokenizer.json": Hugging Face uses that name
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
 
 
@@ -183,6 +183,8 @@ def load_tokenizer(directory: str) -> SentencePieceTokenizer | HFGPT2Tokenizer:
     """Loads whichever tokenizer :meth:`save` wrote into ``directory``."""
     meta_path = os.path.join(directory, META_FILE)
     if not os.path.isfile(meta_path):
+        if os.path.isfile(os.path.join(directory, SPM_FILE)):
+            return SentencePieceTokenizer.load(directory)
         raise TokenizerError(f"no tokenizer in {directory} (missing {META_FILE})")
     with open(meta_path) as f:
         kind = json.load(f).get("kind")

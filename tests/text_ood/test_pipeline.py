@@ -1,0 +1,79 @@
+"""pretrain -> train -> evaluate on a tiny synthetic data set, and the detector contract."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from text_ood.__main__ import main
+from text_ood.data import load_dataset
+from text_ood.detectors import DETECTORS, RequiresFittingError, create_detector
+from text_ood.stages import load_context
+
+
+def test_pretrain_writes_tokenizer_lm_and_logs(pretrain_dir):
+    for path in ("config.json", "tokenizer/spm.model", "pretrain/best/lm.json",
+                 "pretrain/done.json", "logs/pretrain"):
+        assert os.path.exists(os.path.join(pretrain_dir, path)), path
+
+
+def test_train_writes_every_stage(trained_workdir):
+    for stage in ("teacher", "scratch", "mlkd", "mlkd_no_intermediate"):
+        with open(os.path.join(trained_workdir, stage, "done.json")) as f:
+            done = json.load(f)
+        assert done["steps"] == 6 and np.isfinite(done["best_val_perplexity"])
+    with open(os.path.join(trained_workdir, "run.json")) as f:
+        run = json.load(f)
+    assert run["detectors"] == sorted(["teacher", "scratch", "mlkd", "mlkd_no_intermediate"])
+    events = os.listdir(os.path.join(trained_workdir, "logs", "mlkd"))
+    assert events
+
+
+def test_evaluate_writes_metrics_and_plot(trained_workdir):
+    assert main(["evaluate", "--workdir", trained_workdir]) == 0
+    with open(os.path.join(trained_workdir, "eval.json")) as f:
+        report = json.load(f)
+    assert set(report["detectors"]) == {"teacher", "scratch", "mlkd", "mlkd_no_intermediate"}
+    for metrics in report["detectors"].values():
+        for key in ("auroc", "aupr_out", "aupr_in", "far95"):
+            assert 0.0 <= metrics[key] <= 1.0
+    with open(os.path.join(trained_workdir, "roc.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_detector_contract_and_bad_inputs(trained_workdir, ood_data_dir):
+    ctx = load_context(trained_workdir, load_dataset("files", ood_data_dir))
+    detector = create_detector("mlkd", ctx)
+    with pytest.raises(RequiresFittingError):
+        detector.score(["hello"])
+    detector.fit(ctx.dataset.id_train)  # stage done: only reloads
+    texts = ["transfer 20 dollars to my savings account", "", "   ", "x" * 20000,
+             b"\xff\xfe broken \xc3", "\u2603\u2603"]
+    scores = detector.score(texts)
+    assert scores.shape == (6,) and np.all(np.isfinite(scores))
+    assert scores[1] == scores[2]  # empty and whitespace-only are both [BOS, EOS]
+    assert detector.score([]).shape == (0,)
+    with pytest.raises(TypeError, match="single str"):
+        detector.score("one text")
+    with pytest.raises(ValueError, match="at least one ID training text"):
+        create_detector("scratch", ctx).fit([])
+    with pytest.raises(KeyError, match="registered"):
+        create_detector("nope", ctx)
+    assert {"mlkd", "mlkd_no_intermediate", "teacher", "scratch"} <= set(DETECTORS)
+
+
+def test_cli_errors_are_clear(tmp_path, ood_data_dir, caplog):
+    assert main(["train", "--dataset", "files", "--data_dir", ood_data_dir, "--workdir",
+                 str(tmp_path / "w"), "--teacher", str(tmp_path / "missing"), "--preset", "tiny"]) == 2
+    assert "no finished pre-training" in caplog.text
+    assert main(["train", "--dataset", "files", "--data_dir", ood_data_dir, "--workdir",
+                 str(tmp_path / "w"), "--teacher", "x", "--set", "model.n_head=5"]) == 2
+    assert "must divide" in caplog.text
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--workdir", str(tmp_path / "never-trained")])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
