@@ -125,7 +125,10 @@ class Trainer:
         dataset = dataset.map(lambda x: {k: x[k] for k in (fs.USER_ID, fs.HISTORY, fs.ITEM_ID)})
         dataset = dataset.shuffle(200_000, seed=train.seed * 1_000 + epoch, reshuffle_each_iteration=False)
         dataset = dataset.batch(train.batch_size, drop_remainder=True).skip(skip_batches).prefetch(tf.data.AUTOTUNE)
-        return self.strategy.experimental_distribute_dataset(dataset)
+        # Multi-worker: every worker reads the same (seeded) order and keeps its share of each batch.
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        return self.strategy.experimental_distribute_dataset(dataset.with_options(options))
 
     def _steps_per_epoch(self) -> int:
         if self.config.train.train_fraction >= 1.0:
@@ -154,15 +157,18 @@ class Trainer:
         empty = np.zeros(0, np.int64)
         self.validation_exclude = [self.seen.get(u, empty) for u in validation[fs.USER_ID]]
 
-    def validation_recall(self) -> float:
-        """Recall@selection_k on the (sampled) validation split, excluding the users' train items."""
+    def validation_recall(self) -> dict[str, float]:
+        """Recall@selection_k on the (sampled) validation split, excluding the users' train items:
+        ``{"overall", "head", "tail"}`` (selection uses ``overall``)."""
         if len(self.validation_targets) == 0:
-            return float("nan")
+            return {"overall": float("nan"), "head": float("nan"), "tail": float("nan")}
         k = self.config.train.selection_k
         hits = hits_at_k(query_embeddings(self.model, self.validation),
                          corpus_embeddings(self.model, self.feature_set.num_items),
-                         self.validation_targets, self.validation_exclude, [k])
-        return float(hits[:, 0].mean())
+                         self.validation_targets, self.validation_exclude, [k])[:, 0]
+        head = self.feature_set.is_head[self.validation_targets]
+        return {"overall": float(hits.mean()), "head": float(hits[head].mean()) if head.any() else float("nan"),
+                "tail": float(hits[~head].mean()) if (~head).any() else float("nan")}
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -232,13 +238,16 @@ class Trainer:
                             tf.summary.scalar(f"loss/{key}", value)
                 if global_step % config.train.checkpoint_every_steps == 0:
                     manager.save(checkpoint_number=global_step)
-            recall = self.validation_recall()
-            record = {"epoch": epoch, "validation_recall": recall, "steps": count,
+            recalls = self.validation_recall()
+            recall = recalls["overall"]
+            record = {"epoch": epoch, "validation_recall": recall, "validation_recall_head": recalls["head"],
+                      "validation_recall_tail": recalls["tail"], "steps": count,
                       **{f"mean_{k}_loss": (v / count if count else float("nan")) for k, v in sums.items()}}
             history.append(record)
             logging.info("epoch %d: %s", epoch, json.dumps(record))
             with writer.as_default(step=int(state["global_step"].numpy())):
-                tf.summary.scalar(f"validation/recall@{config.train.selection_k}", recall)
+                for name, value in recalls.items():
+                    tf.summary.scalar(f"validation/recall@{config.train.selection_k}/{name}", value)
             if recall > float(state["best_metric"].numpy()):
                 state["best_metric"].assign(recall)
                 state["best_epoch"].assign(epoch)

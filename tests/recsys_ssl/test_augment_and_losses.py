@@ -1,0 +1,111 @@
+"""Feature masking (RFM / CFM), value dropout and the two losses, against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from recsys_ssl.augment import FeatureMasking, cfm_masked_sets, drop_values
+from recsys_ssl.losses import info_nce, retrieval_task
+
+# Five features: 0 = item_id (identifier), 1..4 regular. 1-2 strongly related, 3-4 related.
+AFFINITY = np.array([
+    [9.0, 2.0, 2.1, 2.2, 2.3],
+    [2.0, 1.0, 0.9, 0.1, 0.2],
+    [2.1, 0.9, 1.0, 0.3, 0.1],
+    [2.2, 0.1, 0.3, 1.0, 0.8],
+    [2.3, 0.2, 0.1, 0.8, 1.0],
+])
+IDENTIFIER = [True, False, False, False, False]
+
+
+def _seed(a, b=0):
+    return tf.constant([a, b], tf.int32)
+
+
+def test_cfm_masked_sets_take_the_seed_and_its_highest_affinity_partners():
+    sets = cfm_masked_sets(AFFINITY, grouped=[1, 2, 3, 4], num_features=5)
+    # k = 4 grouped features -> n = 2: the seed plus its single best partner.
+    assert [sorted(np.flatnonzero(row)) for row in sets] == [[1, 2], [1, 2], [3, 4], [3, 4]]
+    grouped_all = cfm_masked_sets(AFFINITY, grouped=[0, 1, 2, 3, 4], num_features=5)
+    # With the identifier grouped under raw MI it is every feature's top partner (the degenerate case).
+    assert all(row[0] for row in grouped_all)
+
+
+def test_cfm_view_masks_are_complementary_seeded_and_deterministic():
+    masking = FeatureMasking("cfm", 5, IDENTIFIER, AFFINITY, identifiers="random_view")
+    seen_id_sides = set()
+    for step in range(40):
+        mask = masking.view_mask(_seed(7, step)).numpy()
+        view_2 = ~mask
+        assert not (mask & view_2).any() and (mask | view_2).all()  # complementary, covering
+        masked_regular = sorted(np.flatnonzero(mask[1:]) + 1)
+        assert masked_regular in ([1, 2], [3, 4])  # the seed with its highest-MI partner
+        seen_id_sides.add(bool(mask[0]))
+        np.testing.assert_array_equal(mask, masking.view_mask(_seed(7, step)).numpy())
+    assert seen_id_sides == {True, False}  # the identifier goes to either view
+
+
+def test_cfm_seed_is_always_masked():
+    masking = FeatureMasking("cfm", 5, IDENTIFIER, AFFINITY, identifiers="grouped")
+    seeds = set()
+    for step in range(60):
+        seed = _seed(1, step)
+        # The seed feature drawn by view_mask (the same stateless draw).
+        row = int(tf.random.stateless_uniform([], seed=seed, minval=0, maxval=5, dtype=tf.int32))
+        mask = masking.view_mask(seed).numpy()
+        assert mask[masking.grouped[row]], "the seed feature must be masked in view 1"
+        seeds.add(row)
+    assert len(seeds) == 5  # every feature serves as the seed
+
+
+def test_rfm_masks_half_of_the_features():
+    masking = FeatureMasking("rfm", 5, IDENTIFIER, None)
+    masks = [masking.view_mask(_seed(3, s)).numpy() for s in range(30)]
+    assert all(m.sum() == 2 for m in masks)
+    assert len({tuple(m) for m in masks}) > 3
+
+
+def test_drop_values_only_drops_real_values():
+    ids = tf.constant([[5, 6, 7, 0], [8, 0, 0, 0]] * 50, tf.int32)
+    dropped = drop_values(ids, 0.5, _seed(2)).numpy()
+    assert ((dropped == 0) | (dropped == ids.numpy())).all()
+    kept = (dropped != 0).sum() / (ids.numpy() != 0).sum()
+    assert 0.35 < kept < 0.65
+    np.testing.assert_array_equal(dropped, drop_values(ids, 0.5, _seed(2)).numpy())
+    assert drop_values(ids, 0.0, _seed(2)) is ids
+
+
+def test_info_nce_hand_computed():
+    # Unit vectors: z1 = [e1, e2], z2 = [e1, (e1+e2)/sqrt2]; tau = 0.5.
+    z1 = tf.constant([[1.0, 0.0], [0.0, 1.0]])
+    r = 1 / math.sqrt(2)
+    z2 = tf.constant([[1.0, 0.0], [r, r]])
+    # Row 0 logits: [1, r] / 0.5 = [2, 2r]; row 1 logits: [0, r] / 0.5 = [0, 2r].
+    row_0 = -2 + math.log(math.exp(2) + math.exp(2 * r))
+    row_1 = -2 * r + math.log(1 + math.exp(2 * r))
+    assert float(info_nce(z1, z2, 0.5)) == pytest.approx((row_0 + row_1) / 2, rel=1e-6)
+    # The same item sampled twice: the duplicate negative leaves the softmax (row 0: only its positive).
+    ids = tf.constant([4, 4])
+    assert float(info_nce(z1, z2, 0.5, ids=ids)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_corrected_retrieval_loss_hand_computed():
+    task = retrieval_task(temperature=0.5, remove_accidental_hits=True)
+    queries = tf.constant([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    candidates = tf.constant([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    probability = tf.constant([0.5, 0.25, 0.5])
+    ids = tf.constant([10, 11, 10])  # candidate 2 is the same item as candidate 0
+    losses = task(queries, candidates, candidate_sampling_probability=probability, candidate_ids=ids,
+                  compute_metrics=False, compute_batch_metrics=False).numpy()
+    # logits = cos / 0.5 - log p. Row 0: [2 - log .5, 0 - log .25, (accidental hit removed)].
+    row_0 = -(2 - math.log(0.5)) + math.log(math.exp(2 - math.log(0.5)) + math.exp(-math.log(0.25)))
+    # Row 1: [0 - log .5, 2 - log .25, 0 - log .5], positive = 1.
+    logits_1 = [-math.log(0.5), 2 - math.log(0.25), -math.log(0.5)]
+    row_1 = -logits_1[1] + math.log(sum(math.exp(v) for v in logits_1))
+    # Row 2: positive = 2, candidate 0 is an accidental hit -> removed: [removed, -log .25, 2 - log .5].
+    row_2 = -(2 - math.log(0.5)) + math.log(math.exp(-math.log(0.25)) + math.exp(2 - math.log(0.5)))
+    np.testing.assert_allclose(losses, [row_0, row_1, row_2], rtol=1e-5)
