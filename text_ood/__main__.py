@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     p = commands.add_parser("pretrain", help="train the tokenizer and a general-English LM")
     p.add_argument("--corpus", nargs="+", required=True, metavar="FILE",
                    help="pre-training corpus files (.txt, .jsonl, .tsv); never the evaluation set")
-    p.add_argument("--workdir", required=True)
+    p.add_argument("--workdir", required=True, help="output: tokenizer/, pretrain/, logs/, config.json")
     add_data_flags(p, required=False)
     p.description = ("Trains SentencePiece on the corpus (plus the ID training texts of --dataset, "
                      "if given: tokenizer only) and pre-trains a GPT-2-architecture LM.")
@@ -61,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     p = commands.add_parser("train", help="fine-tune the teacher, distil the MLKD student, "
                                           "train the from-scratch baseline")
     add_data_flags(p, required=True)
-    p.add_argument("--workdir", required=True)
+    p.add_argument("--workdir", required=True,
+                   help="output: one directory per stage (resumable), logs/, config.json, run.json")
     teacher = p.add_mutually_exclusive_group(required=True)
     teacher.add_argument("--teacher", metavar="PRETRAIN_DIR", help="a `pretrain` workdir")
     teacher.add_argument("--teacher_hf", metavar="HF_DIR",
@@ -71,20 +72,20 @@ def _parser() -> argparse.ArgumentParser:
     add_config_flags(p)
 
     p = commands.add_parser("evaluate", help="metrics of every trained detector -> eval.json, roc.png")
-    p.add_argument("--workdir", required=True)
+    p.add_argument("--workdir", required=True, help="a `train` workdir")
     p.add_argument("--data_dir", default=None, help="overrides the data directory in run.json")
     p.add_argument("--detectors", default=None,
                    help="comma-separated detectors (default: those `train` trained)")
 
     p = commands.add_parser("export", help="versioned SavedModel taking raw strings")
-    p.add_argument("--workdir", required=True)
+    p.add_argument("--workdir", required=True, help="a `train` workdir")
     p.add_argument("--export_dir", required=True, help="writes EXPORT_DIR/<next version>/")
     p.add_argument("--data_dir", default=None, help="overrides the data directory in run.json")
     p.add_argument("--detector", default="mlkd", help="the detector to export (default: mlkd)")
     return parser
 
 
-def _resolve_data_dir(dataset: str, data_dir: str | None) -> str:
+def _resolve_data_dir(data_dir: str | None) -> str:
     root = data_root(data_dir)
     if root is None:
         raise SystemExit(f"no data directory: pass --data_dir or set ${DATA_DIR_ENV}")
@@ -131,7 +132,7 @@ def main(argv=None) -> int:
             config = _build_config(args)
             extra = []
             if args.dataset:
-                extra = load_dataset(args.dataset, _resolve_data_dir(args.dataset, args.data_dir),
+                extra = load_dataset(args.dataset, _resolve_data_dir(args.data_dir),
                                      config.seed).id_train
             summary = pretrain(args.corpus, args.workdir, config, tokenizer_extra_texts=extra)
             logger.info("pre-training done: validation perplexity %.3f", summary["best_val_perplexity"])
@@ -143,7 +144,7 @@ def main(argv=None) -> int:
             unknown = [n for n in names if n not in DETECTORS]
             if unknown:
                 raise SystemExit(f"unknown detectors {unknown}; registered: {sorted(DETECTORS)}")
-            data_dir = _resolve_data_dir(args.dataset, args.data_dir)
+            data_dir = _resolve_data_dir(args.data_dir)
             dataset = load_dataset(args.dataset, data_dir, config.seed)
             logger.info("data set %s: %s", dataset.name, dataset.summary())
             ctx = prepare_training(args.workdir, config, dataset, teacher_dir=args.teacher,

@@ -90,6 +90,7 @@ def export_detector(detector: OODDetector, calibration_texts: Sequence[str], exp
             "signature": {"inputs": {"text": "string [batch]"},
                           "outputs": {"ood_score": "float32 [batch]",
                                       "perplexity": "float32 [batch]", "is_ood": "bool [batch]"}},
+            "load_requires": "import tensorflow_text before tf.saved_model.load (SentencePiece ops)",
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             **(metadata or {})}
     with atomic_version_dir(export_dir) as target:

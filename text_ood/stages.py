@@ -36,10 +36,37 @@ RUN_FILE = "run.json"
 
 
 def write_config(workdir: str, config: TextOODConfig) -> None:
+    """Writes (and logs) the resolved config; a workdir keeps the config it was created with.
+
+    Raises:
+      ValueError: ``workdir`` already holds a different config (resuming it with other settings
+        would mix two runs); the message lists the differing keys.
+    """
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+    path = os.path.join(workdir, CONFIG_FILE)
+    if os.path.isfile(path):
+        with open(path) as f:
+            existing = _flatten(json.load(f))
+        new = _flatten(to_dict(config))
+        changed = sorted(k for k in set(existing) | set(new) if existing.get(k) != new.get(k))
+        if changed:
+            raise ValueError(
+                f"{workdir} was created with a different config ({', '.join(changed[:8])} differ: "
+                f"{[(k, existing.get(k), new.get(k)) for k in changed[:3]]}); use a new --workdir "
+                "or the original settings to resume")
+    with open(path, "w") as f:
         json.dump(to_dict(config), f, indent=2)
     logger.info("config: %s", json.dumps(to_dict(config)))
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
 
 
 def read_config(workdir: str) -> TextOODConfig:

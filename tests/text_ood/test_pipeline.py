@@ -77,3 +77,10 @@ def test_cli_errors_are_clear(tmp_path, ood_data_dir, caplog):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0
+
+
+def test_workdir_refuses_a_different_config(trained_workdir, pretrain_dir, ood_data_dir, caplog):
+    assert main(["train", "--dataset", "files", "--data_dir", ood_data_dir, "--workdir",
+                 trained_workdir, "--teacher", pretrain_dir, "--preset", "tiny",
+                 "--set", "student.epochs=3"]) == 2
+    assert "different config" in caplog.text and "student.epochs" in caplog.text
