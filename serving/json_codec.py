@@ -234,76 +234,62 @@ def _describe_bad_values(value: Any) -> str:
 def render_response(outputs: Mapping[str, np.ndarray], format: Format) -> str:
     """Writes outputs as TF Serving does: ``{"predictions": ...}`` or ``{"outputs": ...}``.
 
+    Numbers are written by the C JSON encoder (float32 values as the shortest float64 text
+    that reads back to the same value, NaN/Infinity as TF Serving writes them).
+
     Raises:
       ServingError: INVALID_ARGUMENT if the row format is asked for but outputs disagree on the
         batch size (first dimension) or one is a scalar (TF Serving's rule).
     """
     names = sorted(outputs)
-    rendered = {name: _ElementText(outputs[name], name.endswith(BYTES_SUFFIX)) for name in names}
+    if format == "row":
+        batch = None
+        for name in names:
+            shape = outputs[name].shape
+            if not shape:
+                raise invalid_argument(f"output {name!r} is a scalar; use the columnar 'inputs' format")
+            if batch is not None and shape[0] != batch:
+                raise invalid_argument(
+                    f"output {name!r} has batch size {shape[0]} but others have {batch}; use the "
+                    "columnar 'inputs' format for this signature"
+                )
+            batch = shape[0]
+    values = {name: _to_json_values(outputs[name], name.endswith(BYTES_SUFFIX)) for name in names}
     if format == "columnar":
-        if len(names) == 1:
-            return '{"outputs": ' + rendered[names[0]].render(()) + "}"
-        parts = [f"{json.dumps(n)}: {rendered[n].render(())}" for n in names]
-        return '{"outputs": {' + ", ".join(parts) + "}}"
-    batch = None
-    for name in names:
-        shape = outputs[name].shape
-        if not shape:
-            raise invalid_argument(f"output {name!r} is a scalar; use the columnar 'inputs' format")
-        if batch is not None and shape[0] != batch:
-            raise invalid_argument(
-                f"output {name!r} has batch size {shape[0]} but others have {batch}; use the "
-                "columnar 'inputs' format for this signature"
-            )
-        batch = shape[0]
-    rows = []
-    for row in range(batch or 0):
-        if len(names) == 1:
-            rows.append(rendered[names[0]].render((row,)))
-        else:
-            rows.append("{" + ", ".join(f"{json.dumps(n)}: {rendered[n].render((row,))}" for n in names) + "}")
-    return '{"predictions": [' + ", ".join(rows) + "]}"
+        return json.dumps({"outputs": values[names[0]] if len(names) == 1 else values}, ensure_ascii=False)
+    if len(names) == 1:
+        return json.dumps({"predictions": values[names[0]]}, ensure_ascii=False)
+    rows = [{name: values[name][row] for name in names} for row in range(batch or 0)]
+    return json.dumps({"predictions": rows}, ensure_ascii=False)
 
 
-class _ElementText:
-    """An array with every element pre-rendered as JSON text, rendered by nested slicing."""
-
-    def __init__(self, array: np.ndarray, as_bytes: bool):
-        self.shape = array.shape
-        if array.dtype == object or array.dtype.kind in "SU":
-            flat = [_string_json(v, as_bytes) for v in array.reshape(-1).tolist()]
-        elif array.dtype.kind == "b":
-            flat = ["true" if v else "false" for v in array.reshape(-1).tolist()]
-        elif array.dtype.kind == "f":
-            text = array.reshape(-1).astype(str)  # Shortest round-trip repr per element's dtype.
-            flat = [_FLOAT_SPECIALS.get(t, t) for t in text.tolist()]
-        else:
-            flat = array.reshape(-1).astype(str).tolist()
-        self.flat = flat
-        self.strides = [int(np.prod(self.shape[i + 1 :], dtype=np.int64)) for i in range(len(self.shape))]
-
-    def render(self, index: tuple[int, ...]) -> str:
-        offset = sum(i * s for i, s in zip(index, self.strides))
-        return self._render(len(index), offset)
-
-    def _render(self, axis: int, offset: int) -> str:
-        if axis == len(self.shape):
-            return self.flat[offset]
-        size, stride = self.shape[axis], self.strides[axis]
-        if axis == len(self.shape) - 1:
-            return "[" + ", ".join(self.flat[offset : offset + size]) + "]"
-        return "[" + ", ".join(self._render(axis + 1, offset + i * stride) for i in range(size)) + "]"
+def _to_json_values(array: np.ndarray, as_bytes: bool) -> Any:
+    """Nested lists of JSON-ready Python values (str or {"b64": ...} for strings)."""
+    if array.dtype != object and array.dtype.kind not in "SU":
+        return array.tolist()
+    flat = array.reshape(-1).tolist()
+    if as_bytes:
+        texts = [_b64(v) for v in flat]
+    else:
+        try:
+            texts = [v.decode("utf-8") if isinstance(v, bytes) else v for v in flat]
+        except UnicodeDecodeError:
+            texts = [_utf8_or_b64(v) for v in flat]
+    out = np.empty(len(texts), dtype=object)
+    out[:] = texts
+    return out.reshape(array.shape).tolist()
 
 
-_FLOAT_SPECIALS = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
-
-
-def _string_json(value: Any, as_bytes: bool) -> str:
+def _b64(value: Any) -> dict[str, str]:
     if isinstance(value, str):
         value = value.encode("utf-8")
-    if not as_bytes:
+    return {"b64": base64.b64encode(value).decode("ascii")}
+
+
+def _utf8_or_b64(value: Any) -> Any:
+    if isinstance(value, bytes):
         try:
-            return json.dumps(value.decode("utf-8"), ensure_ascii=False)
+            return value.decode("utf-8")
         except UnicodeDecodeError:
-            pass
-    return '{"b64": "' + base64.b64encode(value).decode("ascii") + '"}'
+            return _b64(value)
+    return value
