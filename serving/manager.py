@@ -18,6 +18,7 @@ Like TF Serving's ``ServerCore`` with a file-system storage path source:
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import threading
@@ -201,6 +202,7 @@ class ModelManager:
             with self._lock:
                 status.servable, status.state = servable, State.AVAILABLE
                 status.error_code, status.error_message = grpc.StatusCode.OK, ""
+        unloaded = False
         with self._lock:
             all_aspired_available = all(
                 model.versions.get(v) is not None and model.versions[v].servable is not None for v in aspired
@@ -212,7 +214,10 @@ class ModelManager:
                     status.state = State.UNLOADING
                     status.servable = None  # In-flight requests keep their own reference.
                     status.state = State.END
+                    unloaded = True
                     logger.info("unloaded model %r version %d", name, version)
+        if unloaded:
+            gc.collect()  # Servables and their batchers form cycles; free the model memory now.
 
     def _record_failure(self, model: _Model, version: int, message: str) -> None:
         with self._lock:
