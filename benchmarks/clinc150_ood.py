@@ -96,7 +96,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def write_markdown(results: dict, path: str) -> None:
     seeds = results["seeds"]
-    lines = [f"Seeds finished: {len(seeds)} ({', '.join(str(s['seed']) for s in seeds) or 'none'})", ""]
+    lines = [f"Seeds: {', '.join(str(s['seed']) + ('' if s.get('complete') else ' (partial)') for s in seeds) or 'none'}", ""]
     if seeds:
         lines += ["| detector | AUROC | AUPR-OUT | AUPR-IN | FAR95 | paper AUROC / AUPR / FAR95 |",
                   "|---|---|---|---|---|---|"]
@@ -143,7 +143,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        help="config overrides for pretrain and train (repeatable)")
+                        help="config overrides for pretrain and train (repeatable); each workdir "
+                             "only checks the sections it depends on when resumed")
     parser.add_argument("--deadline_minutes", type=float, default=0,
                         help="do not start a seed that would likely end after this many minutes")
     parser.add_argument("--throughput_batch", type=int, default=256)
@@ -178,7 +179,7 @@ def main(argv=None) -> int:
     results["pretrain"] = {"wall_time_s": done["wall_time_s"], "steps": done["steps"],
                            "val_perplexity": done["best_val_perplexity"]}
     save()
-    finished = {s["seed"] for s in results["seeds"]}
+    finished = {s["seed"] for s in results["seeds"] if s.get("complete")}
     last_seed_s = None
     for seed in [int(s) for s in args.seeds.split(",")]:
         if seed in finished:
@@ -195,16 +196,21 @@ def main(argv=None) -> int:
             break
         seed_start = time.time()
         workdir = os.path.join(args.workdir, f"seed{seed}")
-        _run(["train", "--dataset", "clinc150", "--data_dir", clinc, "--workdir", workdir,
-              "--teacher", pretrain_dir, "--detectors", ",".join(DETECTORS), "--seed", str(seed),
-              *config_flags])
-        eval_start = time.time()
-        _run(["evaluate", "--workdir", workdir])
-        evaluate_s = time.time() - eval_start
-        with open(os.path.join(workdir, "eval.json")) as f:
-            metrics = json.load(f)["detectors"]
-        results["seeds"].append({"seed": seed, "metrics": metrics, "stages": _stage_times(workdir),
-                                 "evaluate_s": evaluate_s, "seed_wall_time_s": time.time() - seed_start})
+        entry = {"seed": seed, "metrics": {}, "stages": {}, "evaluate_s": 0.0, "complete": False}
+        results["seeds"] = [s for s in results["seeds"] if s["seed"] != seed] + [entry]
+        for name in DETECTORS:  # one detector at a time: an interrupted run keeps what finished
+            _run(["train", "--dataset", "clinc150", "--data_dir", clinc, "--workdir", workdir,
+                  "--teacher", pretrain_dir, "--detectors", name, "--seed", str(seed),
+                  *config_flags])
+            eval_start = time.time()
+            _run(["evaluate", "--workdir", workdir, "--detectors", name])
+            entry["evaluate_s"] += time.time() - eval_start
+            with open(os.path.join(workdir, "eval.json")) as f:
+                entry["metrics"] = json.load(f)["detectors"]
+            entry["stages"] = _stage_times(workdir)
+            entry["seed_wall_time_s"] = time.time() - seed_start
+            save()
+        entry["complete"] = True
         last_seed_s = time.time() - seed_start
         save()
         if "throughput" not in results:

@@ -24,13 +24,16 @@ ROC_FILE = "roc.png"
 def evaluate_detectors(ctx: TrainingContext, names: Sequence[str]) -> dict:
     """Fits (i.e. trains or reloads) each named detector and scores the test split.
 
+    Detectors evaluated earlier in the same workdir and not named now keep their rows (a stage
+    directory is never retrained, so their scores stay valid); the ROC plot shows them all.
+
     Returns:
       ``{"dataset", "splits", "detectors": {name: {auroc, aupr_out, aupr_in, far95, ...}}}``;
       metrics are fractions in [0, 1] with OoD as the positive class. Also writes
       ``WORKDIR/eval.json``, ``WORKDIR/scores/<name>.npz`` and ``WORKDIR/roc.png``.
     """
     dataset = ctx.dataset
-    results, curves = {}, {}
+    results, curves = _previous_results(ctx.workdir, names)
     os.makedirs(os.path.join(ctx.workdir, "scores"), exist_ok=True)
     for name in names:
         detector = create_detector(name, ctx).fit(dataset.id_train)
@@ -54,6 +57,23 @@ def evaluate_detectors(ctx: TrainingContext, names: Sequence[str]) -> dict:
         json.dump(report, f, indent=2)
     plot_roc(curves, results, os.path.join(ctx.workdir, ROC_FILE), title=f"{dataset.name}: ROC")
     return report
+
+
+def _previous_results(workdir: str, names: Sequence[str]) -> tuple[dict, dict]:
+    path = os.path.join(workdir, EVAL_FILE)
+    if not os.path.isfile(path):
+        return {}, {}
+    with open(path) as f:
+        previous = json.load(f).get("detectors", {})
+    results, curves = {}, {}
+    for name, metrics in previous.items():
+        scores_path = os.path.join(workdir, "scores", f"{name}.npz")
+        if name in names or not os.path.isfile(scores_path):
+            continue
+        scores = np.load(scores_path)
+        results[name] = metrics
+        curves[name] = roc_curve(scores["id"], scores["ood"])
+    return results, curves
 
 
 def plot_roc(curves: dict, results: dict, path: str, title: str) -> None:

@@ -35,19 +35,29 @@ CONFIG_FILE = "config.json"
 RUN_FILE = "run.json"
 
 
-def write_config(workdir: str, config: TextOODConfig) -> None:
+PRETRAIN_SECTIONS = ("seed", "model", "tokenizer", "pretrain")
+TRAIN_SECTIONS = ("seed", "model", "teacher", "student", "scratch", "distill")
+
+
+def write_config(workdir: str, config: TextOODConfig, sections: Sequence[str]) -> None:
     """Writes (and logs) the resolved config; a workdir keeps the config it was created with.
 
+    Args:
+      sections: the config sections this workdir's artefacts depend on; resuming with any of
+        them changed is refused (other sections may differ, e.g. ``student`` for a pretrain dir).
+
     Raises:
-      ValueError: ``workdir`` already holds a different config (resuming it with other settings
-        would mix two runs); the message lists the differing keys.
+      ValueError: ``workdir`` already holds a config that differs in ``sections`` (resuming it
+        with other settings would mix two runs); the message lists the differing keys.
     """
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, CONFIG_FILE)
     if os.path.isfile(path):
         with open(path) as f:
-            existing = _flatten(json.load(f))
-        new = _flatten(to_dict(config))
+            old_values = json.load(f)
+        new_values = to_dict(config)
+        existing = _flatten({k: old_values.get(k) for k in sections})
+        new = _flatten({k: new_values.get(k) for k in sections})
         changed = sorted(k for k in set(existing) | set(new) if existing.get(k) != new.get(k))
         if changed:
             raise ValueError(
@@ -91,7 +101,7 @@ def pretrain(corpus_paths: Sequence[str], workdir: str, config: TextOODConfig,
     Returns:
       The pre-training stage summary.
     """
-    write_config(workdir, config)
+    write_config(workdir, config, PRETRAIN_SECTIONS)
     corpus = read_corpus(corpus_paths)
     tokenizer_dir = os.path.join(workdir, "tokenizer")
     if os.path.isdir(tokenizer_dir):
@@ -158,7 +168,7 @@ def prepare_training(workdir: str, config: TextOODConfig, dataset: OODDataset,
     else:
         source = {"kind": "hf", "path": os.path.abspath(teacher_hf)}
         tokenizer = HFGPT2Tokenizer(teacher_hf)
-    write_config(workdir, config)
+    write_config(workdir, config, TRAIN_SECTIONS)
     tokenizer.save(os.path.join(workdir, "tokenizer"))
     with open(os.path.join(workdir, RUN_FILE), "w") as f:
         json.dump({"dataset": dataset.kind, "dataset_name": dataset.name, "data_dir": data_dir and os.path.abspath(data_dir),

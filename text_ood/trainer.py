@@ -132,7 +132,10 @@ def run_stage(stage: Stage) -> dict:
         logger.info("stage %s: resumed from %s (epoch %d, step %d of the epoch)", stage.name,
                     manager.latest_checkpoint, int(state["epoch"]), int(state["step_in_epoch"]))
     history_path = os.path.join(stage.directory, "history.json")
-    history = json.load(open(history_path)) if os.path.isfile(history_path) else []
+    history = []
+    if os.path.isfile(history_path):
+        with open(history_path) as f:
+            history = json.load(f)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32),
                                   tf.TensorSpec([None, None], tf.float32)])
