@@ -150,7 +150,16 @@ def run_stage(stage: Stage) -> dict:
     writer = tf.summary.create_file_writer(stage.log_dir)
     lengths = [len(s) for s in stage.train_ids]
     start = time.time()
-    prior_elapsed = history[-1]["elapsed_s"] if history else 0.0
+    elapsed_path = os.path.join(stage.directory, "ckpt", "elapsed.json")  # wall time over resumes
+    prior_elapsed = 0.0
+    if manager.latest_checkpoint and os.path.isfile(elapsed_path):
+        with open(elapsed_path) as f:
+            prior_elapsed = json.load(f)["elapsed_s"]
+
+    def save_checkpoint(step: int) -> None:
+        manager.save(checkpoint_number=step)
+        with open(elapsed_path, "w") as f:
+            json.dump({"elapsed_s": prior_elapsed + time.time() - start, "step": step}, f)
     interactive = sys.stderr.isatty()
     while int(state["epoch"]) < cfg.epochs and int(optimizer.iterations) < total_steps:
         epoch = int(state["epoch"])
@@ -179,7 +188,7 @@ def run_stage(stage: Stage) -> dict:
                     for key, value in parts.items():
                         tf.summary.scalar(key, value)
             if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
-                manager.save(checkpoint_number=step)
+                save_checkpoint(step)
             if step >= total_steps:
                 break
         bar.close()
@@ -198,7 +207,7 @@ def run_stage(stage: Stage) -> dict:
             save_lm(stage.selected_lm, os.path.join(stage.directory, "best"))
         state["epoch"].assign(epoch + 1)
         state["step_in_epoch"].assign(0)
-        manager.save(checkpoint_number=int(optimizer.iterations))
+        save_checkpoint(int(optimizer.iterations))
         with open(history_path, "w") as f:
             json.dump(history, f, indent=2)
     writer.flush()

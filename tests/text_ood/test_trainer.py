@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -62,7 +63,10 @@ def test_resume_after_interruption_matches_an_unbroken_run(tmp_path, monkeypatch
     monkeypatch.setattr(trainer, "pad_batch", real_pad_batch)
 
     lm_c, stage_c = _stage(str(tmp_path / "b"))  # rebuilt from scratch: weights come from ckpt/
+    resume_start = time.time()
     summary_c = trainer.run_stage(stage_c)
+    # The reported wall time also counts the interrupted run (up to its last checkpoint).
+    assert summary_c["wall_time_s"] > time.time() - resume_start
     assert summary_c["steps"] == 10 and summary_c["epochs_run"] == 2
     for x, y in zip(lm_a.get_weights(), lm_c.get_weights()):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
