@@ -234,50 +234,89 @@ def _describe_bad_values(value: Any) -> str:
 def render_response(outputs: Mapping[str, np.ndarray], format: Format) -> str:
     """Writes outputs as TF Serving does: ``{"predictions": ...}`` or ``{"outputs": ...}``.
 
-    Numbers are written by the C JSON encoder (float32 values as the shortest float64 text
-    that reads back to the same value, NaN/Infinity as TF Serving writes them).
+    float32 values are written with 9 significant digits (always reads back to the same float32,
+    the precision TF Serving falls back to), whole numbers keep a trailing ``.0``, and NaN /
+    Infinity are written as TF Serving writes them.
 
     Raises:
       ServingError: INVALID_ARGUMENT if the row format is asked for but outputs disagree on the
         batch size (first dimension) or one is a scalar (TF Serving's rule).
     """
     names = sorted(outputs)
-    if format == "row":
-        batch = None
-        for name in names:
-            shape = outputs[name].shape
-            if not shape:
-                raise invalid_argument(f"output {name!r} is a scalar; use the columnar 'inputs' format")
-            if batch is not None and shape[0] != batch:
-                raise invalid_argument(
-                    f"output {name!r} has batch size {shape[0]} but others have {batch}; use the "
-                    "columnar 'inputs' format for this signature"
-                )
-            batch = shape[0]
-    values = {name: _to_json_values(outputs[name], name.endswith(BYTES_SUFFIX)) for name in names}
+    texts = {name: _JsonArray(outputs[name], name.endswith(BYTES_SUFFIX)) for name in names}
     if format == "columnar":
-        return json.dumps({"outputs": values[names[0]] if len(names) == 1 else values}, ensure_ascii=False)
+        if len(names) == 1:
+            return '{"outputs": ' + texts[names[0]].render(()) + "}"
+        return '{"outputs": {' + ", ".join(f"{json.dumps(n)}: {texts[n].render(())}" for n in names) + "}}"
+    batch = None
+    for name in names:
+        shape = outputs[name].shape
+        if not shape:
+            raise invalid_argument(f"output {name!r} is a scalar; use the columnar 'inputs' format")
+        if batch is not None and shape[0] != batch:
+            raise invalid_argument(
+                f"output {name!r} has batch size {shape[0]} but others have {batch}; use the "
+                "columnar 'inputs' format for this signature"
+            )
+        batch = shape[0]
     if len(names) == 1:
-        return json.dumps({"predictions": values[names[0]]}, ensure_ascii=False)
-    rows = [{name: values[name][row] for name in names} for row in range(batch or 0)]
-    return json.dumps({"predictions": rows}, ensure_ascii=False)
-
-
-def _to_json_values(array: np.ndarray, as_bytes: bool) -> Any:
-    """Nested lists of JSON-ready Python values (str or {"b64": ...} for strings)."""
-    if array.dtype != object and array.dtype.kind not in "SU":
-        return array.tolist()
-    flat = array.reshape(-1).tolist()
-    if as_bytes:
-        texts = [_b64(v) for v in flat]
+        rows = [texts[names[0]].render((row,)) for row in range(batch)]
     else:
-        try:
-            texts = [v.decode("utf-8") if isinstance(v, bytes) else v for v in flat]
-        except UnicodeDecodeError:
-            texts = [_utf8_or_b64(v) for v in flat]
-    out = np.empty(len(texts), dtype=object)
-    out[:] = texts
-    return out.reshape(array.shape).tolist()
+        keys = {name: json.dumps(name) + ": " for name in names}
+        rows = ["{" + ", ".join(keys[n] + texts[n].render((row,)) for n in names) + "}" for row in range(batch)]
+    return '{"predictions": [' + ", ".join(rows) + "]}"
+
+
+class _JsonArray:
+    """One output array as JSON text: innermost rows in one C-encoder call (or one join of
+    pre-formatted floats), outer dimensions by joins."""
+
+    def __init__(self, array: np.ndarray, as_bytes: bool):
+        self.shape = array.shape
+        self.strides = [int(np.prod(self.shape[i + 1 :], dtype=np.int64)) for i in range(len(self.shape))]
+        flat = array.reshape(-1)
+        self.preformatted = flat.dtype.kind == "f"
+        if self.preformatted:
+            self.flat = _float_texts(flat)
+        elif flat.dtype == object or flat.dtype.kind in "SU":
+            self.flat = _string_values(flat.tolist(), as_bytes)
+        else:
+            self.flat = flat.tolist()
+
+    def render(self, index: tuple[int, ...]) -> str:
+        return self._render(len(index), sum(i * s for i, s in zip(index, self.strides)))
+
+    def _render(self, axis: int, offset: int) -> str:
+        if axis == len(self.shape):
+            return self.flat[offset] if self.preformatted else json.dumps(self.flat[offset], ensure_ascii=False)
+        size, stride = self.shape[axis], self.strides[axis]
+        if axis == len(self.shape) - 1:
+            values = self.flat[offset : offset + size]
+            return "[" + ", ".join(values) + "]" if self.preformatted else json.dumps(values, ensure_ascii=False)
+        return "[" + ", ".join(self._render(axis + 1, offset + i * stride) for i in range(size)) + "]"
+
+
+def _float_texts(flat: np.ndarray) -> list[str]:
+    if flat.dtype.itemsize <= 4:
+        texts = ["%.9g" % v for v in flat.tolist()]
+    else:
+        texts = [repr(v) for v in flat.tolist()]  # Shortest text that reads back to the double.
+    if not np.isfinite(flat).all():
+        texts = [_FLOAT_SPECIALS.get(t, t) for t in texts]
+    return [t if ("." in t or "e" in t or "N" in t or "I" in t) else t + ".0" for t in texts]
+
+
+_FLOAT_SPECIALS = {"nan": "NaN", "-nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def _string_values(flat: list, as_bytes: bool) -> list:
+    """str for UTF-8 values, ``{"b64": ...}`` for ``*_bytes`` outputs and non-UTF-8 values."""
+    if as_bytes:
+        return [_b64(v) for v in flat]
+    try:
+        return [v.decode("utf-8") if isinstance(v, bytes) else v for v in flat]
+    except UnicodeDecodeError:
+        return [_utf8_or_b64(v) for v in flat]
 
 
 def _b64(value: Any) -> dict[str, str]:

@@ -74,8 +74,9 @@ class Predictor:
         timeout = self._effective_timeout(timeout_seconds)
         future = batcher.submit(arrays)
         try:
-            outputs, timing = await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):  # On expiry the queued request is cancelled too.
+                outputs, timing = await future
+        except TimeoutError:
             raise ServingError(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"predict on model {servable.name!r} version {servable.version} did not finish "

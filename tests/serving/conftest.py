@@ -10,6 +10,8 @@ tests need (starting TensorFlow costs seconds, so it is started once):
 - ``tools``: test-only signatures: ``serving_default(micros: int64 [batch])`` sleeps (for
   timeouts), ``checked(x: float32 [batch])`` fails inside the graph for negative values, and
   ``total(x: float32 [batch])`` returns a scalar (outputs without a batch dimension).
+  ``tools_grpc`` serves the same export as a separate servable: TensorFlow serialises calls of
+  one sleeping function, so the REST and gRPC timeout tests each get their own.
 - ``swap``: an OoD stand-in the hot-swap test drops new versions next to.
 - ``text_ops``: a model using tensorflow-text ops (registered by the server only when needed).
 """
@@ -37,7 +39,7 @@ from tests.serving.helpers import free_port
 
 OOD_CORPUS_V1 = ["what is my account balance", "transfer money to savings", "how do i reset my pin"]
 OOD_CORPUS_V2 = ["zzz qqq xxx", "jjj kkk vvv", "qqq zzz"]
-SERVER_TIMEOUT_MS = 1500
+SERVER_TIMEOUT_MS = 3000
 MAX_REQUEST_BYTES = 64 * 1024
 
 
@@ -118,6 +120,7 @@ model_config_list {{
   config {{ name: "retrieval_scann" base_path: "{root}/retrieval_scann" model_platform: "tensorflow" }}
   config {{ name: "ood" base_path: "{root}/ood" model_platform: "tensorflow" }}
   config {{ name: "tools" base_path: "{root}/tools" model_platform: "tensorflow" }}
+  config {{ name: "tools_grpc" base_path: "{root}/tools" model_platform: "tensorflow" }}
   config {{ name: "swap" base_path: "{root}/swap" model_platform: "tensorflow" }}
   config {{ name: "text_ops" base_path: "{root}/text_ops" model_platform: "tensorflow" }}
 }}
@@ -187,7 +190,7 @@ def server(model_root, tmp_path_factory):
     log_path = str(tmp_path_factory.mktemp("server") / "server.log")
     process = ServerProcess(model_root, log_path)
     try:
-        process.wait_until_available(["retrieval", "retrieval_scann", "ood", "tools", "swap", "text_ops"])
+        process.wait_until_available(["retrieval", "retrieval_scann", "ood", "tools", "tools_grpc", "swap", "text_ops"])
         yield process
     finally:
         code = process.stop()

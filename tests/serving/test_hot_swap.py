@@ -96,7 +96,8 @@ def test_versions_swap_under_load_without_failures(server):
         _wait_for(lambda: _statuses(server).get("1", ("",))[0] == "END", 30, "version 1 to be unloaded")
         assert _statuses(server)["2"] == ("AVAILABLE", "")
 
-        # Version 3 copied in place non-atomically and slowly: never loaded half-written.
+        # Version 3 copied in place non-atomically and slowly (each file half-written, then a
+        # pause, then the rest): it must not be picked up before the copy is complete.
         source, target = os.path.join(base, "2"), os.path.join(base, "3")
         files = sorted(os.path.relpath(os.path.join(r, f), source) for r, _, fs in os.walk(source) for f in fs)
         files.remove("saved_model.pb")
@@ -110,12 +111,13 @@ def test_versions_swap_under_load_without_failures(server):
                 f.flush()
                 time.sleep(0.3)
                 f.write(data[len(data) // 2 :])
-            assert "3" not in _statuses(server), "a half-written version directory was picked up"
+        assert "3" not in _statuses(server), "a version directory was picked up within its settle time"
         _wait_for(lambda: _statuses(server).get("3", ("",))[0] == "AVAILABLE", 30, "version 3 to load")
         time.sleep(0.5)
     statuses = _statuses(server)
     assert statuses == {"1": ("END", ""), "2": ("END", ""), "3": ("AVAILABLE", "")}, statuses
     assert not load.failures, load.failures[:5]
+    assert "version 3 failed" not in server.log(), "a half-written version 3 was loaded"
     assert len(load.scores) > 50 and len(load.versions) > 20
     # Version 1 answered first, then version 2 (different in-distribution corpus), then 3.
     assert load.versions[0] == 1 and load.versions[-1] == 3 and 2 in load.versions

@@ -153,9 +153,9 @@ def test_metadata_errors(channel):
 
 def test_server_timeout_caps_grpc_deadline(channel):
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    request = _predict_request("tools", {"micros": np.array([2_000_000], np.int64)})
+    request = _predict_request("tools_grpc", {"micros": np.array([3_100_000], np.int64)})
     with pytest.raises(grpc.RpcError) as raised:
-        stub.Predict(request, timeout=30)  # The client allows 30 s; the server's 1.5 s timeout wins.
+        stub.Predict(request, timeout=30)  # The client allows 30 s; the server's 3 s timeout wins.
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "request timeout" in raised.value.details()
 

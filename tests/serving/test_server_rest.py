@@ -157,9 +157,9 @@ def test_bad_requests_get_json_errors_and_the_server_keeps_serving(server, case)
 
 
 def test_request_timeout_is_504_and_the_server_keeps_serving(server):
-    # The model sleeps (no CPU) well past the server's 1.5 s timeout; TF serialises calls of that
+    # The model sleeps (no CPU) well past the server's 3 s timeout; TF serialises calls of that
     # sleeping function, so the follow-up request uses another signature of the same model.
-    status, document, _ = post_json(f"{server.rest_url}/v1/models/tools:predict", {"instances": [2_000_000]})
+    status, document, _ = post_json(f"{server.rest_url}/v1/models/tools:predict", {"instances": [3_100_000]})
     assert status == 504, document
     assert "timeout" in document["error"]
     status, document, _ = post_json(f"{server.rest_url}/v1/models/tools:predict",
