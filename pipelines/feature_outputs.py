@@ -52,43 +52,6 @@ class WriteJson(beam.PTransform):
         return singleton | "Write" >> beam.Map(write)
 
 
-class WriteVocabularies(beam.PTransform):
-    """``(vocab_name, value)`` occurrences -> ``vocab_dir/<vocab_name>.txt`` with counts.
-
-    ``required`` names get a (possibly empty) file even when no value occurred.
-    """
-
-    def __init__(self, vocab_dir: str, required: Iterable[str] = ()):
-        super().__init__()
-        self._vocab_dir = vocab_dir
-        self._required = tuple(required)
-
-    def expand(self, occurrences):
-        vocab_dir = self._vocab_dir
-
-        def write(name_and_counts):
-            name, counts = name_and_counts
-            write_text(f"{vocab_dir}/{name}.txt", vocabulary_text(counts))
-            return name
-
-        counted = (
-            occurrences
-            | "Count" >> beam.combiners.Count.PerElement()
-            | "ByName" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1])))
-        )
-        required = (
-            occurrences.pipeline
-            | "Required" >> beam.Create([(name, None) for name in self._required])
-        )
-        return (
-            (counted, required)
-            | "Merge" >> beam.Flatten()
-            | "Group" >> beam.GroupByKey()
-            | "Drop" >> beam.MapTuple(lambda name, values: (name, [v for v in values if v is not None]))
-            | "Write" >> beam.Map(write)
-        )
-
-
 def head_tail(frequencies: Mapping[str, int], head_fraction: float = HEAD_FRACTION) -> dict:
     """The head/tail split of the item corpus by train frequency.
 

@@ -1,7 +1,10 @@
-"""Validating interactions against the item catalogue, and building the item corpus.
+"""Validating records against the item catalogue, and building the item corpus.
 
-:class:`ValidateAgainstItems` joins interactions and item events with the catalogue by item id:
-interactions or events of an unknown item, and second copies of an item id, become dead letters.
+:class:`DeduplicateItems` keeps the first definition (by position) of every item id; later copies
+are dead letters. :class:`KeepKnownItems` routes records (interactions, item events) whose item id
+is not in the catalogue to dead letters. The catalogue's ids reach the workers as a side input: a
+retrieval corpus is held in memory by the model and its index anyway, so its ids fit in a
+worker's memory, and the log itself is never shuffled for this check.
 
 :class:`BuildItemCorpus` merges each item's static features with the values of its timestamped
 item events (MovieLens tags) that are allowed into item features: only events strictly before the
@@ -12,19 +15,25 @@ Every catalogue item is in the corpus, including items nobody interacted with.
 
 from __future__ import annotations
 
+import json
 from typing import NamedTuple
 
 import apache_beam as beam
 
-from pipelines.sources import DEAD_LETTER_TAG, DeadLetter, Item
+from pipelines.sources import COUNTS_TAG, DEAD_LETTER_TAG, DeadLetter, bundle_count
 
 EXCLUDED_TAG = "excluded"
 
 
 def position_key(position: str) -> tuple[str, int]:
-    """Sort key of a ``path:line`` position (line numbers compare as numbers)."""
-    path, _, line = position.rpartition(":")
-    return path, int(line) if line.isdigit() else 0
+    """Sort key of a ``path@offset`` position (offsets compare as numbers)."""
+    path, _, offset = position.rpartition("@")
+    return path, int(offset) if offset.isdigit() else 0
+
+
+def _as_json(record: NamedTuple) -> str:
+    """The parsed record as JSON: dead letters rejected after parsing keep every parsed field."""
+    return json.dumps(record._asdict(), ensure_ascii=False)
 
 
 class CorpusItem(NamedTuple):
@@ -32,54 +41,73 @@ class CorpusItem(NamedTuple):
     features: tuple[tuple[str, tuple[str, ...]], ...]  # (feature name, values), schema order
 
 
-class ValidateAgainstItems(beam.PTransform):
-    """Keeps interactions and item events whose item id is in the catalogue; first copy of each item wins.
+class DeduplicateItems(beam.PTransform):
+    """Parsed :class:`Item` s -> unique items (main output) and ``dead_letter`` (later copies)."""
 
-    Input: a dict ``{"items": PCollection[Item], "interactions": ..., "events": ...}`` of parsed
-    records. Outputs (tagged): ``items`` (unique :class:`Item` s), ``interactions``, ``events``
-    and ``dead_letter`` (unknown item ids, duplicate item ids).
+    def __init__(self, source: str):
+        super().__init__()
+        self._source = source
+
+    def expand(self, items):
+        source = self._source
+
+        def first_wins(item_id, copies):
+            copies = sorted(copies, key=lambda i: position_key(i.position))
+            for duplicate in copies[1:]:
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
+                    source, duplicate.position, "duplicate_item_id",
+                    f"duplicate item id {item_id!r}; the first definition at {copies[0].position} is kept",
+                    _as_json(duplicate),
+                ))
+            yield copies[0]
+
+        return (
+            items
+            | "KeyById" >> beam.Map(lambda i: (i.item_id, i))
+            | "GroupById" >> beam.GroupByKey()
+            | "FirstWins" >> beam.FlatMapTuple(first_wins).with_outputs(DEAD_LETTER_TAG, main="items")
+        )
+
+
+class _KeepKnownDoFn(beam.DoFn):
+    def __init__(self, source: str):
+        self._source = source
+
+    def start_bundle(self):
+        self._accepted = 0
+
+    def process(self, record, known):
+        if record.item_id in known:
+            self._accepted += 1
+            yield record
+        else:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
+                self._source, record.position, "unknown_item_id",
+                f"item id {record.item_id!r} is not in the item catalogue", _as_json(record),
+            ))
+
+    def finish_bundle(self):
+        if self._accepted:
+            yield bundle_count(f"accepted:{self._source}", self._accepted)
+
+
+class KeepKnownItems(beam.PTransform):
+    """Records with an ``item_id`` in the catalogue pass; the others become ``unknown_item_id`` dead letters.
+
+    Args:
+      source: the records' source name, for dead letters and counts.
+      known_ids: a ``beam.pvalue.AsDict`` side input whose keys are the catalogue's item ids.
+
+    Outputs: ``known``, ``dead_letter`` and ``counts`` (``("accepted:<source>", n)`` per bundle).
     """
 
-    def __init__(self, sources: dict[str, str]):
-        """Args: sources: the source name of each input, for dead letters (keys as the input dict)."""
+    def __init__(self, source: str, known_ids):
         super().__init__()
-        self._sources = sources
+        self._source, self._known_ids = source, known_ids
 
-    def expand(self, inputs):
-        sources = self._sources
-
-        def validate(item_id_and_groups):
-            item_id, groups = item_id_and_groups
-            items = sorted(groups["items"], key=lambda i: position_key(i.position))
-            for duplicate in items[1:]:
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
-                    sources["items"], duplicate.position, "duplicate_item_id",
-                    f"duplicate item id {item_id!r}; the first definition at {items[0].position} is kept",
-                    item_id,
-                ))
-            for kind in ("interactions", "events"):
-                for record in groups[kind]:
-                    if items:
-                        yield beam.pvalue.TaggedOutput(kind, record)
-                    else:
-                        source = getattr(record, "source", None) or sources[kind]
-                        yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
-                            source, record.position, "unknown_item_id",
-                            f"item id {item_id!r} is not in the item catalogue", item_id,
-                        ))
-            if items:
-                yield beam.pvalue.TaggedOutput("items", items[0])
-
-        keyed = {
-            kind: pcoll | f"Key{kind.title()}" >> beam.Map(lambda r: (r.item_id, r))
-            for kind, pcoll in inputs.items()
-        }
-        return (
-            keyed
-            | "JoinByItem" >> beam.CoGroupByKey()
-            | "Validate" >> beam.FlatMap(validate).with_outputs(
-                "items", "interactions", "events", DEAD_LETTER_TAG
-            )
+    def expand(self, records):
+        return records | "CheckItemId" >> beam.ParDo(_KeepKnownDoFn(self._source), known=self._known_ids).with_outputs(
+            DEAD_LETTER_TAG, COUNTS_TAG, main="known"
         )
 
 
@@ -157,6 +185,3 @@ class BuildItemCorpus(beam.PTransform):
         excluded = (timely[EXCLUDED_TAG], pair_checked[EXCLUDED_TAG]) | "Excluded" >> beam.Flatten()
         return {"corpus": corpus, "excluded": excluded}
 
-
-def item_feature_values(item: Item | CorpusItem) -> dict[str, tuple[str, ...]]:
-    return dict(item.features)

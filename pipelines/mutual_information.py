@@ -20,24 +20,9 @@ Definitions (all in nats), for features ``i`` and ``j``:
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-
-import apache_beam as beam
-
-JointCounts = dict  # {(value_i, value_j): mass}
-
-
-def pair_contributions(features: Mapping[str, Sequence[str]], names: Sequence[str]):
-    """Yields ``((name_i, name_j), {(a, b): mass})`` for each feature pair (i < j) present in the item."""
-    for first, second in itertools.combinations(names, 2):
-        values_i, values_j = features.get(first, ()), features.get(second, ())
-        if not values_i or not values_j:
-            continue
-        mass = 1.0 / (len(values_i) * len(values_j))
-        yield (first, second), {(a, b): mass for a in values_i for b in values_j}
 
 
 def entropy(masses: Iterable[float]) -> float:
@@ -48,7 +33,7 @@ def entropy(masses: Iterable[float]) -> float:
     return -sum((m / total) * math.log(m / total) for m in masses)
 
 
-def joint_statistics(joint: JointCounts) -> tuple[float, float, float]:
+def joint_statistics(joint: Mapping[tuple[str, str], float]) -> tuple[float, float, float]:
     """Returns ``(MI, H(first), H(second))`` of a joint mass table (marginals from the joint)."""
     total = sum(joint.values())
     if total <= 0:
@@ -65,55 +50,20 @@ def joint_statistics(joint: JointCounts) -> tuple[float, float, float]:
     return max(mi, 0.0), entropy(marginal_i.values()), entropy(marginal_j.values())
 
 
-class _JointCountsFn(beam.CombineFn):
-    """Sums ``{(a, b): mass}`` tables; the accumulator also counts the supporting items."""
-
-    def create_accumulator(self):
-        return defaultdict(float), 0
-
-    def add_input(self, accumulator, table):
-        joint, support = accumulator
-        for key, mass in table.items():
-            joint[key] += mass
-        return joint, support + 1
-
-    def merge_accumulators(self, accumulators):
-        merged, support = defaultdict(float), 0
-        for joint, count in accumulators:
-            for key, mass in joint.items():
-                merged[key] += mass
-            support += count
-        return merged, support
-
-    def extract_output(self, accumulator):
-        joint, support = accumulator
-        mi, h_i, h_j = joint_statistics(joint)
-        return {"mi": mi, "entropy_first": h_i, "entropy_second": h_j, "support": support}
-
-
-class _ValueMassFn(beam.CombineFn):
-    """Per feature: value masses (each item's unit mass spread over its values) and support."""
-
-    def create_accumulator(self):
-        return defaultdict(float), 0
-
-    def add_input(self, accumulator, values):
-        masses, support = accumulator
-        for value in values:
-            masses[value] += 1.0 / len(values)
-        return masses, support + 1
-
-    def merge_accumulators(self, accumulators):
-        merged, support = defaultdict(float), 0
-        for masses, count in accumulators:
-            for key, mass in masses.items():
-                merged[key] += mass
-            support += count
-        return merged, support
-
-    def extract_output(self, accumulator):
-        masses, support = accumulator
-        return {"entropy": entropy(masses.values()), "support": support}
+def identifier_pair_stats(identifier: str, names: Sequence[str], feature_stats: Mapping) -> dict:
+    """Per-pair statistics of the identifier with every other feature (see the module docstring)."""
+    pairs = {}
+    for name in names:
+        stats = feature_stats.get(name)
+        if name == identifier or not stats or not stats["support"]:
+            continue
+        pairs[(identifier, name)] = {
+            "mi": max(stats["entropy"] - stats["mean_log_size"], 0.0),
+            "entropy_first": math.log(stats["support"]),
+            "entropy_second": stats["entropy"],
+            "support": stats["support"],
+        }
+    return pairs
 
 
 def assemble_matrix(names: Sequence[str], pair_stats: Mapping, feature_stats: Mapping) -> dict:
@@ -146,43 +96,3 @@ def assemble_matrix(names: Sequence[str], pair_stats: Mapping, feature_stats: Ma
             "entropies of the pair's joint marginals. See pipelines/mutual_information.py."
         ),
     }
-
-
-class ItemFeatureMutualInformation(beam.PTransform):
-    """Corpus items (``CorpusItem``) -> one dict, the ``item_feature_mi.json`` document.
-
-    Args:
-      names: every item feature in schema order, ``item_id`` first (its values are the id).
-    """
-
-    def __init__(self, names: Sequence[str]):
-        super().__init__()
-        self._names = tuple(names)
-
-    def expand(self, corpus):
-        names = self._names
-
-        def features_of(item):
-            return {"item_id": (item.item_id,), **dict(item.features)}
-
-        with_features = corpus | "AllFeatures" >> beam.Map(features_of)
-        pair_stats = (
-            with_features
-            | "PairTables" >> beam.FlatMap(lambda f: pair_contributions(f, names))
-            | "SumPairs" >> beam.CombinePerKey(_JointCountsFn())
-        )
-        feature_stats = (
-            with_features
-            | "FeatureValues" >> beam.FlatMap(lambda f: [(n, tuple(f[n])) for n in names if f.get(n)])
-            | "SumValues" >> beam.CombinePerKey(_ValueMassFn())
-        )
-        return (
-            corpus.pipeline
-            | "One" >> beam.Create([None])
-            | "Assemble" >> beam.Map(
-                lambda _, pairs, features: assemble_matrix(names, dict(pairs), dict(features)),
-                pairs=beam.pvalue.AsList(pair_stats),
-                features=beam.pvalue.AsList(feature_stats),
-            )
-        )
-

@@ -27,18 +27,19 @@ import sys
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.feature_outputs import HEAD_FRACTION, WriteJson, WriteVocabularies, head_tail
-from pipelines.item_corpus import BuildItemCorpus, ValidateAgainstItems
+from pipelines.corpus_statistics import CorpusStatisticsFn
+from pipelines.feature_outputs import HEAD_FRACTION, WriteJson, head_tail, vocabulary_text, write_text
+from pipelines.item_corpus import BuildItemCorpus, CorpusItem, DeduplicateItems, KeepKnownItems
 from pipelines.movielens import DEFAULT_SUBDIR, movielens_input_spec
-from pipelines.mutual_information import ItemFeatureMutualInformation
 from pipelines.sources import (
-    DEAD_LETTER_TAG, InputSpec, ParseRecords, ReadSourceLines, interaction_parser, item_event_parser,
+    COUNTS_TAG, DEAD_LETTER_TAG, InputSpec, ParseRecords, ReadSourceLines, interaction_parser, item_event_parser,
     item_parser,
 )
-from pipelines.splits import BuildExamples, SplitProtocol, time_cutoffs
+from pipelines.splits import (
+    HELDOUT_PAIRS_TAG, TRAIN_ITEMS_TAG, USER_COUNTS_TAG, BuildExamples, SplitProtocol, TimeCutoffs,
+)
 from recsys_ssl import schema as fs
 from serving.env import data_root
 
@@ -69,28 +70,6 @@ class FeatureOptions:
             raise ValueError(f"--history_length must be >= 1, received {self.history_length}")
 
 
-def _count(pcoll, label: str):
-    """A singleton side input: the number of elements of ``pcoll``."""
-    return beam.pvalue.AsSingleton(pcoll | label >> beam.combiners.Count.Globally())
-
-
-def _count_by(pcoll, label: str, key_fn):
-    """A side input dict ``{key: count}`` over ``pcoll``."""
-    return beam.pvalue.AsDict(
-        pcoll | f"{label}Key" >> beam.Map(key_fn) | f"{label}Count" >> beam.combiners.Count.PerElement()
-    )
-
-
-def _counted(name: str):
-    counter = Metrics.counter(NAMESPACE, name)
-
-    def increment(element):
-        counter.inc()
-        return element
-
-    return increment
-
-
 def build_pipeline(pipeline: beam.Pipeline, spec: InputSpec, options: FeatureOptions) -> None:
     """Adds every step of the feature pipeline to ``pipeline`` (see the module docstring)."""
     out = options.output_dir.rstrip("/")
@@ -103,188 +82,189 @@ def build_pipeline(pipeline: beam.Pipeline, spec: InputSpec, options: FeatureOpt
     )
     if options.min_rating is not None and spec.weight_column is None:
         raise ValueError("--min_rating needs interactions with a weight column")
+    counts, dead_letters = [], []
 
-    # 1. Read and parse every source; lines that cannot be parsed are dead letters.
-    raw = {
-        SOURCE_INTERACTIONS: pipeline | "ReadInteractions" >> ReadSourceLines(SOURCE_INTERACTIONS, spec.interactions_path),
-        SOURCE_ITEMS: pipeline | "ReadItems" >> ReadSourceLines(SOURCE_ITEMS, spec.items_path),
-    }
-    parsed_interactions = raw[SOURCE_INTERACTIONS] | "ParseInteractions" >> ParseRecords(interaction_parser(spec))
-    parsed_items = raw[SOURCE_ITEMS] | "ParseItems" >> ParseRecords(item_parser(spec))
-    dead_letters = [parsed_interactions[DEAD_LETTER_TAG], parsed_items[DEAD_LETTER_TAG]]
-    event_records, event_lines = [], []
-    for index, event_spec in enumerate(spec.item_events):
-        lines = pipeline | f"ReadEvents{index}" >> ReadSourceLines(SOURCE_EVENTS, event_spec["path"])
-        parsed = lines | f"ParseEvents{index}" >> ParseRecords(item_event_parser(event_spec, spec))
-        event_lines.append(lines)
-        event_records.append(parsed.records)
-        dead_letters.append(parsed[DEAD_LETTER_TAG])
-    if event_lines:
-        raw[SOURCE_EVENTS] = event_lines | "AllEventLines" >> beam.Flatten()
-    events = (event_records or [pipeline | "NoEvents" >> beam.Create([])]) | "AllEvents" >> beam.Flatten()
-
-    # 2. Join with the catalogue: unknown and duplicate item ids are dead letters.
-    validated = {
-        "items": parsed_items.records, "interactions": parsed_interactions.records, "events": events,
-    } | "ValidateItemIds" >> ValidateAgainstItems(
-        {"items": SOURCE_ITEMS, "interactions": SOURCE_INTERACTIONS, "events": SOURCE_EVENTS}
+    # 1. Items: parse, keep the first definition of every id. Their ids are a side input below.
+    parsed_items = (
+        pipeline | "ReadItems" >> ReadSourceLines(SOURCE_ITEMS, spec.items_path)
+        | "ParseItems" >> ParseRecords(item_parser(spec))
     )
-    dead_letters.append(validated[DEAD_LETTER_TAG])
+    unique_items = parsed_items.records | "DeduplicateItems" >> DeduplicateItems(SOURCE_ITEMS)
+    items = unique_items["items"]
+    known_ids = beam.pvalue.AsDict(items | "ItemIds" >> beam.Map(lambda i: (i.item_id, None)))
+    counts.append(parsed_items[COUNTS_TAG])
+    dead_letters += [parsed_items[DEAD_LETTER_TAG], unique_items[DEAD_LETTER_TAG]]
+
+    # 2. Interactions (and item events): parse, check item ids; bad rows are dead letters.
+    parsed_interactions = (
+        pipeline | "ReadInteractions" >> ReadSourceLines(SOURCE_INTERACTIONS, spec.interactions_path)
+        | "ParseInteractions" >> ParseRecords(interaction_parser(spec))
+    )
+    interactions = parsed_interactions.records | "KnownInteractions" >> KeepKnownItems(SOURCE_INTERACTIONS, known_ids)
+    counts += [parsed_interactions[COUNTS_TAG], interactions[COUNTS_TAG]]
+    dead_letters += [parsed_interactions[DEAD_LETTER_TAG], interactions[DEAD_LETTER_TAG]]
+    event_records = []
+    for index, event_spec in enumerate(spec.item_events):
+        parsed = (
+            pipeline | f"ReadEvents{index}" >> ReadSourceLines(SOURCE_EVENTS, event_spec["path"])
+            | f"ParseEvents{index}" >> ParseRecords(item_event_parser(event_spec, spec))
+        )
+        event_records.append(parsed.records)
+        counts.append(parsed[COUNTS_TAG])
+        dead_letters.append(parsed[DEAD_LETTER_TAG])
+    has_events = bool(event_records)
+    if has_events:
+        events = event_records | "AllEvents" >> beam.Flatten() | "KnownEvents" >> KeepKnownItems(SOURCE_EVENTS, known_ids)
+        counts.append(events[COUNTS_TAG])
+        dead_letters.append(events[DEAD_LETTER_TAG])
 
     # 3. Positive interactions, global time cutoffs, examples with histories and splits.
     min_rating = options.min_rating
-    positives = validated.interactions | "Positives" >> beam.Filter(
-        lambda r: min_rating is None or r.weight >= min_rating
-    )
+    positives = interactions.known
+    if min_rating is not None:
+        positives = positives | "Positives" >> beam.Filter(lambda r: r.weight >= min_rating)
     cutoffs = (
-        positives
-        | "Timestamps" >> beam.Map(lambda r: r.timestamp)
-        | "TimestampHistogram" >> beam.combiners.Count.PerElement()
-        | "HistogramList" >> beam.combiners.ToList()
-        | "TimeCutoffs" >> beam.Map(time_cutoffs, options.eval_fraction, options.validation_fraction)
+        positives | "Timestamps" >> beam.Map(lambda r: r.timestamp)
+        | "TimeCutoffs" >> TimeCutoffs(options.eval_fraction, options.validation_fraction)
     )
     examples = positives | "BuildExamples" >> BuildExamples(
-        options.split, options.eval_fraction, options.validation_fraction, options.history_length, cutoffs
+        options.split, options.eval_fraction, options.validation_fraction, options.history_length, cutoffs,
+        emit_heldout_pairs=has_events,
     )
     for split in fs.SPLITS:
-        _ = (
-            examples
-            | f"Only{split.title()}" >> beam.Filter(lambda e, s=split: e[0] == s)
-            | f"Count{split.title()}" >> beam.Map(_counted(f"examples_{split}"))
-            | f"Serialized{split.title()}" >> beam.Map(lambda e: e[3])
-            | f"Write{split.title()}" >> beam.io.WriteToTFRecord(
-                f"{out}/{split}", file_name_suffix=fs.TFRECORD_SUFFIX, compression_type=CompressionTypes.GZIP
-            )
-        )
-    train = examples | "TrainOnly" >> beam.Filter(lambda e: e[0] == "train")
-    heldout_pairs = (
-        examples
-        | "HeldOut" >> beam.Filter(lambda e: e[0] != "train")
-        | "HeldOutPairs" >> beam.Map(lambda e: (e[1], e[2]))
-        | "UniquePairs" >> beam.Distinct()
-    )
+        _ = examples[split] | f"Write{split.title()}" >> beam.io.WriteToTFRecord(
+            f"{out}/{split}", file_name_suffix=fs.TFRECORD_SUFFIX, compression_type=CompressionTypes.GZIP)
 
     # 4. The item corpus: every catalogue item with its features (events before the eval period).
-    corpus_outputs = {"items": validated["items"], "events": validated.events} | "ItemCorpus" >> BuildItemCorpus(
-        cutoffs, heldout_pairs, feature_names
-    )
-    corpus = corpus_outputs["corpus"]
+    if has_events:
+        corpus_outputs = {"items": items, "events": events.known} | "ItemCorpus" >> BuildItemCorpus(
+            cutoffs, examples[HELDOUT_PAIRS_TAG], feature_names)
+        corpus, excluded = corpus_outputs["corpus"], corpus_outputs["excluded"]
+    else:
+        corpus = items | "ItemCorpus" >> beam.Map(lambda i: CorpusItem(i.item_id, i.features))
+        excluded = pipeline | "NoExcludedEvents" >> beam.Create([])
     _ = (
         corpus
         | "SerializeItems" >> beam.Map(lambda item: fs.item_to_proto(item.item_id, dict(item.features)))
         | "WriteItems" >> beam.io.WriteToTFRecord(
-            f"{out}/{fs.ITEMS_PREFIX}", file_name_suffix=fs.TFRECORD_SUFFIX, compression_type=CompressionTypes.GZIP
-        )
+            f"{out}/{fs.ITEMS_PREFIX}", file_name_suffix=fs.TFRECORD_SUFFIX, compression_type=CompressionTypes.GZIP)
     )
 
-    # 5. Item train frequencies (every corpus item, 0 if never seen) and vocabularies.
-    train_item_counts = (
-        train | "TrainItems" >> beam.Map(lambda e: e[2]) | "CountTrainItems" >> beam.combiners.Count.PerElement()
-    )
-    item_frequencies = (
-        {"corpus": corpus | "CorpusIds" >> beam.Map(lambda i: (i.item_id, None)), "train": train_item_counts}
-        | "JoinFrequencies" >> beam.CoGroupByKey()
-        | "Frequency" >> beam.MapTuple(lambda item_id, g: (item_id, sum(g["train"])) if g["corpus"] else None)
-        | "CorpusOnly" >> beam.Filter(lambda kv: kv is not None)
-    )
-    occurrences = (
-        (
-            corpus | "FeatureValues" >> beam.FlatMap(
-                lambda item: [(name, value) for name, values in item.features for value in values]
-            ),
-            train | "TrainUsers" >> beam.Map(lambda e: (fs.USER_ID, e[1])),
-        )
-        | "AllOccurrences" >> beam.Flatten()
-    )
-    vocab_dir = f"{out}/{fs.VOCAB_DIR}"
-    _ = occurrences | "Vocabularies" >> WriteVocabularies(vocab_dir, required=feature_names + (fs.USER_ID,))
-    _ = (
-        item_frequencies
-        | "ItemVocabList" >> beam.combiners.ToList()
-        | "ItemVocab" >> beam.Map(lambda pairs: (fs.ITEM_ID, pairs))
-        | "WriteItemVocab" >> beam.Map(_write_vocab, vocab_dir)
-    )
+    # 5. One pass of corpus statistics (vocabularies, MI), train frequencies, and the small files.
+    corpus_stats = corpus | "CorpusStatistics" >> beam.CombineGlobally(
+        CorpusStatisticsFn(feature_names, identifier=fs.ITEM_ID))
+    train_item_counts = beam.pvalue.AsDict(
+        examples[TRAIN_ITEMS_TAG] | "CountTrainItems" >> beam.combiners.Count.PerElement())
+    train_user_counts = beam.pvalue.AsList(
+        examples[USER_COUNTS_TAG]
+        | "TrainUsers" >> beam.FlatMapTuple(lambda user, n: [(user, n["train"])] if n.get("train") else []))
+    _ = corpus_stats | "WriteCorpusFiles" >> beam.Map(
+        write_corpus_files, out, train_item_counts=train_item_counts, train_user_counts=train_user_counts)
 
-    # 6. Mutual information between item features over the corpus.
-    _ = (
-        corpus
-        | "MutualInformation" >> ItemFeatureMutualInformation((fs.ITEM_ID,) + feature_names)
-        | "WriteMI" >> WriteJson(f"{out}/{fs.MI_FILE}")
-    )
-
-    # 7. Dead letters, stats (with reconciliation) and schema.
+    # 6. Dead letters, stats (read = accepted + rejected, per source) and schema.
     all_dead = dead_letters | "AllDeadLetters" >> beam.Flatten()
     _ = (
         all_dead
-        | "CountRejected" >> beam.Map(lambda d: _counted(f"{d.source}_rejected")(d))
         | "DeadLetterJson" >> beam.Map(lambda d: d.to_json())
-        | "WriteDeadLetters" >> beam.io.WriteToText(
-            f"{out}/{fs.DEAD_LETTER_DIR}/rejected", file_name_suffix=".jsonl"
-        )
+        | "WriteDeadLetters" >> beam.io.WriteToText(f"{out}/{fs.DEAD_LETTER_DIR}/rejected", file_name_suffix=".jsonl")
     )
-    read_lines = [
-        pcoll | f"Read{name.title()}Counter" >> beam.Map(_counted(f"{name}_read")) for name, pcoll in raw.items()
-    ]
-    stats_inputs = dict(
-        read=_count_by(read_lines | "AllRead" >> beam.Flatten(), "Read", lambda line: line.source),
-        rejected=_count_by(all_dead, "Rejected", lambda d: (d.source, d.kind)),
-        accepted_interactions=_count(validated.interactions, "AcceptedInteractions"),
-        accepted_items=_count(validated["items"], "AcceptedItems"),
-        accepted_events=_count(validated.events, "AcceptedEvents"),
-        positives=_count(positives, "CountPositives"),
-        excluded_events=_count_by(corpus_outputs["excluded"], "Excluded", lambda reason_event: reason_event[0]),
-        splits=_count_by(examples, "Splits", lambda e: e[0]),
-        users=_count_by(examples, "SplitUsers", lambda e: (e[0], e[1])),
-        frequencies=beam.pvalue.AsDict(item_frequencies),
-        cutoffs=beam.pvalue.AsSingleton(cutoffs),
+    rejected = all_dead | "RejectedCounts" >> beam.Map(lambda d: (f"rejected:{d.source}:{d.kind}", 1))
+    excluded_counts = excluded | "ExcludedCounts" >> beam.Map(lambda reason_event: (f"excluded:{reason_event[0]}", 1))
+    totals = (
+        (counts + [rejected, excluded_counts]) | "AllCounts" >> beam.Flatten()
+        | "SumCounts" >> beam.CombinePerKey(sum)
+    )
+    split_totals = (
+        examples[USER_COUNTS_TAG]
+        | "SplitUserCounts" >> beam.FlatMapTuple(lambda user, n: list(n.items()))
+        | "SumSplitUsers" >> beam.CombineGlobally(_SplitTotals())
     )
     _ = (
-        pipeline
-        | "StatsSeed" >> beam.Create([None])
-        | "AssembleStats" >> beam.Map(lambda _, **kw: assemble_stats(options, **kw), **stats_inputs)
+        corpus_stats
+        | "AssembleStats" >> beam.Map(
+            lambda stats, **kw: assemble_stats(options, stats["item_ids"], **kw),
+            totals=beam.pvalue.AsDict(totals), splits=beam.pvalue.AsSingleton(split_totals),
+            train_item_counts=train_item_counts, cutoffs=beam.pvalue.AsSingleton(cutoffs))
         | "WriteStats" >> WriteJson(f"{out}/{fs.STATS_FILE}")
     )
     _ = pipeline | "Schema" >> beam.Create([schema.to_json()]) | "WriteSchema" >> WriteJson(f"{out}/{fs.SCHEMA_FILE}")
 
 
-def _write_vocab(name_and_pairs, vocab_dir):
-    from pipelines.feature_outputs import vocabulary_text, write_text
+def write_corpus_files(corpus_stats: dict, out: str, train_item_counts: dict, train_user_counts: list) -> None:
+    """Writes ``vocab/*.txt`` (item features, item_id with train counts, user_id) and the MI document."""
+    vocab_dir = f"{out}/{fs.VOCAB_DIR}"
+    for name, value_counts in corpus_stats["vocab"].items():
+        write_text(f"{vocab_dir}/{name}.txt", vocabulary_text(value_counts))
+    write_text(f"{vocab_dir}/{fs.ITEM_ID}.txt",
+               vocabulary_text((item_id, train_item_counts.get(item_id, 0)) for item_id in corpus_stats["item_ids"]))
+    write_text(f"{vocab_dir}/{fs.USER_ID}.txt", vocabulary_text(train_user_counts))
+    write_text(f"{out}/{fs.MI_FILE}", json.dumps(corpus_stats["mutual_information"], indent=1, sort_keys=True) + "\n")
 
-    name, pairs = name_and_pairs
-    write_text(f"{vocab_dir}/{name}.txt", vocabulary_text(pairs))
+
+class _SplitTotals(beam.CombineFn):
+    """``(split, examples of one user)`` -> ``{split: {"examples": total, "users": users with any}}``."""
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, totals, split_and_count):
+        split, count = split_and_count
+        examples, users = totals.get(split, (0, 0))
+        totals[split] = (examples + count, users + 1)
+        return totals
+
+    def merge_accumulators(self, accumulators):
+        merged = {}
+        for totals in accumulators:
+            for split, (examples, users) in totals.items():
+                old = merged.get(split, (0, 0))
+                merged[split] = (old[0] + examples, old[1] + users)
+        return merged
+
+    def extract_output(self, totals):
+        return {split: {"examples": totals.get(split, (0, 0))[0], "users": totals.get(split, (0, 0))[1]}
+                for split in fs.SPLITS}
 
 
-def assemble_stats(options: FeatureOptions, read, rejected, accepted_interactions, accepted_items,
-                   accepted_events, positives, excluded_events, splits, users, frequencies, cutoffs) -> dict:
-    """Builds ``stats.json``: per-source counts (read = accepted + rejected), splits, head/tail."""
+def assemble_stats(options: FeatureOptions, item_ids: list[str], totals: dict, splits: dict,
+                   train_item_counts: dict, cutoffs: tuple[int, int]) -> dict:
+    """Builds ``stats.json``: per-source counts (read = accepted + rejected), splits, head/tail.
+
+    ``totals`` holds the pipeline's independent counts: ``read:<source>`` (lines parsed),
+    ``accepted:<source>`` (records that passed every check), ``rejected:<source>:<kind>`` (dead
+    letters) and ``excluded:<reason>`` (item events kept out of item features).
+    """
     sources = {}
-    accepted = {SOURCE_INTERACTIONS: accepted_interactions, SOURCE_ITEMS: accepted_items,
-                SOURCE_EVENTS: accepted_events}
+    read = {key.split(":", 1)[1]: n for key, n in totals.items() if key.startswith("read:")}
+    accepted = {key.split(":", 1)[1]: n for key, n in totals.items() if key.startswith("accepted:")}
+    accepted[SOURCE_ITEMS] = len(item_ids)  # unique catalogue items (duplicates are rejected)
     for source, read_count in sorted(read.items()):
-        reasons = {kind: n for (src, kind), n in rejected.items() if src == source}
+        reasons = {key.split(":", 2)[2]: n for key, n in totals.items() if key.startswith(f"rejected:{source}:")}
         rejected_count = sum(reasons.values())
         sources[source] = {
             "read": read_count,
-            "accepted": accepted[source],
+            "accepted": accepted.get(source, 0),
             "rejected": rejected_count,
             "rejected_by_reason": dict(sorted(reasons.items())),
-            "reconciled": read_count == accepted[source] + rejected_count,
+            "reconciled": read_count == accepted.get(source, 0) + rejected_count,
         }
-    sources[SOURCE_INTERACTIONS]["below_min_rating"] = accepted_interactions - positives
-    sources[SOURCE_INTERACTIONS]["examples"] = positives
+    examples = sum(split["examples"] for split in splits.values())
+    sources[SOURCE_INTERACTIONS]["examples"] = examples
+    sources[SOURCE_INTERACTIONS]["below_min_rating"] = sources[SOURCE_INTERACTIONS]["accepted"] - examples
     if SOURCE_EVENTS in sources:
-        sources[SOURCE_EVENTS]["excluded_from_features"] = dict(sorted(excluded_events.items()))
-    split_users = {split: sum(1 for (s, _) in users if s == split) for split in fs.SPLITS}
+        sources[SOURCE_EVENTS]["excluded_from_features"] = {
+            key.split(":", 1)[1]: n for key, n in sorted(totals.items()) if key.startswith("excluded:")}
+    frequencies = {item_id: train_item_counts.get(item_id, 0) for item_id in item_ids}
     return {
         "options": {k: (v.value if isinstance(v, SplitProtocol) else v) for k, v in dataclasses.asdict(options).items()},
         "sources": sources,
         "reconciled": all(s["reconciled"] for s in sources.values()),
-        "splits": {split: {"examples": splits.get(split, 0), "users": split_users[split]} for split in fs.SPLITS},
+        "splits": splits,
         "time_cutoffs": {"validation_start": cutoffs[0], "eval_start": cutoffs[1]},
-        "num_items": len(frequencies),
+        "num_items": len(item_ids),
         "num_items_seen_in_train": sum(1 for c in frequencies.values() if c > 0),
         "head_tail": head_tail(frequencies, options.head_fraction),
-        "item_train_frequency": dict(sorted(frequencies.items())),
+        "item_train_frequency": frequencies,
     }
 
 

@@ -18,7 +18,7 @@ that declares three kinds of source (paths relative to the schema file; globs al
 Files are CSV (header row, RFC 4180 quoting within a line) or JSONL (one object per line), by
 extension. ``weight`` and ``item_events`` are optional; an item event is a timestamped value of a
 multivalent item feature (MovieLens tags). Every line becomes either a record or a
-:class:`DeadLetter` naming the source, ``file:line`` position and reason, so for every source
+:class:`DeadLetter` naming the source, ``path@byte_offset`` position and reason, so for every source
 ``read = accepted + rejected``.
 """
 
@@ -33,7 +33,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 import apache_beam as beam
-from apache_beam.io import fileio
+from apache_beam.metrics import Metrics
+from apache_beam.transforms import window
+from apache_beam.utils import timestamp
+from apache_beam.utils.windowed_value import WindowedValue
+from apache_beam.io import filebasedsource
+from apache_beam.io.filesystem import CompressionTypes
 
 from recsys_ssl.schema import RESERVED_NAMES, SchemaError
 
@@ -65,13 +70,14 @@ class DeadLetter(NamedTuple):
 class RawLine(NamedTuple):
     source: str
     path: str
-    line_number: int  # 1-based, counting the header
+    offset: int  # byte offset of the line's first byte in the file
     header: tuple[str, ...] | None  # CSV only
     data: bytes
 
     @property
     def position(self) -> str:
-        return f"{self.path}:{self.line_number}"
+        """``path@byte_offset`` of the line start (``tail -c +$((offset + 1)) path | head -1`` shows it)."""
+        return f"{self.path}@{self.offset}"
 
 
 class Interaction(NamedTuple):
@@ -182,11 +188,47 @@ def _lossy(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
 
-class ReadSourceLines(beam.PTransform):
-    """Reads every line of the files matching ``pattern`` as :class:`RawLine`, with positions.
+class _LinesWithOffsets(filebasedsource.FileBasedSource):
+    """A splittable source of ``(path, byte offset, CSV header or None, line bytes)``.
 
-    CSV headers are attached to each data line (and not emitted themselves); empty lines are
-    skipped. A ``Reshuffle`` spreads the lines of one big file over all workers.
+    Splitting follows Beam's text source: a split starting inside a line begins at the next line,
+    so every line is read exactly once, by the split its first byte belongs to. CSV files (by
+    extension) read their header line from the file start in every split and skip it.
+    """
+
+    def __init__(self, pattern: str):
+        super().__init__(pattern, compression_type=CompressionTypes.UNCOMPRESSED, splittable=True)
+
+    def read_records(self, file_name, offset_range_tracker):
+        is_csv = file_name.lower().endswith(".csv")
+        start = offset_range_tracker.start_position()
+        with self.open_file(file_name) as f:
+            header = None
+            position = 0
+            if is_csv:
+                first = f.readline()
+                header = tuple(next(csv.reader([_lossy(first.rstrip(b"\r\n")).lstrip("\ufeff")]), []))
+                position = len(first)
+            if start > position:
+                f.seek(start - 1)
+                position = start - 1 + len(f.readline())  # finish the line that straddles the split start
+            else:
+                f.seek(position)
+            while offset_range_tracker.try_claim(position):
+                line = f.readline()
+                if not line:
+                    break
+                data = line.rstrip(b"\r\n")
+                if data.strip():
+                    yield file_name, position, header, data
+                position += len(line)
+
+
+class ReadSourceLines(beam.PTransform):
+    """Reads every non-empty line of the files matching ``pattern`` as :class:`RawLine`.
+
+    The read is splittable (large files are read by all workers in parallel, no shuffle); each
+    line carries its ``path@byte_offset`` position for dead letters.
     """
 
     def __init__(self, source: str, pattern: str):
@@ -195,26 +237,10 @@ class ReadSourceLines(beam.PTransform):
 
     def expand(self, pbegin):
         source = self._source
-
-        def lines_of(readable_file: fileio.ReadableFile) -> Iterator[RawLine]:
-            path = readable_file.metadata.path
-            is_csv = path.lower().endswith(".csv")
-            header = None
-            with readable_file.open(compression_type="uncompressed") as f:
-                for number, line in enumerate(f, 1):
-                    line = line.rstrip(b"\r\n")
-                    if is_csv and header is None:
-                        header = tuple(next(csv.reader([_lossy(line).lstrip("\ufeff")])))
-                        continue
-                    if line.strip():
-                        yield RawLine(source, path, number, header, line)
-
         return (
             pbegin
-            | "Match" >> fileio.MatchFiles(self._pattern, empty_match_treatment="DISALLOW")
-            | "Open" >> fileio.ReadMatches()
-            | "Lines" >> beam.FlatMap(lines_of)
-            | "Spread" >> beam.Reshuffle()
+            | "Read" >> beam.io.Read(_LinesWithOffsets(self._pattern))
+            | "Lines" >> beam.MapTuple(lambda path, offset, header, data: RawLine(source, path, offset, header, data))
         )
 
 
@@ -277,10 +303,45 @@ def _multi_values(value, column: ItemFeatureColumn) -> tuple[str, ...]:
     return tuple(cleaned)
 
 
+COUNTS_TAG = "counts"
+
+
+def bundle_count(name: str, count: int):
+    """A ``counts`` output emitted from ``finish_bundle``: ``(name, count)`` in the global window."""
+    return beam.pvalue.TaggedOutput(
+        COUNTS_TAG, WindowedValue((name, count), timestamp.MIN_TIMESTAMP, [window.GlobalWindow()])
+    )
+
+
+class _ParseDoFn(beam.DoFn):
+    """Parses lines; counts the lines it reads per bundle (an independent count for reconciliation)."""
+
+    def __init__(self, parse_fn: Callable[[RawLine, dict], object]):
+        self._parse_fn = parse_fn
+        self._read = Metrics.counter("recsys_features", "lines_read")
+
+    def start_bundle(self):
+        self._counts = {}
+
+    def process(self, line: RawLine):
+        self._counts[line.source] = self._counts.get(line.source, 0) + 1
+        try:
+            yield self._parse_fn(line, parse_row(line))
+        except RowError as error:
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTER_TAG, DeadLetter(line.source, line.position, error.kind, str(error), _lossy(line.data))
+            )
+
+    def finish_bundle(self):
+        for source, count in self._counts.items():
+            self._read.inc(count)
+            yield bundle_count(f"read:{source}", count)
+
+
 class ParseRecords(beam.PTransform):
     """Parses :class:`RawLine` s into records with ``parse_fn``; failures become dead letters.
 
-    Outputs a ``DoOutputsTuple`` with the main output (records) and ``dead_letter``.
+    Outputs: ``records``, ``dead_letter`` and ``counts`` (``("read:<source>", n)`` per bundle).
     """
 
     def __init__(self, parse_fn: Callable[[RawLine, dict], object]):
@@ -288,17 +349,7 @@ class ParseRecords(beam.PTransform):
         self._parse_fn = parse_fn
 
     def expand(self, lines):
-        parse_fn = self._parse_fn
-
-        def parse(line: RawLine):
-            try:
-                yield parse_fn(line, parse_row(line))
-            except RowError as error:
-                yield beam.pvalue.TaggedOutput(
-                    DEAD_LETTER_TAG, DeadLetter(line.source, line.position, error.kind, str(error), _lossy(line.data))
-                )
-
-        return lines | beam.FlatMap(parse).with_outputs(DEAD_LETTER_TAG, main="records")
+        return lines | beam.ParDo(_ParseDoFn(self._parse_fn)).with_outputs(DEAD_LETTER_TAG, COUNTS_TAG, main="records")
 
 
 def interaction_parser(spec: InputSpec) -> Callable[[RawLine, dict], Interaction]:

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 
 import apache_beam as beam
 
-from recsys_ssl.schema import example_to_proto
+from recsys_ssl.schema import SPLITS, example_to_proto
 
 
 class SplitProtocol(str, enum.Enum):
@@ -69,6 +69,102 @@ def time_cutoffs(timestamp_counts: Iterable[tuple[int, int]], eval_fraction: flo
     return validation_start, eval_start
 
 
+BUCKET_SECONDS = 86_400
+
+
+def _ranks_to_locate(total: int, eval_fraction: float, validation_fraction: float,
+                     before_eval_range: tuple[int, int]) -> list[int]:
+    """0-based ranks (in time order) whose timestamps the cutoffs of :func:`time_cutoffs` need."""
+    ranks = [total - int(round(total * eval_fraction))]
+    low, high = before_eval_range
+    ranks += [low - int(round(low * validation_fraction)), high - int(round(high * validation_fraction))]
+    return ranks
+
+
+def candidate_buckets(coarse: Iterable[tuple[int, int]], eval_fraction: float, validation_fraction: float) -> set[int]:
+    """Buckets whose exact timestamps decide the cutoffs (the rest can be summarised by their counts).
+
+    ``coarse`` is a histogram ``(bucket, count)`` of ``timestamp // BUCKET_SECONDS``. The eval start
+    lies in the bucket holding rank ``N - round(N e)``; the number of interactions before it is
+    between the count before that bucket and that rank, and the validation rank ``m - round(m v)``
+    grows with that number, so the buckets holding the two extreme validation ranks, and all
+    between them, are the only other ones needed (plus the last bucket, whose last timestamp
+    defines the start of an empty split).
+    """
+    histogram = sorted(coarse)
+    cumulative, total = [], 0
+    for _, count in histogram:
+        total += count
+        cumulative.append(total)
+    if not histogram:
+        return set()
+
+    def bucket_of(rank: int) -> int | None:
+        index = bisect.bisect_right(cumulative, rank)
+        return index if index < len(histogram) else None
+
+    eval_rank = total - int(round(total * eval_fraction))
+    eval_index = bucket_of(eval_rank)
+    if eval_index is None:
+        before_eval = (total, total)
+    else:
+        before_eval = (cumulative[eval_index - 1] if eval_index > 0 else 0, eval_rank)
+    _, low_rank, high_rank = _ranks_to_locate(total, eval_fraction, validation_fraction, before_eval)
+    indices = {eval_index, len(histogram) - 1}  # the last bucket: an empty split starts after its last time
+    low_index, high_index = bucket_of(low_rank), bucket_of(high_rank)
+    if low_index is not None:
+        indices.update(range(low_index, (high_index if high_index is not None else len(histogram) - 1) + 1))
+    return {histogram[i][0] for i in indices if i is not None}
+
+
+def compressed_histogram(coarse: Iterable[tuple[int, int]], fine: Iterable[tuple[int, int]],
+                         candidates: set[int]) -> list[tuple[int, int]]:
+    """A histogram with exact timestamps in candidate buckets and one entry per other bucket.
+
+    Non-candidate buckets collapse to their start time: ranks inside them are never asked for,
+    and their order relative to every exact timestamp is kept, so :func:`time_cutoffs` of this
+    histogram equals :func:`time_cutoffs` of the full one.
+    """
+    result = [(bucket * BUCKET_SECONDS, count) for bucket, count in coarse if bucket not in candidates]
+    return result + list(fine)
+
+
+class TimeCutoffs(beam.PTransform):
+    """Timestamps (ints) -> singleton ``(validation_start, eval_start)`` of the ``time`` protocol.
+
+    Exact, in two cheap passes: a histogram of days, then a histogram of the exact timestamps of
+    the few days that contain the cutoffs (:func:`candidate_buckets`).
+    """
+
+    def __init__(self, eval_fraction: float, validation_fraction: float):
+        super().__init__()
+        self._eval_fraction, self._validation_fraction = eval_fraction, validation_fraction
+
+    def expand(self, timestamps):
+        e, v = self._eval_fraction, self._validation_fraction
+        coarse = (
+            timestamps
+            | "Days" >> beam.Map(lambda t: t // BUCKET_SECONDS)
+            | "CountDays" >> beam.combiners.Count.PerElement()
+            | "DayList" >> beam.combiners.ToList()
+        )
+        candidates = coarse | "Candidates" >> beam.Map(lambda c: candidate_buckets(c, e, v))
+        fine = (
+            timestamps
+            | "InCandidateDays" >> beam.Filter(lambda t, days: t // BUCKET_SECONDS in days,
+                                               days=beam.pvalue.AsSingleton(candidates))
+            | "CountTimes" >> beam.combiners.Count.PerElement()
+            | "TimeList" >> beam.combiners.ToList()
+        )
+        return (
+            coarse
+            | "Cutoffs" >> beam.Map(
+                lambda days, times, chosen: time_cutoffs(compressed_histogram(days, times, chosen), e, v),
+                times=beam.pvalue.AsSingleton(fine), chosen=beam.pvalue.AsSingleton(candidates),
+            )
+        )
+
+
 def user_time_splits(num_interactions: int, eval_fraction: float, validation_fraction: float) -> list[str]:
     """Split names for a user's ``num_interactions`` time-ordered interactions (``user_time``)."""
     num_eval = int(num_interactions * eval_fraction)
@@ -97,53 +193,69 @@ def histories(timestamps: Sequence[int], item_ids: Sequence[str], history_length
     return result
 
 
+USER_COUNTS_TAG, TRAIN_ITEMS_TAG, HELDOUT_PAIRS_TAG = "user_counts", "train_items", "heldout_pairs"
+
+
 class BuildExamples(beam.PTransform):
     """Per user: time-ordered histories and split assignment; serialised tf.Examples.
 
-    Input: :class:`Interaction` records (already validated). Output: ``(split, user_id, item_id,
-    serialized tf.Example)`` tuples.
+    Input: :class:`pipelines.sources.Interaction` records (already validated). Outputs (tagged):
+
+    - ``train``, ``validation``, ``eval``: the serialized tf.Examples of each split;
+    - ``user_counts``: one ``(user_id, {split: number of examples})`` per user;
+    - ``train_items``: the item id of every train example;
+    - ``heldout_pairs``: ``(user_id, item_id)`` of every validation / eval example (only when
+      ``emit_heldout_pairs``; used to keep a user's own held-out interactions out of item features).
 
     Args:
       protocol: the split protocol.
       eval_fraction, validation_fraction: see the module docstring.
       history_length: the maximum history length.
-      cutoffs: for ``time``, a singleton side input ``(validation_start, eval_start)``.
+      cutoffs: a singleton side input ``(validation_start, eval_start)`` (used by ``time``).
+      emit_heldout_pairs: whether to output ``heldout_pairs``.
     """
 
     def __init__(self, protocol: SplitProtocol, eval_fraction: float, validation_fraction: float,
-                 history_length: int, cutoffs=None):
+                 history_length: int, cutoffs, emit_heldout_pairs: bool = False):
         super().__init__()
         self._protocol = SplitProtocol(protocol)
         self._eval_fraction = eval_fraction
         self._validation_fraction = validation_fraction
         self._history_length = history_length
         self._cutoffs = cutoffs
+        self._emit_heldout_pairs = emit_heldout_pairs
 
     def expand(self, interactions):
         protocol, history_length = self._protocol, self._history_length
         eval_fraction, validation_fraction = self._eval_fraction, self._validation_fraction
+        emit_heldout_pairs = self._emit_heldout_pairs
 
-        def user_examples(user_and_interactions, cutoffs=None):
-            user_id, records = user_and_interactions
-            records = sorted(records, key=lambda r: (r.timestamp, r.item_id, r.position))
-            timestamps = [r.timestamp for r in records]
-            item_ids = [r.item_id for r in records]
+        def user_examples(user_id, records, cutoffs=None):
+            # (timestamp, item_id, weight): time order, deterministic ties.
+            records = sorted(records, key=lambda r: (r[0], r[1], -1.0 if r[2] is None else r[2]))
+            timestamps = [r[0] for r in records]
+            item_ids = [r[1] for r in records]
             if protocol is SplitProtocol.TIME:
                 validation_start, eval_start = cutoffs
                 splits = ["eval" if t >= eval_start else "validation" if t >= validation_start else "train"
                           for t in timestamps]
             else:
                 splits = user_time_splits(len(records), eval_fraction, validation_fraction)
-            for record, split, history in zip(records, splits, histories(timestamps, item_ids, history_length)):
-                yield split, user_id, record.item_id, example_to_proto(
-                    user_id, history, record.item_id, record.timestamp, record.weight
-                )
+            counts = {}
+            for (timestamp, item_id, weight), split, history in zip(
+                    records, splits, histories(timestamps, item_ids, history_length)):
+                counts[split] = counts.get(split, 0) + 1
+                yield beam.pvalue.TaggedOutput(split, example_to_proto(user_id, history, item_id, timestamp, weight))
+                if split == "train":
+                    yield beam.pvalue.TaggedOutput(TRAIN_ITEMS_TAG, item_id)
+                elif emit_heldout_pairs:
+                    yield beam.pvalue.TaggedOutput(HELDOUT_PAIRS_TAG, (user_id, item_id))
+            yield beam.pvalue.TaggedOutput(USER_COUNTS_TAG, (user_id, counts))
 
-        keyed = interactions | "KeyByUser" >> beam.Map(lambda r: (r.user_id, r))
-        grouped = keyed | "GroupByUser" >> beam.GroupByKey()
-        if protocol is SplitProtocol.TIME:
-            return grouped | "UserExamples" >> beam.FlatMap(
-                user_examples, cutoffs=beam.pvalue.AsSingleton(self._cutoffs)
-            )
-        return grouped | "UserExamples" >> beam.FlatMap(user_examples)
-
+        return (
+            interactions
+            | "KeyByUser" >> beam.Map(lambda r: (r.user_id, (r.timestamp, r.item_id, r.weight)))
+            | "GroupByUser" >> beam.GroupByKey()
+            | "UserExamples" >> beam.FlatMapTuple(user_examples, cutoffs=beam.pvalue.AsSingleton(self._cutoffs))
+            .with_outputs(*SPLITS, USER_COUNTS_TAG, TRAIN_ITEMS_TAG, HELDOUT_PAIRS_TAG)
+        )

@@ -64,7 +64,7 @@ class TrainConfig:
     epochs: int = 8  # maximum epochs; early stopping usually ends sooner
     optimizer: Literal["adam", "adagrad"] = "adam"
     learning_rate: float = 0.003
-    temperature: float = 0.05  # softmax temperature of the main task (cosine scores / temperature)
+    temperature: float = 0.1  # softmax temperature of the main task (cosine scores / temperature)
     logq_correction: bool = True  # subtract log(item sampling probability) from logits
     remove_accidental_hits: bool = True
     feature_dropout: float = 0.0  # value dropout on the main task's items (the dropout-only baseline)

@@ -21,6 +21,8 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 
+from tensorflow.core.example import example_pb2
+
 USER_ID = "user_id"
 HISTORY = "history"
 ITEM_ID = "item_id"
@@ -193,33 +195,27 @@ def read_vocab(path: str) -> tuple[list[str], list[int]]:
     return values, counts
 
 
-def _bytes_feature(values: Sequence[str]):
-    from tensorflow.core.example import feature_pb2
-
-    return feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[v.encode("utf-8") for v in values]))
-
-
 def example_to_proto(user_id: str, history: Sequence[str], item_id: str, timestamp: int,
                      weight: float | None = None) -> bytes:
     """Serialises one interaction example (see the module docstring for the keys)."""
-    from tensorflow.core.example import example_pb2, feature_pb2
-
-    features = {
-        USER_ID: _bytes_feature([user_id]),
-        HISTORY: _bytes_feature(history),
-        ITEM_ID: _bytes_feature([item_id]),
-        TIMESTAMP: feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=[int(timestamp)])),
-    }
+    example = example_pb2.Example()
+    feature = example.features.feature
+    feature[USER_ID].bytes_list.value.append(user_id.encode("utf-8"))
+    feature[HISTORY].bytes_list.SetInParent()  # an empty history is an empty list, not a missing feature
+    feature[HISTORY].bytes_list.value.extend([h.encode("utf-8") for h in history])
+    feature[ITEM_ID].bytes_list.value.append(item_id.encode("utf-8"))
+    feature[TIMESTAMP].int64_list.value.append(int(timestamp))
     if weight is not None:
-        features[WEIGHT] = feature_pb2.Feature(float_list=feature_pb2.FloatList(value=[float(weight)]))
-    return example_pb2.Example(features=feature_pb2.Features(feature=features)).SerializeToString()
+        feature[WEIGHT].float_list.value.append(float(weight))
+    return example.SerializeToString()
 
 
 def item_to_proto(item_id: str, features: Mapping[str, Sequence[str]]) -> bytes:
     """Serialises one item of the corpus: ``item_id`` plus each feature's values (possibly none)."""
-    from tensorflow.core.example import example_pb2, feature_pb2
-
-    proto_features = {ITEM_ID: _bytes_feature([item_id])}
+    example = example_pb2.Example()
+    feature = example.features.feature
+    feature[ITEM_ID].bytes_list.value.append(item_id.encode("utf-8"))
     for name, values in features.items():
-        proto_features[name] = _bytes_feature(values)
-    return example_pb2.Example(features=feature_pb2.Features(feature=proto_features)).SerializeToString()
+        feature[name].bytes_list.SetInParent()  # no values: an empty list, not a missing feature
+        feature[name].bytes_list.value.extend([v.encode("utf-8") for v in values])
+    return example.SerializeToString()

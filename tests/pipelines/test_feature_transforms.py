@@ -10,7 +10,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import feature_outputs, movielens, mutual_information as mi_lib, splits
-from pipelines.item_corpus import ValidateAgainstItems
+from pipelines.corpus_statistics import CorpusStatisticsFn
+from pipelines.item_corpus import CorpusItem, DeduplicateItems, KeepKnownItems
 from pipelines.sources import (
     DEAD_LETTER_TAG, DeadLetter, InputSpec, Interaction, Item, ItemFeatureColumn, ParseRecords, RawLine,
     interaction_parser, item_parser,
@@ -24,8 +25,8 @@ SPEC = InputSpec(
 HEADER = ("user", "item", "rating", "ts")
 
 
-def _line(number: int, data: bytes, header=HEADER) -> RawLine:
-    return RawLine("interactions", "f.csv", number, header, data)
+def _line(offset: int, data: bytes, header=HEADER) -> RawLine:
+    return RawLine("interactions", "f.csv", offset, header, data)
 
 
 def test_parse_interactions_routes_bad_rows_to_dead_letters():
@@ -41,12 +42,12 @@ def test_parse_interactions_routes_bad_rows_to_dead_letters():
     with TestPipeline() as p:
         parsed = p | beam.Create(lines) | ParseRecords(interaction_parser(SPEC))
         assert_that(parsed.records, equal_to([
-            Interaction("u1", "i1", 100, 4.5, "f.csv:2"), Interaction("u2", "i1", 100, 3.0, "f.csv:5"),
+            Interaction("u1", "i1", 100, 4.5, "f.csv@2"), Interaction("u2", "i1", 100, 3.0, "f.csv@5"),
         ]), label="records")
         kinds = parsed[DEAD_LETTER_TAG] | beam.Map(lambda d: (d.position, d.kind))
         assert_that(kinds, equal_to([
-            ("f.csv:3", "wrong_column_count"), ("f.csv:4", "unparseable_number"), ("f.csv:6", "empty_value"),
-            ("f.csv:7", "undecodable_bytes"), ("f.csv:8", "unparseable_number"),
+            ("f.csv@3", "wrong_column_count"), ("f.csv@4", "unparseable_number"), ("f.csv@6", "empty_value"),
+            ("f.csv@7", "undecodable_bytes"), ("f.csv@8", "unparseable_number"),
         ]), label="dead")
 
 
@@ -60,8 +61,8 @@ def test_parse_items_jsonl_lists_and_separators():
     with TestPipeline() as p:
         parsed = p | beam.Create(lines) | ParseRecords(item_parser(SPEC))
         assert_that(parsed.records, equal_to([
-            Item("i1", (("genres", ("A", "B")), ("year", ("1990",))), "items.jsonl:1"),
-            Item("i2", (("genres", ("B", "C")), ("year", ())), "items.jsonl:2"),
+            Item("i1", (("genres", ("A", "B")), ("year", ("1990",))), "items.jsonl@1"),
+            Item("i2", (("genres", ("B", "C")), ("year", ())), "items.jsonl@2"),
         ]), label="records")
         assert_that(parsed[DEAD_LETTER_TAG] | beam.Map(lambda d: d.kind), equal_to(["invalid_json"] * 2),
                     label="dead")
@@ -89,41 +90,66 @@ def test_histories_are_strictly_before_and_truncated():
 def test_build_examples_without_future_leakage():
     import tensorflow as tf
 
-    interactions = [Interaction("u", f"i{t}", t, None, f"p:{t}") for t in (5, 1, 3, 3, 9)]
+    interactions = [Interaction("u", f"i{t}", t, None, f"p@{t}") for t in (5, 1, 3, 3, 9)]
     with TestPipeline() as p:
         cutoffs = p | "Cutoffs" >> beam.Create([(4, 9)])
-        examples = (
+        outputs = (
             p | beam.Create(interactions)
-            | splits.BuildExamples(splits.SplitProtocol.TIME, 0.2, 0.2, history_length=3, cutoffs=cutoffs)
+            | splits.BuildExamples(splits.SplitProtocol.TIME, 0.2, 0.2, history_length=3, cutoffs=cutoffs,
+                                   emit_heldout_pairs=True)
         )
 
-        def decode(example):
-            split, user, item, serialized = example
+        def decode(serialized, split):
             parsed = tf.train.Example.FromString(serialized).features.feature
             history = [v.decode() for v in parsed["history"].bytes_list.value]
+            item = parsed["item_id"].bytes_list.value[0].decode()
             return split, item, tuple(history), parsed["timestamp"].int64_list.value[0]
 
-        assert_that(examples | beam.Map(decode), equal_to([
+        decoded = [outputs[s] | f"Decode{s}" >> beam.Map(decode, s) for s in ("train", "validation", "eval")]
+        assert_that(decoded | beam.Flatten(), equal_to([
             ("train", "i1", (), 1), ("train", "i3", ("i1",), 3), ("train", "i3", ("i1",), 3),
             ("validation", "i5", ("i1", "i3", "i3"), 5), ("eval", "i9", ("i3", "i3", "i5"), 9),
-        ]))
+        ]), label="examples")
+        assert_that(outputs[splits.TRAIN_ITEMS_TAG], equal_to(["i1", "i3", "i3"]), label="train_items")
+        assert_that(outputs[splits.HELDOUT_PAIRS_TAG], equal_to([("u", "i5"), ("u", "i9")]), label="heldout")
+        assert_that(outputs[splits.USER_COUNTS_TAG], equal_to([("u", {"train": 3, "validation": 1, "eval": 1})]),
+                    label="counts")
 
 
-def test_validate_against_items_dead_letters_unknown_and_duplicates():
-    items = [Item("i1", (), "items.csv:2"), Item("i1", (), "items.csv:10"), Item("i2", (), "items.csv:3")]
-    interactions = [Interaction("u", "i1", 1, None, "r:2"), Interaction("u", "i9", 2, None, "r:3")]
+def test_two_level_time_cutoffs_equal_the_exact_ones():
+    import collections
+    import random
+
+    rng = random.Random(0)
+    for _ in range(300):
+        times = [rng.randint(0, rng.choice([5, 86_400 * 3, 86_400 * 500])) for _ in range(rng.randint(1, 200))]
+        e, v = rng.choice([0.0, 0.1, 0.5]), rng.choice([0.0, 0.1, 0.3])
+        full = collections.Counter(times)
+        coarse = collections.Counter(t // splits.BUCKET_SECONDS for t in times)
+        chosen = splits.candidate_buckets(coarse.items(), e, v)
+        fine = [(t, c) for t, c in full.items() if t // splits.BUCKET_SECONDS in chosen]
+        assert splits.time_cutoffs(splits.compressed_histogram(coarse.items(), fine, chosen), e, v) == \
+            splits.time_cutoffs(full.items(), e, v)
     with TestPipeline() as p:
-        validated = {
-            "items": p | "I" >> beam.Create(items),
-            "interactions": p | "R" >> beam.Create(interactions),
-            "events": p | "E" >> beam.Create([]),
-        } | ValidateAgainstItems({"items": "items", "interactions": "interactions", "events": "events"})
-        assert_that(validated["items"] | beam.Map(lambda i: i.position), equal_to(["items.csv:2", "items.csv:3"]),
+        times = [86_400 * d + s for d in range(30) for s in (1, 2, 3)]
+        result = p | beam.Create(times) | splits.TimeCutoffs(0.1, 0.1)
+        assert_that(result, equal_to([splits.time_cutoffs([(t, 1) for t in times], 0.1, 0.1)]))
+
+
+def test_items_deduplicated_and_unknown_ids_dead_lettered():
+    items = [Item("i1", (), "items.csv@20"), Item("i1", (), "items.csv@100"), Item("i2", (), "items.csv@3")]
+    interactions = [Interaction("u", "i1", 1, None, "r@2"), Interaction("u", "i9", 2, None, "r@3")]
+    with TestPipeline() as p:
+        unique = p | "I" >> beam.Create(items) | DeduplicateItems("items")
+        assert_that(unique["items"] | beam.Map(lambda i: i.position), equal_to(["items.csv@20", "items.csv@3"]),
                     label="items")
-        assert_that(validated.interactions | beam.Map(lambda r: r.item_id), equal_to(["i1"]), label="kept")
-        assert_that(validated[DEAD_LETTER_TAG] | beam.Map(lambda d: (d.source, d.position, d.kind)), equal_to([
-            ("items", "items.csv:10", "duplicate_item_id"), ("interactions", "r:3", "unknown_item_id"),
-        ]), label="dead")
+        assert_that(unique[DEAD_LETTER_TAG] | beam.Map(lambda d: (d.position, d.kind)),
+                    equal_to([("items.csv@100", "duplicate_item_id")]), label="duplicates")
+        known = beam.pvalue.AsDict(unique["items"] | beam.Map(lambda i: (i.item_id, None)))
+        checked = p | "R" >> beam.Create(interactions) | KeepKnownItems("interactions", known)
+        assert_that(checked.known | beam.Map(lambda r: r.item_id), equal_to(["i1"]), label="kept")
+        assert_that(checked[DEAD_LETTER_TAG] | beam.Map(lambda d: (d.source, d.position, d.kind)),
+                    equal_to([("interactions", "r@3", "unknown_item_id")]), label="unknown")
 
 
 def test_mutual_information_hand_computed():
@@ -136,15 +162,14 @@ def test_mutual_information_hand_computed():
     assert h_x == pytest.approx(math.log(2))
     assert h_y == pytest.approx(1.5 * math.log(2))  # -(1/2 log 1/2 + 2 * 1/4 log 1/4)
     # Multivalent: an item with x=(a) and y=(c, d) adds 1/2 to (a,c) and (a,d).
-    (pair, table), = mi_lib.pair_contributions({"x": ("a",), "y": ("c", "d")}, ["x", "y"])
-    assert pair == ("x", "y") and table == {("a", "c"): 0.5, ("a", "d"): 0.5}
+    fn = CorpusStatisticsFn(["x", "y"])
+    accumulator = fn.add_input(fn.create_accumulator(), CorpusItem("i", (("x", ("a",)), ("y", ("c", "d")))))
+    assert dict(accumulator.joint[("x", "y")]) == {("a", "c"): 0.5, ("a", "d"): 0.5}
     # Independent features have zero MI.
     assert mi_lib.joint_statistics({("a", "c"): 1, ("a", "d"): 1, ("b", "c"): 1, ("b", "d"): 1})[0] == pytest.approx(0)
 
 
-def test_mutual_information_transform_symmetric_with_pairwise_deletion():
-    from pipelines.item_corpus import CorpusItem
-
+def test_corpus_statistics_symmetric_mi_with_pairwise_deletion_and_vocab():
     corpus = [
         CorpusItem("i1", (("x", ("a",)), ("y", ("c",)), ("z", ()))),
         CorpusItem("i2", (("x", ("a",)), ("y", ("c",)), ("z", ("t",)))),
@@ -152,20 +177,24 @@ def test_mutual_information_transform_symmetric_with_pairwise_deletion():
         CorpusItem("i4", (("x", ("b",)), ("y", ("e",)), ("z", ("t",)))),
     ]
     with TestPipeline() as p:
-        document = p | beam.Create(corpus) | mi_lib.ItemFeatureMutualInformation(["item_id", "x", "y", "z"])
+        stats = p | beam.Create(corpus) | beam.CombineGlobally(CorpusStatisticsFn(["x", "y", "z"], "item_id"))
 
-        def check(documents):
-            (doc,) = documents
+        def check(outputs):
+            (output,) = outputs
+            doc = output["mutual_information"]
+            assert output["item_ids"] == ["i1", "i2", "i3", "i4"]
+            assert output["vocab"]["y"] == [("c", 2), ("d", 1), ("e", 1)] and output["vocab"]["z"] == [("t", 2)]
             matrix, support = doc["mi"], doc["support"]
             assert all(matrix[i][j] == matrix[j][i] for i in range(4) for j in range(4))
             assert matrix[1][2] == pytest.approx(math.log(2))
             assert matrix[1][1] == pytest.approx(math.log(2)) and matrix[0][0] == pytest.approx(math.log(4))
             assert matrix[0][1] == pytest.approx(math.log(2))  # the id determines x: MI = H(x)
+            assert matrix[0][3] == pytest.approx(0.0) and support[0][3] == 2  # z has one value on 2 items
             assert doc["normalized_mi"][0][1] == pytest.approx(math.log(2) / math.sqrt(math.log(4) * math.log(2)))
             assert support[1][3] == 2 and support[3][3] == 2 and support[1][2] == 4  # z missing on 2 items
             assert matrix[1][3] == pytest.approx(0.0)  # x is independent of z on the supporting items
 
-        assert_that(document, check)
+        assert_that(stats, check)
 
 
 def test_vocabulary_text_and_head_tail():

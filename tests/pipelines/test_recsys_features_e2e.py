@@ -89,7 +89,17 @@ def test_generic_input_end_to_end(generic_input, tmp_path, beam_flags):
     dead = [json.loads(line) for path in glob.glob(os.path.join(out, "dead_letter", "*.jsonl")) for line in open(path)]
     assert len(dead) == 5 + 2 + 1
     assert {d["kind"] for d in dead if d["source"] == "items"} == {"duplicate_item_id", "invalid_json"}
-    assert all(d["position"].rsplit(":", 1)[1].isdigit() and d["reason"] for d in dead)
+    assert all(d["position"].rsplit("@", 1)[1].isdigit() and d["reason"] for d in dead)
+    # Positions are byte offsets: they point at the rejected line.
+    for letter in dead:
+        path, offset = letter["position"].rsplit("@", 1)
+        with open(path, "rb") as f:
+            f.seek(int(offset))
+            line = f.readline().rstrip(b"\r\n").decode("utf-8", errors="replace")
+        if letter["kind"] in ("unknown_item_id", "duplicate_item_id"):  # rejected after parsing: the record
+            assert json.loads(letter["raw"])["position"] == letter["position"] and json.loads(letter["raw"])["item_id"] in line
+        else:
+            assert line == letter["raw"]
 
     # Splits: a global time cutoff; every eval example is at or after every train example.
     split_examples = {s: _read_examples(os.path.join(out, f"{s}-*.tfrecord.gz")) for s in fs.SPLITS}
