@@ -77,8 +77,8 @@ def read_meta_graph(path: str, tag: str = SERVE_TAG) -> meta_graph_pb2.MetaGraph
     raise ServableLoadError(f"the SavedModel in {path} has no meta graph tagged {tag!r}; it has {tags}")
 
 
-# Python modules whose import registers custom TensorFlow ops, tried in order for unknown ops.
-OP_PROVIDERS = ("scann.scann_ops.py.scann_ops", "tensorflow_text")
+# (op name prefix, module whose import registers such ops); "" matches any remaining op.
+OP_PROVIDERS = (("Scann>", "scann.scann_ops.py.scann_ops"), ("", "tensorflow_text"))
 
 
 def unregistered_ops(meta_graph: meta_graph_pb2.MetaGraphDef) -> set[str]:
@@ -103,9 +103,9 @@ def register_custom_ops(meta_graph: meta_graph_pb2.MetaGraphDef) -> list[str]:
     missing = unregistered_ops(meta_graph)
     imported, errors = [], []
     with _provider_lock:
-        for module in OP_PROVIDERS:
-            if not missing:
-                break
+        for prefix, module in OP_PROVIDERS:
+            if not any(op.startswith(prefix) for op in missing):
+                continue
             try:
                 importlib.import_module(module)
             except Exception as error:  # noqa: BLE001 - ImportError or tf NotFoundError from a .so.
