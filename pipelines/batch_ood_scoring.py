@@ -1,0 +1,332 @@
+"""Batch OoD scoring: score texts with an exported detector on Beam (RunInference).
+
+Usage (locally)::
+
+  python -m pipelines.batch_ood_scoring --model runs/export/ood --input 'texts/*.jsonl' \\
+      --output runs/scored/part --runner=DirectRunner
+
+``--model`` is an export base directory (the newest version is used) or one version directory;
+the SavedModel's ``serving_default(text: string [batch]) -> {ood_score, ...}`` is the contract
+(``text_ood export``). Inputs by extension: ``.jsonl`` / ``.json`` (one object per line, the text
+in ``--text_field``), ``.csv`` (header row), ``.txt`` (one text per line, any bytes) and
+``.tfrecord`` / ``.tfrecord.gz`` (tf.Example with a bytes feature ``--text_field``). Output:
+``PREFIX-*.jsonl`` with ``id`` (``--id_field`` if the record has it, else the record's position),
+``ood_score``, ``perplexity`` (when the model returns it), ``is_ood`` (``ood_score > threshold``)
+and every other input field passed through (renamed ``input_<name>`` on a clash);
+``PREFIX-dead_letter-*.jsonl`` (records that could not be read or scored, with the reason) and
+``PREFIX-summary.json`` (read = scored + rejected, per reason; threshold; model).
+
+The model is loaded once per worker process (Beam's shared model manager); a batch that fails is
+retried element by element so that one bad record only rejects itself. Standard Beam options
+pass through (``--runner=DataflowRunner ...``, ``FlinkRunner``, ``SparkRunner``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipelines.feature_outputs import WriteJson
+from pipelines.sources import COUNTS_TAG, DEAD_LETTER_TAG, DeadLetter, RawLine, ReadSourceLines, bundle_count
+from serving.export import list_versions
+from text_ood.export import DETECTOR_JSON
+
+SOURCE = "texts"
+OUTPUT_FIELDS = ("id", "ood_score", "perplexity", "is_ood")
+
+
+class ScoringRecord(NamedTuple):
+    """One text to score. ``text`` is bytes (scored as is: the model replaces invalid UTF-8)."""
+
+    id: str
+    text: bytes
+    fields: dict
+    position: str
+
+
+def resolve_model_dir(model: str) -> str:
+    """A version directory: ``model`` itself if it holds a SavedModel, else its newest version."""
+    if os.path.isfile(os.path.join(model, "saved_model.pb")):
+        return model
+    versions = list_versions(model)
+    if not versions:
+        raise FileNotFoundError(f"{model!r} is neither a SavedModel directory nor an export base with versions")
+    return os.path.join(model, str(versions[-1]))
+
+
+def read_threshold(model_dir: str) -> float | None:
+    path = os.path.join(model_dir, "assets.extra", DETECTOR_JSON)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return float(json.load(f)["threshold"])
+
+
+class _RecordError(ValueError):
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+def _text_of(value: Any, field: str) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bytes):
+        return value
+    raise _RecordError("missing_text" if value is None else "invalid_text",
+                       f"field {field!r} must be a string, received {type(value).__name__}")
+
+
+def line_to_record(line: RawLine, text_field: str, id_field: str) -> ScoringRecord:
+    """Turns one input line into a record (raises _RecordError with the reason)."""
+    path = line.path.lower()
+    if path.endswith(".txt"):
+        return ScoringRecord(line.position, line.data, {}, line.position)
+    try:
+        text = line.data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise _RecordError("undecodable_bytes", f"undecodable bytes (not UTF-8) at byte {error.start}") from None
+    if line.header is not None:
+        values = next(csv.reader([text]))
+        if len(values) != len(line.header):
+            raise _RecordError("wrong_column_count", f"expected {len(line.header)} columns, received {len(values)}")
+        row = dict(zip(line.header, values))
+    else:
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise _RecordError("invalid_json", f"invalid JSON: {error.msg}") from None
+        if not isinstance(row, dict):
+            raise _RecordError("invalid_json", f"expected a JSON object per line, received {type(row).__name__}")
+    if text_field not in row:
+        raise _RecordError("missing_text", f"no field {text_field!r} (fields: {sorted(row)[:10]})")
+    body = _text_of(row.pop(text_field), text_field)
+    record_id = row.get(id_field)
+    return ScoringRecord(str(record_id) if record_id not in (None, "") else line.position, body, row, line.position)
+
+
+def example_to_record(path: str, serialized: bytes, text_field: str, id_field: str) -> ScoringRecord:
+    """Turns one tf.Example into a record: the text feature, other features passed through."""
+    from tensorflow.core.example import example_pb2
+
+    digest = hashlib.sha1(serialized).hexdigest()[:16]
+    position = f"{path}#sha1:{digest}"
+    try:
+        example = example_pb2.Example.FromString(serialized)
+    except Exception as error:  # noqa: BLE001 - protobuf's DecodeError and friends
+        raise _RecordError("invalid_example", f"not a tf.Example: {error}") from None
+    fields = {}
+    for name, feature in example.features.feature.items():
+        kind = feature.WhichOneof("kind")
+        values = list(getattr(feature, kind).value) if kind else []
+        if kind == "bytes_list":
+            values = [v.decode("utf-8", errors="replace") if name != text_field else v for v in values]
+        fields[name] = values[0] if len(values) == 1 else values
+    if text_field not in fields or not isinstance(fields[text_field], bytes):
+        raise _RecordError("missing_text", f"no single bytes feature {text_field!r}")
+    text = fields.pop(text_field)
+    record_id = fields.get(id_field)
+    return ScoringRecord(str(record_id) if record_id not in (None, "", []) else position, text, fields, position)
+
+
+class _ToRecords(beam.DoFn):
+    """Input (line or tf.Example) -> record, or a dead letter; counts what it reads per bundle."""
+
+    def __init__(self, text_field: str, id_field: str):
+        self._text_field, self._id_field = text_field, id_field
+
+    def start_bundle(self):
+        self._read = 0
+
+    def process(self, element):
+        self._read += 1
+        try:
+            if isinstance(element, RawLine):
+                yield line_to_record(element, self._text_field, self._id_field)
+            else:
+                path, serialized = element
+                yield example_to_record(path, serialized, self._text_field, self._id_field)
+        except _RecordError as error:
+            position = element.position if isinstance(element, RawLine) else element[0]
+            raw = element.data.decode("utf-8", errors="replace") if isinstance(element, RawLine) else ""
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(SOURCE, position, error.kind, str(error), raw))
+
+    def finish_bundle(self):
+        if self._read:
+            yield bundle_count("read", self._read)
+
+
+class OODScoringModelHandler(ModelHandler[ScoringRecord, PredictionResult, Any]):
+    """RunInference handler for the project's exported OoD SavedModels.
+
+    ``load_model`` registers the custom ops the graph needs (tensorflow-text, ScaNN), loads the
+    SavedModel once per worker and returns its ``serving_default``. ``run_inference`` scores a
+    batch in one call; if that call fails, each record is scored alone so a bad record only
+    rejects itself (its result carries ``{"error": reason}``).
+    """
+
+    def __init__(self, model_dir: str, threshold: float | None, max_batch_size: int = 256):
+        super().__init__(min_batch_size=1, max_batch_size=max_batch_size)
+        self._model_dir = model_dir
+        self._threshold = threshold
+
+    def load_model(self):
+        import tensorflow as tf
+
+        from serving.servable import read_meta_graph, register_custom_ops
+
+        register_custom_ops(read_meta_graph(self._model_dir))
+        return tf.saved_model.load(self._model_dir).signatures["serving_default"]
+
+    def _score(self, model, texts: Sequence[bytes]) -> list[dict]:
+        import tensorflow as tf
+
+        outputs = model(text=tf.constant(list(texts), tf.string))
+        scores = outputs["ood_score"].numpy()
+        perplexity = outputs["perplexity"].numpy() if "perplexity" in outputs else None
+        results = []
+        for index, score in enumerate(scores):
+            result = {"ood_score": float(score)}
+            if perplexity is not None:
+                result["perplexity"] = float(perplexity[index])
+            result["is_ood"] = bool(score > self._threshold) if self._threshold is not None else None
+            results.append(result)
+        return results
+
+    def run_inference(self, batch: Sequence[ScoringRecord], model, inference_args=None) -> Iterable[PredictionResult]:
+        try:
+            results = self._score(model, [record.text for record in batch])
+        except Exception:  # noqa: BLE001 - isolate the record(s) that fail
+            results = []
+            for record in batch:
+                try:
+                    results.extend(self._score(model, [record.text]))
+                except Exception as error:  # noqa: BLE001
+                    results.append({"error": f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"})
+        return [PredictionResult(record, result) for record, result in zip(batch, results)]
+
+    def get_metrics_namespace(self) -> str:
+        return "batch_ood_scoring"
+
+
+def to_output(prediction: PredictionResult):
+    """PredictionResult -> an output JSON line, or a dead letter when scoring failed."""
+    record, result = prediction.example, prediction.inference
+    if "error" in result:
+        yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
+            SOURCE, record.position, "scoring_failed", result["error"], record.text.decode("utf-8", errors="replace")))
+        return
+    output = {f"input_{k}" if k in OUTPUT_FIELDS else k: v for k, v in record.fields.items()}
+    output.update({"id": record.id, **result})
+    yield json.dumps(output, ensure_ascii=False, default=str)
+
+
+def _input_kind(pattern: str) -> str:
+    lowered = pattern.lower()
+    if lowered.endswith((".tfrecord", ".tfrecord.gz", ".tfrecords")):
+        return "tfrecord"
+    if lowered.endswith((".jsonl", ".json", ".csv", ".txt")):
+        return "text"
+    raise ValueError(f"--input {pattern!r}: expected a .jsonl, .json, .csv, .txt or .tfrecord(.gz) pattern")
+
+
+def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, model_dir: str, threshold: float | None) -> None:
+    if _input_kind(args.input) == "tfrecord":
+        raw = (pipeline | "Pattern" >> beam.Create([args.input])
+               | "ReadTFRecords" >> beam.io.ReadAllFromTFRecord(with_filename=True))
+    else:
+        raw = pipeline | "ReadLines" >> ReadSourceLines(SOURCE, args.input)
+    records = raw | "ToRecords" >> beam.ParDo(_ToRecords(args.text_field, args.id_field)).with_outputs(
+        DEAD_LETTER_TAG, COUNTS_TAG, main="records")
+    handler = OODScoringModelHandler(model_dir, threshold, args.batch_size)
+    outputs = (
+        records.records
+        | "Score" >> RunInference(handler)
+        | "ToOutput" >> beam.FlatMap(to_output).with_outputs(DEAD_LETTER_TAG, main="scored")
+    )
+    _ = outputs.scored | "WriteScores" >> beam.io.WriteToText(args.output, file_name_suffix=".jsonl")
+    dead = (records[DEAD_LETTER_TAG], outputs[DEAD_LETTER_TAG]) | "AllDeadLetters" >> beam.Flatten()
+    _ = (dead | "DeadLetterJson" >> beam.Map(lambda d: d.to_json())
+         | "WriteDeadLetters" >> beam.io.WriteToText(f"{args.output}-dead_letter", file_name_suffix=".jsonl"))
+    counts = (
+        (records[COUNTS_TAG],
+         outputs.scored | "ScoredCount" >> beam.Map(lambda line: ("scored", 1)),
+         outputs.scored | "OodCount" >> beam.Map(lambda line: ("is_ood", int('"is_ood": true' in line))),
+         dead | "RejectedCount" >> beam.Map(lambda d: (f"rejected:{d.kind}", 1)))
+        | "AllCounts" >> beam.Flatten() | "SumCounts" >> beam.CombinePerKey(sum)
+    )
+    _ = (
+        pipeline | "SummarySeed" >> beam.Create([None])
+        | "Summary" >> beam.Map(lambda _, totals: summarize(totals, model_dir, threshold),
+                                totals=beam.pvalue.AsDict(counts))
+        | "WriteSummary" >> WriteJson(f"{args.output}-summary.json")
+    )
+
+
+def summarize(totals: dict, model_dir: str, threshold: float | None) -> dict:
+    rejected = {k.split(":", 1)[1]: v for k, v in totals.items() if k.startswith("rejected:")}
+    read, scored = totals.get("read", 0), totals.get("scored", 0)
+    return {"read": read, "scored": scored, "rejected": sum(rejected.values()),
+            "rejected_by_reason": dict(sorted(rejected.items())), "reconciled": read == scored + sum(rejected.values()),
+            "flagged_ood": totals.get("is_ood", 0), "threshold": threshold, "model": os.path.abspath(model_dir)}
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m pipelines.batch_ood_scoring",
+                                     description=__doc__.split("\n\n")[0] + " Unknown flags go to Beam.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", required=True, help="export base dir (newest version) or a version dir")
+    parser.add_argument("--input", required=True, help="file pattern: .jsonl/.json/.csv/.txt/.tfrecord(.gz)")
+    parser.add_argument("--output", required=True, help="output prefix (PREFIX-*.jsonl, PREFIX-summary.json)")
+    parser.add_argument("--text_field", default="text")
+    parser.add_argument("--id_field", default="id")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="is_ood threshold (default: the one calibrated at export, assets.extra/detector.json)")
+    parser.add_argument("--batch_size", type=int, default=256, help="maximum texts per model call")
+    return parser.parse_known_args(argv)
+
+
+def run(argv=None):
+    args, beam_args = parse_args(argv)
+    _input_kind(args.input)
+    model_dir = resolve_model_dir(args.model)
+    threshold = args.threshold if args.threshold is not None else read_threshold(model_dir)
+    options = PipelineOptions(beam_args)
+    if options.view_as(StandardOptions).runner is None:
+        options.view_as(StandardOptions).runner = "DirectRunner"
+    logging.info("scoring %s with %s (threshold %s)", args.input, model_dir, threshold)
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, args, model_dir, threshold)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return result, args
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    try:
+        _, args = run(argv)
+    except (ValueError, FileNotFoundError) as error:
+        logging.error("%s", error)
+        return 2
+    summary_path = f"{args.output}-summary.json"
+    with open(summary_path) as f:
+        summary = json.load(f)
+    logging.info("read %d = scored %d + rejected %d %s; flagged OoD: %d", summary["read"], summary["scored"],
+                 summary["rejected"], summary["rejected_by_reason"] or "", summary["flagged_ood"])
+    return 0 if summary["reconciled"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
