@@ -148,6 +148,8 @@ def main(argv=None) -> int:
     parser.add_argument("--deadline_minutes", type=float, default=0,
                         help="do not start a seed that would likely end after this many minutes")
     parser.add_argument("--throughput_batch", type=int, default=256)
+    parser.add_argument("--detectors", default=",".join(DETECTORS),
+                        help="detectors to train and evaluate per seed, in this order")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     start = time.time()
@@ -198,7 +200,7 @@ def main(argv=None) -> int:
         workdir = os.path.join(args.workdir, f"seed{seed}")
         entry = {"seed": seed, "metrics": {}, "stages": {}, "evaluate_s": 0.0, "complete": False}
         results["seeds"] = [s for s in results["seeds"] if s["seed"] != seed] + [entry]
-        for name in DETECTORS:  # one detector at a time: an interrupted run keeps what finished
+        for name in args.detectors.split(","):  # one at a time: an interrupted run keeps what finished
             _run(["train", "--dataset", "clinc150", "--data_dir", clinc, "--workdir", workdir,
                   "--teacher", pretrain_dir, "--detectors", name, "--seed", str(seed),
                   *config_flags])
