@@ -97,6 +97,27 @@ class DistillConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+    """Sentence-encoder detectors (``train --encoder DIR``): k-NN, Mahalanobis, the hybrid."""
+
+    max_length: int = 0  # WordPiece ids per text incl. [CLS]/[SEP]; 0 = the encoder's own limit.
+    batch_size: int = 128  # Texts per encoder call when embedding in Python.
+    knn_k: int = 1  # k-NN scores 1 - cosine similarity to the k-th nearest ID training text.
+    mahalanobis_shrinkage: float = 0.01  # Covariance shrinkage towards a scaled identity, [0, 1].
+    hybrid_components: tuple[str, ...] = ("mlkd", "knn")  # Detectors the hybrid combines.
+
+    def __post_init__(self):
+        if self.max_length < 0 or self.batch_size < 1 or self.knn_k < 1:
+            raise ValueError(f"max_length must be >= 0, batch_size and knn_k >= 1, received {self}")
+        if not 0.0 <= self.mahalanobis_shrinkage <= 1.0:
+            raise ValueError(f"mahalanobis_shrinkage must be in [0, 1], received "
+                             f"{self.mahalanobis_shrinkage}")
+        if len(self.hybrid_components) < 2:
+            raise ValueError(f"hybrid_components needs at least two detectors, received "
+                             f"{self.hybrid_components}")
+
+
+@dataclasses.dataclass(frozen=True)
 class TextOODConfig:
     """Everything one ``pretrain`` / ``train`` run needs."""
 
@@ -109,6 +130,7 @@ class TextOODConfig:
     student: StageConfig = StageConfig(epochs=8, learning_rate=1e-3)
     scratch: StageConfig = StageConfig(epochs=8, learning_rate=1e-3)
     distill: DistillConfig = DistillConfig()
+    encoder: EncoderConfig = EncoderConfig()
     eval_batch_size: int = 128
 
     def __post_init__(self):

@@ -42,6 +42,9 @@ class OODDataset:
     id_test: list[str]
     ood_test: list[str]
     kind: str = "files"  # the --dataset value that reloads it (one of DATASETS)
+    # ID class of each id_train text (CLINC150 intents; a "label" field/column of the files
+    # layout), or None: only class-conditional detectors use it.
+    id_train_labels: list[str] | None = None
 
     def summary(self) -> dict[str, int]:
         return {k: len(getattr(self, k)) for k in ("id_train", "id_val", "id_test", "ood_test")}
@@ -81,7 +84,7 @@ def load_clinc150(data_dir: str) -> OODDataset:
         return [r[0] for r in rows]
 
     return OODDataset("clinc150", texts("train"), texts("val"), texts("test"), texts("oos_test"),
-                      kind="clinc150")
+                      kind="clinc150", id_train_labels=[str(r[1]) for r in raw["train"]])
 
 
 def _find_split(data_dir: str, split: str) -> str | None:
@@ -94,7 +97,7 @@ def _find_split(data_dir: str, split: str) -> str | None:
 
 def load_text_files(data_dir: str, seed: int = 0) -> OODDataset:
     """The generic layout ``{id_train,id_val,id_test,ood_test}.{txt,jsonl,tsv}`` (see module doc)."""
-    splits = {}
+    splits, labels = {}, None
     for split in ("id_train", "id_val", "id_test", "ood_test"):
         path = _find_split(data_dir, split)
         if path is None:
@@ -106,13 +109,19 @@ def load_text_files(data_dir: str, seed: int = 0) -> OODDataset:
         splits[split] = read_texts(path)
         if not splits[split]:
             raise DataError(f"{path} holds no texts")
+        if split == "id_train":
+            labels = read_labels(path)
     if "id_val" not in splits:
-        train = list(splits["id_train"])
-        random.Random(seed).shuffle(train)
-        n_val = max(1, len(train) // 10)
-        splits["id_val"], splits["id_train"] = train[:n_val], train[n_val:]
+        order = list(range(len(splits["id_train"])))
+        random.Random(seed).shuffle(order)
+        n_val = max(1, len(order) // 10)
+        train = splits["id_train"]
+        splits["id_val"], splits["id_train"] = [train[i] for i in order[:n_val]], \
+            [train[i] for i in order[n_val:]]
+        labels = labels and [labels[i] for i in order[n_val:]]
         logger.info("no id_val file: held out %d of id_train for validation", n_val)
-    return OODDataset(os.path.basename(os.path.normpath(data_dir)), **splits, kind="files")
+    return OODDataset(os.path.basename(os.path.normpath(data_dir)), **splits, kind="files",
+                      id_train_labels=labels)
 
 
 def read_texts(path: str) -> list[str]:
@@ -150,6 +159,37 @@ def read_texts(path: str) -> list[str]:
                                 f"received header {reader.fieldnames}")
             return [row[column].strip() for row in reader if (row.get(column) or "").strip()]
     raise DataError(f"{path}: unsupported extension {ext!r}; expected one of {TEXT_EXTENSIONS}")
+
+
+def read_labels(path: str) -> list[str] | None:
+    """The ``label`` of each text :func:`read_texts` returns for ``path``, or None.
+
+    Labels come from a ``"label"`` field of every ``.jsonl`` object or a ``label`` column of a
+    ``.tsv`` file; ``.txt`` files and files where some text lacks a label have none.
+    """
+    ext = os.path.splitext(path)[1].lower()
+    labels = []
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        if ext == ".jsonl":
+            for line in f:
+                if line.strip():
+                    label = json.loads(line).get("label")
+                    if label is None:
+                        return None
+                    labels.append(str(label))
+        elif ext == ".tsv":
+            reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            if "label" not in (reader.fieldnames or []):
+                return None
+            column = next(c for c in ("text", "sentence") if c in reader.fieldnames)
+            for row in reader:
+                if (row.get(column) or "").strip():
+                    if not (row.get("label") or "").strip():
+                        return None
+                    labels.append(row["label"].strip())
+        else:
+            return None
+    return labels
 
 
 def read_corpus(paths: Sequence[str]) -> list[str]:
