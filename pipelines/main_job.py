@@ -1,0 +1,318 @@
+"""The main job: the whole system end to end on the bundled defaults.
+
+``python -m pipelines.main_job [--workdir runs/main] [--schedule default|smoke]``
+
+Steps (each is the project's own command, run as a subprocess with its log in
+``WORKDIR/logs/<step>.log``; a finished step is skipped when the job is re-run):
+
+1. MovieLens features (Beam, ``--split user_time``)
+2. CFM two-tower training (early stopping on validation), 3. evaluation, 4. ScaNN export
+5. the TF-Serving-compatible server on the export, queried over REST for a few users
+6. CLINC150: tokenizer + general-English LM pre-training, 7. teacher fine-tuning and MLKD
+   distillation, 8. evaluation, 9. export of the MLKD detector
+10. batch scoring (Beam RunInference) of the CLINC150 test texts with the export
+11. a printed summary: recall table, OoD metrics, where the artefacts and plots are.
+
+``default`` fits in about 20 minutes on a 2-core CPU (short schedules, not the benchmark's);
+``smoke`` (tiny models, a few steps) checks the wiring in about 3 minutes. Data comes from
+``$SSL_DATA_DIR`` (or ``--data_dir``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from serving.env import data_root
+
+logger = logging.getLogger("main_job")
+
+SCHEDULES = {
+    "default": {
+        "recsys": ["--preset", "movielens", "--set", "train.epochs=4"],
+        "text_preset": "cpu",
+        "pretrain": ["--set", "pretrain.max_steps=600", "--set", "tokenizer.max_sentences=60000"],
+        "train": ["--set", "teacher.epochs=1", "--set", "student.epochs=2"],
+        "corpus_lines": 0,
+    },
+    "smoke": {
+        "recsys": ["--preset", "tiny", "--set", "train.batch_size=256", "--set", "train.train_fraction=0.1",
+                   "--set", "train.epochs=1", "--set", "train.checkpoint_every_steps=1000"],
+        "text_preset": "tiny",
+        "pretrain": [],
+        "train": [],
+        "corpus_lines": 3000,
+    },
+}
+
+
+class StepFailed(RuntimeError):
+    pass
+
+
+class MainJob:
+    """Runs the steps in order, skipping those whose outputs exist (see the module docstring)."""
+
+    def __init__(self, workdir: str, data_dir: str, schedule: str):
+        self.workdir, self.data_dir, self.schedule = os.path.abspath(workdir), data_dir, SCHEDULES[schedule]
+        self.schedule_name = schedule
+        self.python = sys.executable
+        self.paths = {name: os.path.join(self.workdir, name) for name in (
+            "features", "recsys", "exports/retrieval", "text_pretrain", "text_train", "exports/ood", "scored", "logs",
+            "data")}
+        os.makedirs(self.paths["logs"], exist_ok=True)
+        self.timings: dict[str, float] = {}
+
+    def run_step(self, name: str, command: list[str], done_marker: str) -> None:
+        """Runs one step unless ``done_marker`` exists; fails with the log's tail if it fails."""
+        if os.path.exists(done_marker):
+            logger.info("step %-16s already done (%s)", name, os.path.relpath(done_marker, self.workdir))
+            return
+        log_path = os.path.join(self.paths["logs"], f"{name}.log")
+        logger.info("step %-16s running: %s", name, " ".join(command[1:]))
+        started = time.time()
+        with open(log_path, "w") as log:
+            code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+        self.timings[name] = time.time() - started
+        if code != 0:
+            with open(log_path, errors="replace") as f:
+                tail = "".join(f.readlines()[-25:])
+            raise StepFailed(f"step {name} failed (exit {code}); log {log_path}:\n{tail}")
+        logger.info("step %-16s done in %.0f s", name, self.timings[name])
+
+    # -- the recommendation half -----------------------------------------------------------
+    def recommendation(self) -> dict:
+        p = self.paths
+        movielens = os.path.join(self.data_dir, "movielens", "ml-latest-small")
+        self.run_step("features", [self.python, "-m", "pipelines.recsys_features", "--input_format", "movielens",
+                                   "--data_dir", movielens, "--output_dir", p["features"], "--split", "user_time",
+                                   "--runner=DirectRunner"], os.path.join(p["features"], "stats.json"))
+        self.run_step("recsys_train", [self.python, "-m", "recsys_ssl", "train", "--features", p["features"],
+                                       "--workdir", p["recsys"], "--set", "ssl.method=cfm", *self.schedule["recsys"]],
+                      os.path.join(p["recsys"], "train_summary.json"))
+        self.run_step("recsys_evaluate", [self.python, "-m", "recsys_ssl", "evaluate", "--workdir", p["recsys"]],
+                      os.path.join(p["recsys"], "eval.json"))
+        self.run_step("recsys_export", [self.python, "-m", "recsys_ssl", "export", "--workdir", p["recsys"],
+                                        "--export_dir", p["exports/retrieval"], "--index", "scann", "--k", "100"],
+                      os.path.join(p["exports/retrieval"], "1"))
+        queries = self.serve_and_query(movielens)
+        with open(os.path.join(p["recsys"], "eval.json")) as f:
+            return {"eval": json.load(f), "queries": queries}
+
+    def serve_and_query(self, movielens: str, num_users: int = 3) -> list[dict]:
+        """Starts ``python -m serving`` on the retrieval export and asks it for a few users' top items."""
+        import tensorflow as tf
+
+        rest_port, grpc_port = _free_port(), _free_port()
+        log = open(os.path.join(self.paths["logs"], "server.log"), "w")
+        server = subprocess.Popen([self.python, "-m", "serving", "--model_name", "retrieval", "--model_base_path",
+                                   self.paths["exports/retrieval"], "--rest_api_port", str(rest_port), "--port",
+                                   str(grpc_port)], stdout=log, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{rest_port}/v1/models/retrieval"
+        try:
+            deadline = time.time() + 180
+            while True:
+                try:
+                    status = json.load(urllib.request.urlopen(base, timeout=5))
+                    if any(v["state"] == "AVAILABLE" for v in status["model_version_status"]):
+                        break
+                except OSError:
+                    pass
+                if server.poll() is not None or time.time() > deadline:
+                    raise StepFailed(f"the server did not become ready; see {log.name}")
+                time.sleep(0.5)
+            titles = {}
+            with open(os.path.join(movielens, "movies.csv"), newline="", encoding="utf-8") as f:
+                for row in csv.DictReader(f):
+                    titles[row["movieId"]] = row["title"]
+            files = sorted(glob.glob(os.path.join(self.paths["features"], "eval-*.tfrecord.gz")))
+            instances = []
+            for raw in tf.data.TFRecordDataset(files, compression_type="GZIP").take(200).as_numpy_iterator():
+                feature = tf.train.Example.FromString(raw).features.feature
+                user = feature["user_id"].bytes_list.value[0].decode()
+                if user in {i["user_id"] for i in instances}:
+                    continue
+                history = [h.decode() for h in feature["history"].bytes_list.value]
+                instances.append({"user_id": user, "history": history + [""] * (20 - len(history))})
+                if len(instances) == num_users:
+                    break
+            request = urllib.request.Request(f"{base}:predict", data=json.dumps({"instances": instances}).encode(),
+                                             headers={"Content-Type": "application/json"})
+            started = time.perf_counter()
+            predictions = json.load(urllib.request.urlopen(request, timeout=30))["predictions"]
+            latency_ms = (time.perf_counter() - started) * 1000
+            results = []
+            for instance, prediction in zip(instances, predictions):
+                history = [titles.get(i, i) for i in instance["history"] if i][-3:]
+                top = [titles.get(i, i) for i in prediction["item_ids"][:5]]
+                results.append({"user_id": instance["user_id"], "recent_history": history, "top5": top})
+            logger.info("REST :predict for %d users answered in %.0f ms", len(instances), latency_ms)
+            return results
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+            log.close()
+
+    # -- the text half ---------------------------------------------------------------------
+    def text_ood(self) -> dict:
+        p = self.paths
+        corpus = self.pretraining_corpus()
+        preset = self.schedule["text_preset"]
+        self.run_step("text_pretrain", [self.python, "-m", "text_ood", "pretrain", "--corpus", *corpus, "--workdir",
+                                        p["text_pretrain"], "--dataset", "clinc150", "--data_dir", self.data_dir,
+                                        "--preset", preset, *self.schedule["pretrain"]],
+                      os.path.join(p["text_pretrain"], "pretrain", "done.json"))
+        self.run_step("text_train", [self.python, "-m", "text_ood", "train", "--dataset", "clinc150", "--data_dir",
+                                     self.data_dir, "--workdir", p["text_train"], "--teacher", p["text_pretrain"],
+                                     "--preset", preset, "--detectors", "teacher,mlkd", *self.schedule["train"]],
+                      os.path.join(p["text_train"], "mlkd", "done.json"))
+        self.run_step("text_evaluate", [self.python, "-m", "text_ood", "evaluate", "--workdir", p["text_train"]],
+                      os.path.join(p["text_train"], "eval.json"))
+        self.run_step("text_export", [self.python, "-m", "text_ood", "export", "--workdir", p["text_train"],
+                                      "--export_dir", p["exports/ood"]], os.path.join(p["exports/ood"], "1"))
+        test_file = self.clinc_test_file()
+        prefix = os.path.join(p["scored"], "clinc150_test")
+        self.run_step("batch_scoring", [self.python, "-m", "pipelines.batch_ood_scoring", "--model", p["exports/ood"],
+                                        "--input", test_file, "--output", prefix, "--runner=DirectRunner"],
+                      f"{prefix}-summary.json")
+        with open(os.path.join(p["text_train"], "eval.json")) as f:
+            evaluation = json.load(f)
+        return {"eval": evaluation, "batch": self.batch_metrics(prefix)}
+
+    def pretraining_corpus(self) -> list[str]:
+        files = sorted(glob.glob(os.path.join(self.data_dir, "text", "general", "*.txt")))
+        files.append(os.path.join(self.data_dir, "text", "sst2", "train.tsv"))
+        lines = self.schedule["corpus_lines"]
+        if not lines:
+            return files
+        os.makedirs(self.paths["data"], exist_ok=True)
+        subset = os.path.join(self.paths["data"], "corpus_subset.txt")
+        with open(subset, "w") as out:
+            for path in files[:2]:
+                with open(path, encoding="utf-8") as f:
+                    for index, line in enumerate(f):
+                        if index >= lines:
+                            break
+                        out.write(line)
+        return [subset]
+
+    def clinc_test_file(self) -> str:
+        """CLINC150's test split (in-scope and out-of-scope) as JSONL with the ground truth kept."""
+        os.makedirs(self.paths["data"], exist_ok=True)
+        path = os.path.join(self.paths["data"], "clinc150_test.jsonl")
+        with open(os.path.join(self.data_dir, "text", "clinc150", "data_full.json")) as f:
+            data = json.load(f)
+        with open(path, "w") as out:
+            for split, is_ood in (("test", False), ("oos_test", True)):
+                for index, (text, intent) in enumerate(data[split]):
+                    out.write(json.dumps({"id": f"{split}-{index}", "text": text, "intent": intent,
+                                          "ground_truth_ood": is_ood}) + "\n")
+        return path
+
+    @staticmethod
+    def batch_metrics(prefix: str) -> dict:
+        import numpy as np
+
+        from text_ood.metrics import aupr_in, aupr_out, auroc, far95
+
+        rows = [json.loads(line) for path in glob.glob(f"{prefix}-0*.jsonl") for line in open(path)]
+        labels = np.array([r["ground_truth_ood"] for r in rows], dtype=bool)
+        scores = np.array([r["ood_score"] for r in rows])
+        id_scores, ood_scores = scores[~labels], scores[labels]
+        with open(f"{prefix}-summary.json") as f:
+            summary = json.load(f)
+        return {"summary": summary, "auroc": auroc(id_scores, ood_scores), "aupr_out": aupr_out(id_scores, ood_scores),
+                "aupr_in": aupr_in(id_scores, ood_scores), "far95": far95(id_scores, ood_scores),
+                "flagged_ood_precision": float(labels[np.array([r["is_ood"] for r in rows])].mean())
+                if any(r["is_ood"] for r in rows) else float("nan")}
+
+    # -- summary -----------------------------------------------------------------------------
+    def summary(self, recommendation: dict, text: dict, seconds: float) -> str:
+        lines = ["", "=" * 78, f"Main job ({self.schedule_name} schedule) finished in {seconds / 60:.1f} min", "=" * 78,
+                 "", "Retrieval (MovieLens ml-latest-small, user_time split, CFM two-tower, exact recall, eval split):",
+                 f"  {'slice':<8} {'examples':>9} {'R@10':>8} {'R@50':>8} {'R@100':>8}"]
+        for name, metrics in recommendation["eval"]["metrics"].items():
+            lines.append(f"  {name:<8} {metrics['examples']:>9} {metrics['recall@10']:>8.4f} "
+                         f"{metrics['recall@50']:>8.4f} {metrics['recall@100']:>8.4f}")
+        lines += ["", "Served top-5 (ScaNN export behind the REST API) for a few eval users:"]
+        for query in recommendation["queries"]:
+            lines.append(f"  user {query['user_id']}: after {query['recent_history']}")
+            lines.append(f"      -> {query['top5']}")
+        lines += ["", "Text OoD (CLINC150 test: 4,500 in-scope + 1,000 out-of-scope; OoD = positive):",
+                  f"  {'detector':<22} {'AUROC':>7} {'AUPR-OUT':>9} {'AUPR-IN':>8} {'FAR95':>7}"]
+        for name, metrics in _detector_rows(text["eval"]):
+            lines.append(f"  {name:<22} {100 * metrics['auroc']:>7.2f} {100 * metrics['aupr_out']:>9.2f} "
+                         f"{100 * metrics['aupr_in']:>8.2f} {100 * metrics['far95']:>7.2f}")
+        batch = text["batch"]
+        lines.append(f"  {'mlkd via batch job':<22} {100 * batch['auroc']:>7.2f} {100 * batch['aupr_out']:>9.2f} "
+                     f"{100 * batch['aupr_in']:>8.2f} {100 * batch['far95']:>7.2f}")
+        s = batch["summary"]
+        lines += [f"  batch job: read {s['read']} = scored {s['scored']} + rejected {s['rejected']}; flagged OoD "
+                  f"{s['flagged_ood']} at threshold {s['threshold']:.3f} (precision "
+                  f"{batch['flagged_ood_precision']:.2f})", "", "Artefacts:"]
+        for label, path in (("features", "features"), ("retrieval workdir (eval.json, *.png)", "recsys"),
+                            ("retrieval export (ScaNN)", "exports/retrieval"),
+                            ("text workdir (eval.json, roc.png)", "text_train"), ("OoD export", "exports/ood"),
+                            ("batch scores", "scored"), ("logs", "logs")):
+            lines.append(f"  {label:<38} {self.paths[path]}")
+        lines.append("  plots: " + ", ".join(sorted(glob.glob(os.path.join(self.workdir, "*", "*.png")))))
+        lines.append("  step times (s): " + json.dumps({k: round(v) for k, v in self.timings.items()}))
+        return "\n".join(lines)
+
+
+def _detector_rows(evaluation: dict):
+    detectors = evaluation.get("detectors", evaluation)
+    for name, entry in detectors.items():
+        metrics = entry.get("metrics", entry) if isinstance(entry, dict) else None
+        if isinstance(metrics, dict) and "auroc" in metrics:
+            yield name, metrics
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.main_job", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--workdir", default="runs/main")
+    parser.add_argument("--data_dir", default=None, help="data root (default: $SSL_DATA_DIR)")
+    parser.add_argument("--schedule", choices=sorted(SCHEDULES), default="default")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
+    data_dir = data_root(args.data_dir)
+    if not data_dir or not os.path.isdir(os.path.join(data_dir, "movielens")):
+        logger.error("no data: pass --data_dir or set $SSL_DATA_DIR to the data root (with movielens/ and text/); "
+                     "`python -m pipelines.download movielens clinc150 --data_dir DIR` fetches them")
+        return 2
+    job = MainJob(args.workdir, data_dir, args.schedule)
+    started = time.time()
+    try:
+        recommendation = job.recommendation()
+        text = job.text_ood()
+    except StepFailed as error:
+        logger.error("%s", error)
+        return 1
+    report = job.summary(recommendation, text, time.time() - started)
+    with open(os.path.join(job.workdir, "summary.txt"), "w") as f:
+        f.write(report + "\n")
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
