@@ -207,7 +207,7 @@ class Trainer:
             raise ValueError(f"fewer training examples than one batch of {config.train.batch_size}")
         writer = tf.summary.create_file_writer(os.path.join(self.workdir, "tensorboard")) if self.is_chief else \
             tf.summary.create_noop_writer()
-        train_step = self._make_train_step()
+        train_step = make_train_step(self.strategy, self.model, self.optimizer)
         step_seconds: list[float] = []
 
         while int(state["epoch"].numpy()) < config.train.epochs and not bool(state["stopped"].numpy()):
@@ -280,25 +280,30 @@ class Trainer:
             plot_history(history, os.path.join(self.workdir, "training.png"), config.train.selection_k)
         return summary
 
-    def _make_train_step(self):
-        strategy, model, optimizer = self.strategy, self.model, self.optimizer
 
-        @tf.function
-        def train_step(distributed_batch, seed):
-            def step_fn(batch):
-                replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-                replica_seed = tf.random.experimental.stateless_fold_in(seed, replica)
-                with tf.GradientTape() as tape:
-                    losses = model.losses(batch, replica_seed, training=True)
-                    scaled = losses["total"] / strategy.num_replicas_in_sync
-                gradients = tape.gradient(scaled, model.trainable_variables)
-                optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-                return {k: v / strategy.num_replicas_in_sync for k, v in losses.items()}
+def make_train_step(strategy: tf.distribute.Strategy, model: SSLTwoTowerModel, optimizer):
+    """A compiled step ``(distributed batch, seed int32 [2]) -> {"main", "ssl", "total"}`` (global means).
 
-            per_replica = strategy.run(step_fn, args=(distributed_batch,))
-            return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
+    Each replica folds its replica id into the step seed, scales its mean loss by the number of
+    replicas (gradients are summed across replicas) and applies the update.
+    """
 
-        return train_step
+    @tf.function
+    def train_step(distributed_batch, seed):
+        def step_fn(batch):
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            replica_seed = tf.random.experimental.stateless_fold_in(seed, replica)
+            with tf.GradientTape() as tape:
+                losses = model.losses(batch, replica_seed, training=True)
+                scaled = losses["total"] / strategy.num_replicas_in_sync
+            gradients = tape.gradient(scaled, model.trainable_variables)
+            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+            return {k: v / strategy.num_replicas_in_sync for k, v in losses.items()}
+
+        per_replica = strategy.run(step_fn, args=(distributed_batch,))
+        return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
+
+    return train_step
 
 
 def plot_history(history: list[dict], path: str, k: int) -> None:
