@@ -24,7 +24,6 @@ pass through (``--runner=DataflowRunner ...``, ``FlinkRunner``, ``SparkRunner``)
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import logging
@@ -38,7 +37,9 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInf
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.feature_outputs import WriteJson
-from pipelines.sources import COUNTS_TAG, DEAD_LETTER_TAG, DeadLetter, RawLine, ReadSourceLines, bundle_count
+from pipelines.sources import (
+    COUNTS_TAG, DEAD_LETTER_TAG, DeadLetter, RawLine, ReadSourceLines, RowError, bundle_count, parse_row,
+)
 from serving.export import list_versions
 from text_ood.export import DETECTOR_JSON
 
@@ -73,44 +74,26 @@ def read_threshold(model_dir: str) -> float | None:
         return float(json.load(f)["threshold"])
 
 
-class _RecordError(ValueError):
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind
-
-
 def _text_of(value: Any, field: str) -> bytes:
     if isinstance(value, str):
         return value.encode("utf-8")
     if isinstance(value, bytes):
         return value
-    raise _RecordError("missing_text" if value is None else "invalid_text",
-                       f"field {field!r} must be a string, received {type(value).__name__}")
+    raise RowError("missing_text" if value is None else "invalid_text",
+                   f"field {field!r} must be a string, received {type(value).__name__}")
 
 
 def line_to_record(line: RawLine, text_field: str, id_field: str) -> ScoringRecord:
-    """Turns one input line into a record (raises _RecordError with the reason)."""
-    path = line.path.lower()
-    if path.endswith(".txt"):
+    """Turns one input line into a record (raises RowError with the reason).
+
+    Plain-text lines are scored as they are (any bytes); JSONL and CSV lines are parsed with the
+    feature pipeline's own row parser.
+    """
+    if line.path.lower().endswith(".txt"):
         return ScoringRecord(line.position, line.data, {}, line.position)
-    try:
-        text = line.data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise _RecordError("undecodable_bytes", f"undecodable bytes (not UTF-8) at byte {error.start}") from None
-    if line.header is not None:
-        values = next(csv.reader([text]))
-        if len(values) != len(line.header):
-            raise _RecordError("wrong_column_count", f"expected {len(line.header)} columns, received {len(values)}")
-        row = dict(zip(line.header, values))
-    else:
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise _RecordError("invalid_json", f"invalid JSON: {error.msg}") from None
-        if not isinstance(row, dict):
-            raise _RecordError("invalid_json", f"expected a JSON object per line, received {type(row).__name__}")
+    row = parse_row(line)
     if text_field not in row:
-        raise _RecordError("missing_text", f"no field {text_field!r} (fields: {sorted(row)[:10]})")
+        raise RowError("missing_text", f"no field {text_field!r} (fields: {sorted(row)[:10]})")
     body = _text_of(row.pop(text_field), text_field)
     record_id = row.get(id_field)
     return ScoringRecord(str(record_id) if record_id not in (None, "") else line.position, body, row, line.position)
@@ -125,7 +108,7 @@ def example_to_record(path: str, serialized: bytes, text_field: str, id_field: s
     try:
         example = example_pb2.Example.FromString(serialized)
     except Exception as error:  # noqa: BLE001 - protobuf's DecodeError and friends
-        raise _RecordError("invalid_example", f"not a tf.Example: {error}") from None
+        raise RowError("invalid_example", f"not a tf.Example: {error}") from None
     fields = {}
     for name, feature in example.features.feature.items():
         kind = feature.WhichOneof("kind")
@@ -134,7 +117,7 @@ def example_to_record(path: str, serialized: bytes, text_field: str, id_field: s
             values = [v.decode("utf-8", errors="replace") if name != text_field else v for v in values]
         fields[name] = values[0] if len(values) == 1 else values
     if text_field not in fields or not isinstance(fields[text_field], bytes):
-        raise _RecordError("missing_text", f"no single bytes feature {text_field!r}")
+        raise RowError("missing_text", f"no single bytes feature {text_field!r}")
     text = fields.pop(text_field)
     record_id = fields.get(id_field)
     return ScoringRecord(str(record_id) if record_id not in (None, "", []) else position, text, fields, position)
@@ -157,7 +140,7 @@ class _ToRecords(beam.DoFn):
             else:
                 path, serialized = element
                 yield example_to_record(path, serialized, self._text_field, self._id_field)
-        except _RecordError as error:
+        except RowError as error:
             position = element.position if isinstance(element, RawLine) else element[0]
             raw = element.data.decode("utf-8", errors="replace") if isinstance(element, RawLine) else ""
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(SOURCE, position, error.kind, str(error), raw))

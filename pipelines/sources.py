@@ -278,15 +278,19 @@ def _required_text(row: Mapping, column: str) -> str:
     return text
 
 
-def _parse_timestamp(row: Mapping, column: str) -> int:
+def _finite_number(row: Mapping, column: str, what: str) -> float:
     text = _required_text(row, column)
     try:
         value = float(text)
     except ValueError:
-        raise RowError("unparseable_number", f"unparseable timestamp {text!r} in column {column!r}") from None
+        raise RowError("unparseable_number", f"unparseable {what} {text!r} in column {column!r}") from None
     if not math.isfinite(value):
-        raise RowError("unparseable_number", f"non-finite timestamp {text!r}")
-    return int(value)
+        raise RowError("unparseable_number", f"non-finite {what} {text!r} in column {column!r}")
+    return value
+
+
+def _parse_timestamp(row: Mapping, column: str) -> int:
+    return int(_finite_number(row, column, "timestamp"))
 
 
 def _multi_values(value, column: ItemFeatureColumn) -> tuple[str, ...]:
@@ -354,15 +358,7 @@ class ParseRecords(beam.PTransform):
 
 def interaction_parser(spec: InputSpec) -> Callable[[RawLine, dict], Interaction]:
     def parse(line: RawLine, row: dict) -> Interaction:
-        weight = None
-        if spec.weight_column:
-            text = _required_text(row, spec.weight_column)
-            try:
-                weight = float(text)
-            except ValueError:
-                raise RowError("unparseable_number", f"unparseable weight {text!r} in column {spec.weight_column!r}") from None
-            if not math.isfinite(weight):
-                raise RowError("unparseable_number", f"non-finite weight {text!r}")
+        weight = _finite_number(row, spec.weight_column, "weight") if spec.weight_column else None
         return Interaction(
             user_id=_required_text(row, spec.user_id_column),
             item_id=_required_text(row, spec.item_id_column),
