@@ -73,7 +73,7 @@ def tune(args) -> None:
         workdir = os.path.join(args.out, "tune", "_".join(a.replace("ssl.method=", "") for a in args.base) + "_" + tag)
         result = run_one(args.features, workdir, overrides + [f"train.seed={args.seed}"], args.preset, "validation")
         rows.append((tag, result["metrics"]))
-    print(f"\n| setting | " + " | ".join(f"{s} R@100" for s in SLICES) + " |")
+    print("\n| setting | " + " | ".join(f"{s} R@100" for s in SLICES) + " |")
     print("|---|" + "---|" * len(SLICES))
     for tag, metrics in sorted(rows, key=lambda r: -r[1]["overall"]["recall@100"]):
         print(f"| {tag} | " + " | ".join(f"{metrics[s]['recall@100']:.4f}" for s in SLICES) + " |")

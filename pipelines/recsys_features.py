@@ -43,7 +43,6 @@ from pipelines.splits import (
 from recsys_ssl import schema as fs
 from serving.env import data_root
 
-NAMESPACE = "recsys_features"
 SOURCE_INTERACTIONS, SOURCE_ITEMS, SOURCE_EVENTS = "interactions", "items", "item_events"
 
 
