@@ -7,8 +7,10 @@
    --direct_running_mode=multi_processing`` and, in the same benchmark run, a single-process pandas
    implementation of the same features (:func:`pandas_features`, below): the same splits,
    histories, tf.Examples, item corpus, vocabularies and item-feature MI.
-3. Reports wall time, interactions/s and peak memory (RSS summed over the process tree, sampled
-   every 0.2 s) of each, the ratio, and checks that both produced the same features.
+3. Reports wall time, interactions/s, CPU seconds (user + system of the whole process tree; on a
+   shared machine the wall time depends on other jobs, the CPU time much less) and peak memory
+   (RSS summed over the process tree, sampled every 0.2 s) of each, the ratio, and checks that
+   both produced the same features.
 """
 
 from __future__ import annotations
@@ -52,8 +54,11 @@ def _tree_rss(pid: int) -> int:
 
 
 def measure(command: list[str], log_path: str) -> dict:
-    """Runs ``command``; returns wall seconds and peak tree RSS."""
+    """Runs ``command``; returns wall seconds, CPU seconds (user + system, whole tree) and peak tree RSS."""
+    import resource
+
     peak = 0
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(log_path, "w") as log:
         started = time.perf_counter()
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -73,7 +78,9 @@ def measure(command: list[str], log_path: str) -> dict:
         sampler.join()
     if code != 0:
         raise RuntimeError(f"{command} failed ({code}); see {log_path}")
-    return {"wall_seconds": wall, "peak_rss_bytes": peak}
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall_seconds": wall, "cpu_seconds": cpu, "peak_rss_bytes": peak}
 
 
 def pandas_features(data_dir: str, out: str, eval_fraction: float = 0.1, validation_fraction: float = 0.1,
@@ -225,6 +232,7 @@ def main(argv=None) -> int:
     for name in ("beam", "pandas"):
         if name in results:
             results[name]["interactions_per_second"] = args.interactions / results[name]["wall_seconds"]
+            results[name]["interactions_per_cpu_second"] = args.interactions / results[name]["cpu_seconds"]
     if "pandas" in results:
         results["beam_over_pandas_throughput"] = (results["beam"]["interactions_per_second"]
                                                   / results["pandas"]["interactions_per_second"])
