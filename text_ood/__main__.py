@@ -8,6 +8,12 @@ Typical run (CLINC150, CPU preset)::
   python -m text_ood train --dataset clinc150 --workdir runs/clinc --teacher runs/pretrain
   python -m text_ood evaluate --workdir runs/clinc
   python -m text_ood export --workdir runs/clinc --export_dir exports/ood
+
+Sentence-encoder detectors (k-NN, Mahalanobis) and the MLKD + k-NN hybrid::
+
+  python -m text_ood train --dataset clinc150 --workdir runs/clinc \
+      --encoder $SSL_DATA_DIR/models/all-MiniLM-L6-v2 --detectors knn,mahalanobis,hybrid
+  python -m text_ood export --workdir runs/clinc --export_dir exports/knn --detector knn
 """
 
 from __future__ import annotations
@@ -63,10 +69,15 @@ def _parser() -> argparse.ArgumentParser:
     add_data_flags(p, required=True)
     p.add_argument("--workdir", required=True,
                    help="output: one directory per stage (resumable), logs/, config.json, run.json")
-    teacher = p.add_mutually_exclusive_group(required=True)
-    teacher.add_argument("--teacher", metavar="PRETRAIN_DIR", help="a `pretrain` workdir")
+    teacher = p.add_mutually_exclusive_group()
+    teacher.add_argument("--teacher", metavar="PRETRAIN_DIR",
+                         help="a `pretrain` workdir (needed by the language-model detectors)")
     teacher.add_argument("--teacher_hf", metavar="HF_DIR",
                          help="a local Hugging Face GPT-2-family checkpoint with its tokenizer")
+    p.add_argument("--encoder", metavar="ENCODER_DIR",
+                   help="a local Hugging Face BERT-family sentence encoder (config.json, vocab.txt, "
+                        "model.safetensors), e.g. all-MiniLM-L6-v2: needed by knn, mahalanobis, "
+                        "hybrid. Teacher and encoder given earlier for --workdir are remembered")
     p.add_argument("--detectors", default=",".join(DEFAULT_DETECTORS),
                    help=f"comma-separated detectors to train; registered: {sorted(DETECTORS)}")
     add_config_flags(p)
@@ -148,9 +159,10 @@ def main(argv=None) -> int:
             dataset = load_dataset(args.dataset, data_dir, config.seed)
             logger.info("data set %s: %s", dataset.name, dataset.summary())
             ctx = prepare_training(args.workdir, config, dataset, teacher_dir=args.teacher,
-                                   teacher_hf=args.teacher_hf, data_dir=data_dir)
+                                   teacher_hf=args.teacher_hf, data_dir=data_dir,
+                                   encoder_dir=args.encoder)
             for name in names:
-                create_detector(name, ctx).fit(dataset.id_train)
+                create_detector(name, ctx).fit(dataset.id_train, dataset.id_train_labels)
                 logger.info("detector %s trained", name)
             run_path = os.path.join(args.workdir, RUN_FILE)
             with open(run_path) as f:
@@ -171,7 +183,8 @@ def main(argv=None) -> int:
             from text_ood.export import export_detector
 
             ctx, run = _open_workdir(args)
-            detector = create_detector(args.detector, ctx).fit(ctx.dataset.id_train)
+            detector = create_detector(args.detector, ctx).fit(ctx.dataset.id_train,
+                                                               ctx.dataset.id_train_labels)
             check = ctx.dataset.id_val[:32] + ctx.dataset.ood_test[:32]
             path = export_detector(detector, ctx.dataset.id_val, args.export_dir,
                                    metadata={"workdir": os.path.abspath(args.workdir),

@@ -36,7 +36,7 @@ def evaluate_detectors(ctx: TrainingContext, names: Sequence[str]) -> dict:
     results, curves = _previous_results(ctx.workdir, names)
     os.makedirs(os.path.join(ctx.workdir, "scores"), exist_ok=True)
     for name in names:
-        detector = create_detector(name, ctx).fit(dataset.id_train)
+        detector = create_detector(name, ctx).fit(dataset.id_train, dataset.id_train_labels)
         start = time.time()
         id_scores = detector.score(dataset.id_test)
         ood_scores = detector.score(dataset.ood_test)
@@ -50,7 +50,7 @@ def evaluate_detectors(ctx: TrainingContext, names: Sequence[str]) -> dict:
                     100 * metrics["auroc"], 100 * metrics["aupr_out"], 100 * metrics["aupr_in"],
                     100 * metrics["far95"])
     report = {"dataset": dataset.name, "splits": dataset.summary(),
-              "metrics": "fractions in [0, 1]; OoD is the positive class; score = mean token NLL",
+              "metrics": "fractions in [0, 1]; OoD is the positive class; higher score = more OoD",
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
               "detectors": results}
     with open(os.path.join(ctx.workdir, EVAL_FILE), "w") as f:

@@ -2,8 +2,9 @@
 
 ``EXPORT_DIR/<n>/`` (written atomically by :func:`serving.export.atomic_version_dir`) holds a
 SavedModel whose ``serving_default(text: tf.string [batch])`` returns ``ood_score`` (float32
-[batch], mean token NLL; higher = more OoD), ``perplexity`` (float32 [batch]) and ``is_ood``
-(bool [batch], ``ood_score > threshold``). The threshold is calibrated on the ID validation texts
+[batch]; higher = more OoD: mean token NLL for the LM detectors), ``is_ood`` (bool [batch],
+``ood_score > threshold``) and the scorer's other outputs (``perplexity`` for the LM detectors,
+``<component>_score`` for the hybrid). The threshold is calibrated on the ID validation texts
 (95% of them score at or below it) and saved both as the variable ``threshold`` and in
 ``assets.extra/detector.json`` with the metadata (TF Serving ignores ``assets.extra``).
 """
@@ -38,10 +39,9 @@ class ExportedDetector(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
     def serve(self, text):
-        """``text`` tf.string [B] -> ood_score float32 [B], perplexity float32 [B], is_ood bool [B]."""
+        """``text`` tf.string [B] -> ood_score float32 [B], is_ood bool [B], scorer outputs [B]."""
         out = self.scorer.score_texts(text)
-        return {"ood_score": out["ood_score"], "perplexity": out["perplexity"],
-                "is_ood": out["ood_score"] > self.threshold}
+        return {**out, "is_ood": out["ood_score"] > self.threshold}
 
 
 def score_in_batches(function, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
@@ -82,15 +82,16 @@ def export_detector(detector: OODDetector, calibration_texts: Sequence[str], exp
                                  f"(> {tolerance}): tokenisation or model skew")
         logger.info("in-graph vs Python scores on %d texts: max |diff| %.2e", len(check_texts), gap)
     module = ExportedDetector(scorer, threshold)
+    outputs = {name: f"{spec.dtype.name} [batch]" for name, spec in
+               module.serve.get_concrete_function().structured_outputs.items()}
     info = {"detector": detector.name, "threshold": threshold,
-            "score": "mean next-token NLL (log perplexity); higher = more OoD",
+            "score": getattr(detector, "score_description",
+                             "mean next-token NLL (log perplexity); higher = more OoD"),
             "calibration": {"split": "id_val", "texts": len(calibration_texts),
                             "quantile": CALIBRATION_QUANTILE,
                             "share_at_or_below": float(np.mean(val_scores <= threshold))},
-            "signature": {"inputs": {"text": "string [batch]"},
-                          "outputs": {"ood_score": "float32 [batch]",
-                                      "perplexity": "float32 [batch]", "is_ood": "bool [batch]"}},
-            "load_requires": "import tensorflow_text before tf.saved_model.load (SentencePiece ops)",
+            "signature": {"inputs": {"text": "string [batch]"}, "outputs": dict(sorted(outputs.items()))},
+            "load_requires": "import tensorflow_text before tf.saved_model.load (tokenizer ops)",
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             **(metadata or {})}
     with atomic_version_dir(export_dir) as target:

@@ -141,8 +141,9 @@ class TrainingContext:
     workdir: str
     config: TextOODConfig
     dataset: OODDataset
-    tokenizer: SentencePieceTokenizer | HFGPT2Tokenizer
-    teacher_source: dict  # {"kind": "pretrained", "path": P} or {"kind": "hf", "path": HF_DIR}
+    tokenizer: SentencePieceTokenizer | HFGPT2Tokenizer | None  # None: encoder-only workdir
+    teacher_source: dict | None  # {"kind": "pretrained" | "hf", "path": ...}; None: no LMs
+    encoder_source: dict | None = None  # {"path": ENCODER_DIR} (`train --encoder`), or None
 
     def stage_dir(self, name: str) -> str:
         return os.path.join(self.workdir, name)
@@ -154,12 +155,34 @@ class TrainingContext:
 
 def prepare_training(workdir: str, config: TextOODConfig, dataset: OODDataset,
                      teacher_dir: str | None = None, teacher_hf: str | None = None,
-                     data_dir: str | None = None) -> TrainingContext:
-    """Sets up ``W``: config, run.json and the tokenizer (the teacher's, copied)."""
-    if (teacher_dir is None) == (teacher_hf is None):
-        raise ValueError("give exactly one teacher: --teacher PRETRAIN_DIR (from `pretrain`) or "
+                     data_dir: str | None = None, encoder_dir: str | None = None) -> TrainingContext:
+    """Sets up ``W``: config, run.json and the tokenizer (the teacher's, copied).
+
+    The language-model detectors need a teacher, the embedding detectors an encoder
+    (``encoder_dir``); a workdir may have both. Sources not given now keep what ``W/run.json``
+    recorded earlier (so ``train --encoder DIR`` adds embedding detectors to an MLKD workdir).
+    """
+    run_path = os.path.join(workdir, RUN_FILE)
+    previous = {}
+    if os.path.isfile(run_path):
+        with open(run_path) as f:
+            previous = json.load(f)
+    if teacher_dir is not None and teacher_hf is not None:
+        raise ValueError("give one teacher: --teacher PRETRAIN_DIR (from `pretrain`) or "
                          "--teacher_hf HF_DIR (a local Hugging Face GPT-2-family checkpoint)")
-    if teacher_dir is not None:
+    if encoder_dir is not None and not os.path.isfile(os.path.join(encoder_dir, "config.json")):
+        raise FileNotFoundError(f"--encoder {encoder_dir}: not a Hugging Face model directory "
+                                "(no config.json)")
+    encoder = {"path": os.path.abspath(encoder_dir)} if encoder_dir else previous.get("encoder")
+    if teacher_dir is None and teacher_hf is None:
+        if previous.get("teacher") is None and encoder is None:
+            raise ValueError("give a teacher (--teacher PRETRAIN_DIR from `pretrain`, or "
+                             "--teacher_hf HF_DIR) for the language-model detectors, and/or "
+                             "--encoder DIR for the sentence-embedding detectors")
+        tokenizer_dir = os.path.join(workdir, "tokenizer")
+        tokenizer = load_tokenizer(tokenizer_dir) if os.path.isdir(tokenizer_dir) else None
+        source = previous.get("teacher")
+    elif teacher_dir is not None:
         if not is_done(os.path.join(teacher_dir, "pretrain")):
             raise FileNotFoundError(f"--teacher {teacher_dir}: no finished pre-training there "
                                     "(expected pretrain/done.json); run `python -m text_ood pretrain`")
@@ -169,19 +192,23 @@ def prepare_training(workdir: str, config: TextOODConfig, dataset: OODDataset,
         source = {"kind": "hf", "path": os.path.abspath(teacher_hf)}
         tokenizer = HFGPT2Tokenizer(teacher_hf)
     write_config(workdir, config, TRAIN_SECTIONS)
-    tokenizer.save(os.path.join(workdir, "tokenizer"))
-    with open(os.path.join(workdir, RUN_FILE), "w") as f:
-        json.dump({"dataset": dataset.kind, "dataset_name": dataset.name, "data_dir": data_dir and os.path.abspath(data_dir),
-                   "splits": dataset.summary(), "teacher": source}, f, indent=2)
-    return TrainingContext(workdir, config, dataset, tokenizer, source)
+    if teacher_dir is not None or teacher_hf is not None:
+        tokenizer.save(os.path.join(workdir, "tokenizer"))
+    with open(run_path, "w") as f:
+        json.dump({**previous, "dataset": dataset.kind, "dataset_name": dataset.name,
+                   "data_dir": data_dir and os.path.abspath(data_dir), "splits": dataset.summary(),
+                   "teacher": source, "encoder": encoder}, f, indent=2)
+    return TrainingContext(workdir, config, dataset, tokenizer, source, encoder)
 
 
 def load_context(workdir: str, dataset: OODDataset) -> TrainingContext:
     """Reopens a workdir written by :func:`prepare_training`."""
     with open(os.path.join(workdir, RUN_FILE)) as f:
         run = json.load(f)
-    return TrainingContext(workdir, read_config(workdir), dataset,
-                           load_tokenizer(os.path.join(workdir, "tokenizer")), run["teacher"])
+    tokenizer_dir = os.path.join(workdir, "tokenizer")
+    tokenizer = load_tokenizer(tokenizer_dir) if os.path.isdir(tokenizer_dir) else None
+    return TrainingContext(workdir, read_config(workdir), dataset, tokenizer, run.get("teacher"),
+                           run.get("encoder"))
 
 
 def _load_initial_teacher(ctx: TrainingContext):

@@ -10,6 +10,10 @@ import functools
 from collections.abc import Callable
 
 from text_ood.detectors.base import OODDetector, RequiresFittingError
+from text_ood.detectors.embedding import EmbeddingDetector, MissingEncoderError
+from text_ood.detectors.hybrid import HybridDetector
+from text_ood.detectors.knn import KNNDetector
+from text_ood.detectors.mahalanobis import MahalanobisDetector
 from text_ood.detectors.perplexity import PerplexityDetector
 from text_ood.stages import TrainingContext, train_scratch, train_student, train_teacher
 
@@ -22,6 +26,13 @@ DETECTORS: dict[str, DetectorFactory] = {
         functools.partial(train_student, name="mlkd_no_intermediate", intermediate=False)),
     "teacher": lambda ctx: PerplexityDetector("teacher", ctx, train_teacher),
     "scratch": lambda ctx: PerplexityDetector("scratch", ctx, train_scratch),
+    # Sentence-encoder detectors (`train --encoder DIR`); settings in config.encoder.
+    "knn": lambda ctx: KNNDetector("knn", ctx),
+    "mahalanobis": lambda ctx: MahalanobisDetector("mahalanobis", ctx),  # class-conditional w/ labels
+    "mahalanobis_one_class": lambda ctx: MahalanobisDetector("mahalanobis_one_class", ctx,
+                                                             use_labels=False),
+    "hybrid": lambda ctx: HybridDetector(
+        "hybrid", ctx, [create_detector(n, ctx) for n in ctx.config.encoder.hybrid_components]),
 }
 DEFAULT_DETECTORS = ("teacher", "scratch", "mlkd")
 
@@ -37,5 +48,6 @@ def create_detector(name: str, context: TrainingContext) -> OODDetector:
     return DETECTORS[name](context)
 
 
-__all__ = ["DETECTORS", "DEFAULT_DETECTORS", "OODDetector", "PerplexityDetector",
+__all__ = ["DETECTORS", "DEFAULT_DETECTORS", "EmbeddingDetector", "HybridDetector", "KNNDetector",
+           "MahalanobisDetector", "MissingEncoderError", "OODDetector", "PerplexityDetector",
            "RequiresFittingError", "create_detector"]

@@ -33,6 +33,9 @@ class PerplexityDetector(OODDetector):
 
     def __init__(self, name: str, context: TrainingContext, train_fn: TrainFn):
         super().__init__()
+        if context.teacher_source is None or context.tokenizer is None:
+            raise ValueError(f"detector {name!r} needs a teacher language model: train this workdir "
+                             "with --teacher PRETRAIN_DIR or --teacher_hf HF_DIR")
         self.name = name
         self.context = context
         self._train_fn = train_fn

@@ -1,0 +1,115 @@
+"""Detectors on pre-trained sentence embeddings: the shared base and its in-graph scorer.
+
+An :class:`EmbeddingDetector` embeds texts with the workdir's sentence encoder
+(``train --encoder DIR``; :mod:`text_ood.encoder`) and scores the unit-norm embeddings with a
+*head*: a ``tf.Module`` mapping float32 [B, D] embeddings to float32 [B] OoD scores (higher = more
+OoD), built by ``fit`` from the ID training embeddings. Python scoring and the exported SavedModel
+run the same head, so they cannot drift apart; subclasses only implement :meth:`_build_head`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from text_ood.detectors.base import OODDetector, RequiresFittingError
+from text_ood.embedding_cache import EmbeddingCache
+from text_ood.encoder import TEXT_SIGNATURE, SentenceEncoder
+
+HEAD_BATCH = 1024  # embeddings per head call in Python scoring
+
+
+class MissingEncoderError(ValueError):
+    """An embedding detector was requested for a workdir trained without ``--encoder``."""
+
+
+@functools.lru_cache(maxsize=2)
+def load_encoder(directory: str, max_length: int, pool_layers: int) -> SentenceEncoder:
+    """Loads (once per process) the sentence encoder of ``directory``."""
+    return SentenceEncoder.from_directory(directory, max_length, pool_layers)
+
+
+class EmbeddingDetector(OODDetector):
+    """Base of the sentence-embedding detectors (kNN, Mahalanobis).
+
+    Args:
+      name: registry name.
+      context: the workdir's ``TrainingContext``; its ``encoder_source["path"]`` names the
+        encoder directory and ``config.encoder`` the settings.
+
+    Raises:
+      MissingEncoderError: the workdir has no encoder.
+    """
+
+    score_description = "embedding OoD score; higher = more OoD"
+
+    def __init__(self, name: str, context):
+        super().__init__()
+        self.name = name
+        self.context = context
+        if not getattr(context, "encoder_source", None):
+            raise MissingEncoderError(
+                f"detector {name!r} needs a sentence encoder: train this workdir with "
+                "--encoder DIR (a local Hugging Face BERT-family sentence-encoder directory)")
+        self.head = None
+
+    @functools.cached_property
+    def cache(self) -> EmbeddingCache:
+        cfg = self.context.config.encoder
+        encoder = load_encoder(self.context.encoder_source["path"], cfg.max_length, cfg.pool_layers)
+        return EmbeddingCache(encoder, os.path.join(self.context.workdir, "embeddings"),
+                              batch_size=cfg.batch_size)
+
+    @property
+    def encoder(self) -> SentenceEncoder:
+        return self.cache.encoder
+
+    def embed(self, texts: Sequence[str | bytes]) -> np.ndarray:
+        """float32 [N, D] unit-norm embeddings (cached for whole splits)."""
+        return self.cache.embed(texts)
+
+    def _fit(self, train_texts, labels):
+        self.head = self._build_head(self.embed(train_texts), labels)
+
+    def _build_head(self, embeddings: np.ndarray, labels: Sequence | None) -> tf.Module:
+        """Returns the scoring head fitted on ID embeddings (float32 [N, D]) and optional labels."""
+        raise NotImplementedError
+
+    def score_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
+        """Scores float32 [N, D] embeddings with the fitted head: float64 [N]."""
+        if self.head is None:
+            raise RequiresFittingError(f"{self.name}: call fit(train_texts) before scoring")
+        out = [self.head(tf.constant(embeddings[i:i + HEAD_BATCH])).numpy()
+               for i in range(0, len(embeddings), HEAD_BATCH)]
+        return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+    def _score(self, texts):
+        return self.score_embeddings(self.embed(texts))
+
+    def serving_scorer(self) -> EmbeddingScorer:
+        if not self.fitted:
+            raise RequiresFittingError(f"{self.name}: fit before exporting")
+        return EmbeddingScorer(self.encoder, self.head)
+
+
+class EmbeddingScorer(tf.Module):
+    """Raw strings -> sentence embeddings -> head: the in-graph form of an embedding detector.
+
+    Args:
+      encoder: the :class:`SentenceEncoder` (in-graph WordPiece, BERT, mean pooling, L2 norm).
+      head: ``tf.Module`` float32 [B, D] -> float32 [B] OoD scores.
+    """
+
+    def __init__(self, encoder: SentenceEncoder, head: tf.Module):
+        super().__init__(name="embedding_scorer")
+        self.encoder = encoder
+        self.head = head
+
+    @tf.function(input_signature=TEXT_SIGNATURE, autograph=False)
+    def score_texts(self, text):
+        """``text`` tf.string [B] -> {"ood_score": float32 [B]}."""
+        return {"ood_score": self.head(self.encoder.embed_texts(text))}

@@ -1,0 +1,66 @@
+"""A disk cache of sentence embeddings per workdir, so detectors sharing an encoder embed once.
+
+``train``, ``evaluate`` and ``export`` each re-fit the embedding detectors (kNN, Mahalanobis, the
+hybrid) on the ID training texts and score the same splits; embedding 15,000 texts takes minutes
+on a CPU, fitting the detectors on the embeddings takes seconds. Entries are keyed by the
+encoder's fingerprint (weights, vocabulary, max length) and the exact texts, so a changed encoder
+or data set never reads stale vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import uuid
+from collections.abc import Sequence
+
+import numpy as np
+
+from text_ood.encoder import SentenceEncoder
+
+logger = logging.getLogger(__name__)
+
+
+class EmbeddingCache:
+    """Embeds text lists with ``encoder``, caching lists of ``min_texts`` or more under ``directory``.
+
+    Args:
+      encoder: the sentence encoder.
+      directory: cache directory (created on first write), e.g. ``WORKDIR/embeddings``.
+      batch_size: texts per encoder call.
+      min_texts: shorter lists (single requests) are embedded without touching the disk. The
+        directory only ever saves time: delete it whenever.
+    """
+
+    def __init__(self, encoder: SentenceEncoder, directory: str, batch_size: int = 128,
+                 min_texts: int = 16):
+        self.encoder = encoder
+        self.directory = directory
+        self.batch_size = batch_size
+        self.min_texts = min_texts
+
+    def key(self, texts: Sequence[str | bytes]) -> str:
+        digest = hashlib.sha256(self.encoder.fingerprint.encode())
+        for text in texts:
+            data = text if isinstance(text, bytes) else str(text).encode("utf-8", errors="replace")
+            digest.update(len(data).to_bytes(8, "little") + data)
+        return digest.hexdigest()[:24]
+
+    def embed(self, texts: Sequence[str | bytes]) -> np.ndarray:
+        """float32 [len(texts), D] unit-norm embeddings, from the cache when present."""
+        if len(texts) < self.min_texts:
+            return self.encoder.embed(texts, self.batch_size)
+        path = os.path.join(self.directory, f"{self.key(texts)}.npy")
+        if os.path.isfile(path):
+            embeddings = np.load(path)
+            if embeddings.shape == (len(texts), self.encoder.dim):
+                return embeddings
+            logger.warning("ignoring cache entry %s of shape %s", path, embeddings.shape)
+        logger.info("embedding %d texts", len(texts))
+        embeddings = self.encoder.embed(texts, self.batch_size)
+        os.makedirs(self.directory, exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp.npy"
+        np.save(tmp, embeddings)
+        os.replace(tmp, path)  # atomic: a concurrent reader sees the whole file or none
+        return embeddings
