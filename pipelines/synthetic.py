@@ -34,7 +34,9 @@ except for a random ``cold_item_fraction`` of items (new catalogue entries) with
 Zero-popularity items never receive an interaction; with a Zipf exponent near 1 many tail items
 also get none by chance.
 
-Users and interactions. A user prefers 1..``max_topics_per_user`` topics (chosen in proportion to
+Users and interactions (``preference_level="topic"``; with ``"subcategory"`` or ``"brand"`` read
+that group for "topic" below, which makes the item features point at the very items, tail
+included, a user wants). A user prefers 1..``max_topics_per_user`` topics (chosen in proportion to
 topic shares) with Dirichlet(1) weights; activity is log-normal, every user has at least one
 interaction. A user's history is a sequence of sessions (a new session starts with probability
 ``session_break_probability``); each session picks one of the user's topics, and each
@@ -71,6 +73,7 @@ from tqdm import tqdm
 logger = logging.getLogger(__name__)
 
 ITEM_FEATURES = ("category", "subcategory", "brand", "tags", "price_bucket", "language", "year")
+PREFERENCE_LEVELS = ("topic", "subcategory", "brand")
 PRICE_BUCKETS, PRICE_PROBS = ("p0", "p1", "p2", "p3", "p4"), (0.30, 0.25, 0.20, 0.15, 0.10)
 LANGUAGES, LANGUAGE_PROBS = ("en", "es", "de", "fr", "ja", "pt"), (0.45, 0.15, 0.12, 0.12, 0.10, 0.06)
 SCHEMA_FILE, ITEMS_FILE, SUMMARY_FILE = "schema.json", "items.jsonl", "generation.json"
@@ -101,7 +104,10 @@ class SyntheticConfig:
     category_noise: float = _field(0.05, "probability that an item's category ignores its topic")
     brand_noise: float = _field(0.10, "probability that an item's brand ignores its subcategory")
     tag_noise: float = _field(0.20, "probability that a tag comes from the global tag distribution")
-    max_topics_per_user: int = _field(3, "a user prefers 1..this many topics")
+    max_topics_per_user: int = _field(3, "a user prefers 1..this many topics (or groups, see preference_level)")
+    preference_level: str = _field(
+        "topic", "what users prefer: 'topic' (default), or the finer 'subcategory' or 'brand', which makes item "
+                 "features name the tail items a user wants (the regime where feature learning pays off)")
     exploration: float = _field(0.10, "probability that an interaction ignores the user's topics")
     session_break_probability: float = _field(0.20, "probability that an interaction starts a new session")
     start_timestamp: int = _field(1_546_300_800, "earliest timestamp, seconds (2019-01-01 UTC)")
@@ -130,11 +136,21 @@ class SyntheticConfig:
                              f"({self.num_users}): every user has at least one interaction")
         if self.tags_per_topic > self.num_tags:
             raise ValueError(f"tags_per_topic ({self.tags_per_topic}) exceeds num_tags ({self.num_tags})")
-        if self.max_topics_per_user > self.num_topics:
-            raise ValueError(f"max_topics_per_user ({self.max_topics_per_user}) exceeds num_topics ({self.num_topics})")
+        if self.preference_level not in PREFERENCE_LEVELS:
+            raise ValueError(f"preference_level must be one of {PREFERENCE_LEVELS}, received {self.preference_level!r}")
+        if self.max_topics_per_user > self.num_preference_groups:
+            raise ValueError(f"max_topics_per_user ({self.max_topics_per_user}) exceeds the number of "
+                             f"{self.preference_level} groups ({self.num_preference_groups})")
         if self.end_timestamp - self.start_timestamp < self.num_interactions:
             raise ValueError("end_timestamp - start_timestamp must be at least num_interactions seconds, "
                              f"received [{self.start_timestamp}, {self.end_timestamp}]")
+
+
+    @property
+    def num_preference_groups(self) -> int:
+        subcategories = self.num_categories * self.subcategories_per_category
+        return {"topic": self.num_topics, "subcategory": subcategories,
+                "brand": subcategories * self.brands_per_subcategory}[self.preference_level]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,13 +239,14 @@ def sample_interactions(
       int64 each, sorted by (timestamp, user); timestamps strictly increase per user.
     """
     c = config
-    n, k, num_topics = c.num_users, c.num_interactions, c.num_topics
+    n, k, num_topics = c.num_users, c.num_interactions, c.num_preference_groups
+    group = items[c.preference_level]  # what users prefer: topics by default (see SyntheticConfig)
     activity = rng.lognormal(0.0, 1.0, size=n)
     counts = 1 + rng.multinomial(k - n, activity / activity.sum())
     user = np.repeat(np.arange(n), counts)
     user_start = np.cumsum(counts) - counts
 
-    topic_demand = np.bincount(items["topic"], weights=items["popularity"], minlength=num_topics) + 1e-12
+    topic_demand = np.bincount(group, weights=items["popularity"], minlength=num_topics) + 1e-12
     keys = np.log(topic_demand)[None, :] + rng.gumbel(size=(n, num_topics))  # Gumbel top-k: no repeats
     preferred = np.argsort(-keys, axis=1)[:, : c.max_topics_per_user]  # [n, max_topics]
     preference = rng.dirichlet(np.ones(c.max_topics_per_user), size=n)
@@ -245,9 +262,9 @@ def sample_interactions(
 
     # Popularity-proportional item choice within the topic: one searchsorted over the items sorted
     # by topic; a topic owns the cumulative-popularity interval [start, end).
-    by_topic = np.argsort(items["topic"], kind="stable")
+    by_topic = np.argsort(group, kind="stable")
     cumulative = np.cumsum(items["popularity"][by_topic])
-    bounds = np.searchsorted(items["topic"][by_topic], np.arange(num_topics + 1))
+    bounds = np.searchsorted(group[by_topic], np.arange(num_topics + 1))
     padded = np.concatenate([[0.0], cumulative])
     start, end = padded[bounds[:-1]], padded[bounds[1:]]
     last_positive = np.searchsorted(cumulative, end, side="left")  # last item whose cumsum reaches end
@@ -270,7 +287,7 @@ def sample_interactions(
     first = c.start_timestamp + np.floor(rng.random(n) * (time_range - span + 1)).astype(np.int64)
     timestamp = first[user] + offsets
 
-    likes = (items["topic"][item][:, None] == preferred[user]) & (preference[user] > 0)
+    likes = (group[item][:, None] == preferred[user]) & (preference[user] > 0)
     quality = rng.normal(0.0, 0.5, size=c.num_items)
     rating = 3.0 + 0.8 * likes.any(axis=1) + quality[item] + rng.normal(0.0, 0.9, size=k)
     order = np.argsort(timestamp, kind="stable")  # rows are grouped by user: ties stay in user order

@@ -278,3 +278,27 @@ def test_cli(tmp_path, capsys):
     with pytest.raises(SystemExit) as raised:
         synthetic.main(["--num_users", "10"])  # --output_dir is required
     assert raised.value.code == 2
+
+
+def test_brand_preference_level_concentrates_users_on_brands():
+    """With preference_level="brand" a user's items come from a few brands, unlike topic level."""
+    import collections
+
+    import numpy as np
+
+    from pipelines.synthetic import SyntheticConfig, sample_interactions, sample_items
+
+    shares = {}
+    for level in ("topic", "brand"):
+        config = SyntheticConfig(output_dir="unused", num_users=400, num_items=4000, num_interactions=12000,
+                                 preference_level=level, exploration=0.0)
+        rng = np.random.default_rng(0)
+        items = sample_items(config, rng)
+        interactions = sample_interactions(config, items, rng)
+        brands = items["brand"][interactions["item"]]
+        per_user = [collections.Counter(brands[interactions["user"] == u]).most_common(1)[0][1]
+                    / np.sum(interactions["user"] == u) for u in range(400) if np.sum(interactions["user"] == u) >= 10]
+        shares[level] = float(np.mean(per_user))
+    assert shares["brand"] > 0.5 > shares["topic"]
+    with pytest.raises(ValueError, match="preference_level"):
+        SyntheticConfig(output_dir="unused", preference_level="color")
