@@ -172,8 +172,12 @@ def report(args) -> None:
         fractions = sorted({g.split("_f")[1] for g in os.listdir(scarcity_root)}, key=float)
         for fraction in fractions:
             groups = [g for g in (f"none_f{fraction}", f"cfm_f{fraction}") if os.path.isdir(os.path.join(scarcity_root, g))]
-            lines += [f"### Data scarcity: {float(fraction):.0%} of the training examples", ""]
-            lines += _group_table(scarcity_root, groups, f"none_f{fraction}") + [""]
+            table = _group_table(scarcity_root, groups, f"none_f{fraction}")
+            if table:
+                lines += [f"### Data scarcity: {float(fraction):.0%} of the training examples", ""] + table + [""]
+        if all(os.path.isdir(os.path.join(ablation_root, v)) for v in ("none", "cfm")):
+            lines += ["### Data scarcity: 100% of the training examples (the ablation's runs)", ""]
+            lines += _group_table(ablation_root, ["none", "cfm"], "none") + [""]
     print("\n".join(lines))
 
 
