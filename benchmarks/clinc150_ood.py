@@ -17,6 +17,14 @@ Usage (CPU preset, about an hour per seed on 2 cores)::
 
   SSL_DATA_DIR=../shared/data nohup .venv/bin/python benchmarks/clinc150_ood.py \
       --workdir runs/bench_clinc150 --seeds 0,1,2 > runs/bench_clinc150.log 2>&1 &
+
+Second run (BENCHMARKS.md, "v2"): the first run's pre-training reused, a teacher fine-tuned for 8
+epochs, students and from-scratch model 8 epochs each, the student with the ground-truth LM term::
+
+  SSL_DATA_DIR=../shared/data nohup .venv/bin/python benchmarks/clinc150_ood.py \
+      --workdir runs/bench_clinc150_v2 --pretrain_dir runs/bench_clinc150/pretrain --seeds 0,1,2 \
+      --detectors teacher,scratch,mlkd,mlkd_no_intermediate \
+      --set teacher.epochs=8 --set distill.lm_weight=1 > runs/bench_clinc150_v2.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -84,7 +92,8 @@ def _stage_times(workdir: str) -> dict:
                 done = json.load(f)
             out[stage] = {"wall_time_s": done["wall_time_s"], "epochs": done["epochs_run"],
                           "selected_epoch": done["selected_epoch"],
-                          "best_val_perplexity": done["best_val_perplexity"]}
+                          "best_val_perplexity": done["best_val_perplexity"],
+                          "val_perplexity_per_epoch": [h["val_perplexity"] for h in done["history"]]}
     return out
 
 
@@ -98,8 +107,8 @@ def write_markdown(results: dict, path: str) -> None:
     seeds = results["seeds"]
     lines = [f"Seeds: {', '.join(str(s['seed']) + ('' if s.get('complete') else ' (partial)') for s in seeds) or 'none'}", ""]
     if seeds:
-        lines += ["| detector | AUROC | AUPR-OUT | AUPR-IN | FAR95 | paper AUROC / AUPR / FAR95 |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["| detector | AUROC | AUPR-OUT | AUPR-IN | FAR95 | ID-val perplexity | "
+                  "paper AUROC / AUPR / FAR95 |", "|---|---|---|---|---|---|---|"]
         for name in DETECTORS:
             rows = [s["metrics"][name] for s in seeds if name in s["metrics"]]
             if not rows:
@@ -108,6 +117,10 @@ def write_markdown(results: dict, path: str) -> None:
             for key in ("auroc", "aupr_out", "aupr_in", "far95"):
                 mean, std = _mean_std([100 * r[key] for r in rows])
                 cells.append(f"{mean:.2f} ± {std:.2f}" if len(rows) > 1 else f"{mean:.2f}")
+            perplexities = [s["stages"][name]["best_val_perplexity"] for s in seeds
+                            if name in s["metrics"] and name in s["stages"]]
+            mean, std = _mean_std(perplexities) if perplexities else (float("nan"), 0.0)
+            cells.append(f"{mean:.2f} ± {std:.2f}" if len(perplexities) > 1 else f"{mean:.2f}")
             paper = PAPER[name]
             paper_cell = " / ".join(f"{v:.2f}" for v in paper) if paper[0] is not None else "n/a"
             lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + f" | {paper_cell} |")
@@ -117,9 +130,10 @@ def write_markdown(results: dict, path: str) -> None:
             for s in seeds), ""]
         lines += ["| stage wall time (min) | " + " | ".join(f"seed {s['seed']}" for s in seeds) + " |",
                   "|---|" + "---|" * len(seeds)]
-        lines.append("| pre-training (once) | " + " | ".join(
-            f"{results['pretrain']['wall_time_s'] / 60:.1f}" if i == 0 else "-"
-            for i in range(len(seeds))) + " |")
+        reused = results["pretrain"].get("reused_from")
+        lines.append(f"| pre-training (once{', reused from ' + reused if reused else ''}) | " +
+                     " | ".join(f"{results['pretrain']['wall_time_s'] / 60:.1f}" if i == 0 else "-"
+                                for i in range(len(seeds))) + " |")
         for name in DETECTORS:
             lines.append(f"| {LABELS[name]} | " + " | ".join(
                 f"{s['stages'][name]['wall_time_s'] / 60:.1f} ({s['stages'][name]['epochs']} ep, "
@@ -150,6 +164,10 @@ def main(argv=None) -> int:
     parser.add_argument("--throughput_batch", type=int, default=256)
     parser.add_argument("--detectors", default=",".join(DETECTORS),
                         help="detectors to train and evaluate per seed, in this order")
+    parser.add_argument("--pretrain_dir", default=None,
+                        help="reuse this finished `pretrain` workdir (read only; e.g. an earlier "
+                             "benchmark's WORKDIR/pretrain) instead of pre-training in "
+                             "WORKDIR/pretrain; its pretrain/tokenizer settings apply")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     start = time.time()
@@ -173,13 +191,20 @@ def main(argv=None) -> int:
         write_markdown(results, os.path.join(args.workdir, "results.md"))
 
     config_flags = ["--preset", args.preset] + [x for o in args.overrides for x in ("--set", o)]
-    pretrain_dir = os.path.join(args.workdir, "pretrain")
-    _run(["pretrain", "--workdir", pretrain_dir, "--corpus", *corpus, "--dataset", "clinc150",
-          "--data_dir", clinc, *config_flags])
+    if args.pretrain_dir:
+        pretrain_dir = args.pretrain_dir
+        if not os.path.isfile(os.path.join(pretrain_dir, "pretrain", "done.json")):
+            parser.error(f"--pretrain_dir {pretrain_dir}: no finished pre-training there "
+                         "(pretrain/done.json)")
+    else:
+        pretrain_dir = os.path.join(args.workdir, "pretrain")
+        _run(["pretrain", "--workdir", pretrain_dir, "--corpus", *corpus, "--dataset", "clinc150",
+              "--data_dir", clinc, *config_flags])
     with open(os.path.join(pretrain_dir, "pretrain", "done.json")) as f:
         done = json.load(f)
     results["pretrain"] = {"wall_time_s": done["wall_time_s"], "steps": done["steps"],
-                           "val_perplexity": done["best_val_perplexity"]}
+                           "val_perplexity": done["best_val_perplexity"],
+                           "reused_from": args.pretrain_dir}
     save()
     finished = {s["seed"] for s in results["seeds"] if s.get("complete")}
     last_seed_s = None

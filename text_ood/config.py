@@ -82,6 +82,10 @@ class DistillConfig:
     temperature: float = 1.0  # Prediction layer: KL(teacher || student) at this temperature.
     prediction_weight: float = 1.0
     intermediate_weight: float = 1.0  # 0 = "MLKD without the intermediate term".
+    # Weight of the student's own next-token NLL on the ID texts (the ground-truth causal LM
+    # loss). 0 = the paper's recipe (distillation terms only); the released code adds it with
+    # weight 1 for one 20 Newsgroups split. > 0 lets the student fit ID text beyond its teacher.
+    lm_weight: float = 0.0
     nearest_k: int = 2  # Teacher layers kept per student layer and token (K in the paper).
     # Student hidden-state indices distilled (1 = output of block 1); empty = the middle layers
     # n//4 .. n - n//4 (3..9 of 12, as in the released recipe).
@@ -92,8 +96,10 @@ class DistillConfig:
             raise ValueError(f"temperature must be > 0, received {self.temperature}")
         if self.nearest_k < 1:
             raise ValueError(f"nearest_k must be >= 1, received {self.nearest_k}")
-        if self.prediction_weight < 0 or self.intermediate_weight < 0:
-            raise ValueError("distillation weights must be >= 0")
+        weights = (self.prediction_weight, self.intermediate_weight, self.lm_weight)
+        if min(weights) < 0 or max(weights) == 0:
+            raise ValueError(f"prediction_weight, intermediate_weight, lm_weight must be >= 0 and "
+                             f"not all 0, received {weights}")
 
 
 @dataclasses.dataclass(frozen=True)

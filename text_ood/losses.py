@@ -92,3 +92,43 @@ def intermediate_distillation_loss(student_hidden: list[tf.Tensor], projected_te
         nearest = -tf.math.top_k(-distances, k=k).values  # k smallest: [B, T, k]
         total += tf.reduce_sum(nearest, axis=-1)
     return _masked_mean(total, mask)
+
+
+def mlkd_student_loss(teacher_logits: tf.Tensor, student_logits: tf.Tensor, ids: tf.Tensor,
+                      mask: tf.Tensor, temperature: float = 1.0, prediction_weight: float = 1.0,
+                      lm_weight: float = 0.0, intermediate: tf.Tensor | None = None,
+                      intermediate_weight: float = 0.0) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    """The student's training loss (Wu et al. 2023, Eq. 6, plus an optional ground-truth term).
+
+    ``loss = prediction_weight * L_pred + intermediate_weight * L_int + lm_weight * L_lm`` with
+    ``L_pred`` = :func:`prediction_distillation_loss` at ``temperature``, ``L_int`` the
+    intermediate-layer term (computed by the caller with :func:`intermediate_distillation_loss`;
+    ``None`` drops it) and ``L_lm`` = :func:`causal_lm_loss` of the student on the ID tokens.
+    The paper's recipe is ``lm_weight = 0``; a term whose weight is 0 is not computed.
+
+    Args:
+      teacher_logits: float32 [B, T, V].
+      student_logits: float32 [B, T, V].
+      ids: int32 [B, T].
+      mask: float32 [B, T], 1 on real tokens.
+      temperature: prediction-layer softmax temperature.
+      prediction_weight / lm_weight / intermediate_weight: the terms' weights (>= 0).
+      intermediate: scalar float32 ``L_int``, or None.
+
+    Returns:
+      ``(loss, parts)``: the scalar float32 loss and the unweighted terms by name
+      (``prediction_kd``, ``intermediate_kd``, ``lm_nll``; only those computed).
+    """
+    parts = {}
+    loss = tf.constant(0.0)
+    if prediction_weight:
+        parts["prediction_kd"] = prediction_distillation_loss(teacher_logits, student_logits, mask,
+                                                              temperature)
+        loss += prediction_weight * parts["prediction_kd"]
+    if intermediate is not None and intermediate_weight:
+        parts["intermediate_kd"] = intermediate
+        loss += intermediate_weight * intermediate
+    if lm_weight:
+        parts["lm_nll"] = causal_lm_loss(student_logits, ids, mask)
+        loss += lm_weight * parts["lm_nll"]
+    return loss, parts

@@ -24,8 +24,7 @@ from serving.dataclass_config import from_dict, to_dict
 from text_ood.config import TextOODConfig, default_student_layers
 from text_ood.data import OODDataset, read_corpus, split_holdout
 from text_ood.lm import build_lm, load_hf_lm, load_lm
-from text_ood.losses import (causal_lm_loss, intermediate_distillation_loss,
-                             prediction_distillation_loss)
+from text_ood.losses import causal_lm_loss, intermediate_distillation_loss, mlkd_student_loss
 from text_ood.tokenizer import HFGPT2Tokenizer, SentencePieceTokenizer, load_tokenizer
 from text_ood.trainer import Stage, is_done, run_stage
 
@@ -54,7 +53,9 @@ def write_config(workdir: str, config: TextOODConfig, sections: Sequence[str]) -
     path = os.path.join(workdir, CONFIG_FILE)
     if os.path.isfile(path):
         with open(path) as f:
-            old_values = json.load(f)
+            # Through the dataclasses: fields added since the workdir was created take their
+            # defaults (the values the old code used), so they do not count as changes.
+            old_values = to_dict(from_dict(TextOODConfig, json.load(f)))
         new_values = to_dict(config)
         existing = _flatten({k: old_values.get(k) for k in sections})
         new = _flatten({k: new_values.get(k) for k in sections})
@@ -243,15 +244,22 @@ def train_student(ctx: TrainingContext, train_texts: Sequence[str], name: str = 
                   intermediate: bool = True) -> str:
     """Distils the fine-tuned teacher into a from-scratch student (MLKD; Wu et al. 2023, Eq. 6).
 
-    Loss = ``prediction_weight * L_pred + intermediate_weight * L_int`` (``L_int`` dropped when
-    ``intermediate`` is False: the "MLKD without the intermediate term" ablation). No ground-truth
-    LM loss, as in the released recipe.
+    Loss = ``prediction_weight * L_pred + intermediate_weight * L_int + lm_weight * L_lm``
+    (:func:`text_ood.losses.mlkd_student_loss`; ``L_int`` dropped when ``intermediate`` is False:
+    the "MLKD without the intermediate term" ablation). ``distill.lm_weight`` (ground-truth LM
+    loss) is 0 in the paper's recipe.
+
+    Raises:
+      ValueError: the loss would have no term (``intermediate`` False and the other weights 0).
     """
     directory = ctx.stage_dir(name)
     if is_done(directory):
         return os.path.join(directory, "best")
-    teacher = load_lm(train_teacher(ctx, train_texts))
     cfg, distill = ctx.config, ctx.config.distill
+    if not intermediate and not (distill.prediction_weight or distill.lm_weight):
+        raise ValueError(f"{name}: without the intermediate term the student loss is empty "
+                         "(distill.prediction_weight and distill.lm_weight are 0)")
+    teacher = load_lm(train_teacher(ctx, train_texts))
     max_length = min(cfg.model.max_length, teacher.config.n_positions)
     student = build_lm(dataclasses.replace(cfg.model, max_length=max_length),
                        ctx.tokenizer.vocab_size, ctx.tokenizer.bos_id, ctx.tokenizer.eos_id,
@@ -271,17 +279,15 @@ def train_student(ctx: TrainingContext, train_texts: Sequence[str], name: str = 
                         training=False)
         s_out = student(input_ids=ids, attention_mask=mask, output_hidden_states=use_intermediate,
                         training=True)
-        pred = prediction_distillation_loss(t_out.logits, s_out.logits, mask, distill.temperature)
-        parts = {"prediction_kd": pred}
-        loss = distill.prediction_weight * pred
+        inter = None
         if use_intermediate:
             teacher_layers = tf.stop_gradient(tf.stack(t_out.hidden_states[1:]))  # [L, B, T, D_t]
             inter = intermediate_distillation_loss(
                 [s_out.hidden_states[i] for i in layers], projection(teacher_layers), mask,
                 distill.nearest_k)
-            parts["intermediate_kd"] = inter
-            loss += distill.intermediate_weight * inter
-        return loss, parts
+        return mlkd_student_loss(t_out.logits, s_out.logits, ids, mask, distill.temperature,
+                                 distill.prediction_weight, distill.lm_weight, inter,
+                                 distill.intermediate_weight)
 
     stage = Stage(name=name, directory=directory, log_dir=os.path.join(ctx.workdir, "logs", name),
                   config=cfg.student, seed=cfg.seed, loss_fn=loss_fn, trainables=trainables,

@@ -10,7 +10,7 @@ import pytest
 import text_ood  # noqa: F401
 import tensorflow as tf
 
-from text_ood.losses import (causal_lm_loss, intermediate_distillation_loss,
+from text_ood.losses import (causal_lm_loss, intermediate_distillation_loss, mlkd_student_loss,
                              prediction_distillation_loss, sequence_mean_nll)
 
 
@@ -81,3 +81,26 @@ def test_intermediate_distillation_has_gradients_for_student_and_projection():
         loss = intermediate_distillation_loss([student[0]], projection(teacher), mask)
     grads = tape.gradient(loss, [student] + projection.trainable_variables)
     assert all(g is not None and float(tf.reduce_sum(tf.abs(g))) > 0 for g in grads)
+
+
+def test_mlkd_student_loss_weights_hand_computed():
+    # Vocabulary 2, one real target (ids[1] = 1). Teacher p = (0.5, 0.5); student q = (0.75, 0.25).
+    # L_pred = KL(p || q) = 0.5 ln(2/3) + 0.5 ln 2; L_lm = -ln q(1) = ln 4; L_int given = 0.7.
+    teacher = tf.constant([[[0.0, 0.0], [9.0, 9.0]]])
+    student = tf.constant([[[math.log(3.0), 0.0], [1.0, 2.0]]])
+    ids = tf.constant([[0, 1]])
+    mask = tf.constant([[1.0, 1.0]])
+    kl = 0.5 * math.log(2 / 3) + 0.5 * math.log(2)
+    loss, parts = mlkd_student_loss(teacher, student, ids, mask, prediction_weight=1.0,
+                                    lm_weight=2.0, intermediate=tf.constant(0.7),
+                                    intermediate_weight=0.5)
+    assert float(loss) == pytest.approx(kl + 0.5 * 0.7 + 2.0 * math.log(4), rel=1e-5)
+    assert float(parts["lm_nll"]) == pytest.approx(math.log(4), rel=1e-5)
+    assert float(parts["prediction_kd"]) == pytest.approx(kl, rel=1e-5)
+    # The paper's recipe (lm_weight 0): the ground-truth term is neither added nor computed.
+    loss, parts = mlkd_student_loss(teacher, student, ids, mask)
+    assert float(loss) == pytest.approx(kl, rel=1e-5) and set(parts) == {"prediction_kd"}
+    # Ground truth only: the plain causal LM loss.
+    loss, parts = mlkd_student_loss(teacher, student, ids, mask, prediction_weight=0.0,
+                                    lm_weight=1.0)
+    assert float(loss) == pytest.approx(math.log(4), rel=1e-5) and set(parts) == {"lm_nll"}

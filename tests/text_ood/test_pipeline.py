@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -84,3 +85,40 @@ def test_workdir_refuses_a_different_config(trained_workdir, pretrain_dir, ood_d
                  trained_workdir, "--teacher", pretrain_dir, "--preset", "tiny",
                  "--set", "student.epochs=3"]) == 2
     assert "different config" in caplog.text and "student.epochs" in caplog.text
+
+
+def test_student_lm_weight_adds_the_ground_truth_loss(trained_workdir, tmp_path, ood_data_dir):
+    # Same teacher (copied, so the stage is reused), seed and batches as trained_workdir's mlkd
+    # student; only distill.lm_weight differs, so the training loss grows by the student's NLL
+    # (about ln(vocabulary) = ln 120 = 4.8 nats for a barely trained tiny student).
+    import shutil
+
+    workdir = str(tmp_path / "lm_weight")
+    shutil.copytree(os.path.join(trained_workdir, "teacher"), os.path.join(workdir, "teacher"))
+    with open(os.path.join(trained_workdir, "run.json")) as f:
+        teacher_dir = json.load(f)["teacher"]["path"]
+    assert main(["train", "--dataset", "files", "--data_dir", ood_data_dir, "--workdir", workdir,
+                 "--teacher", teacher_dir, "--preset", "tiny", "--detectors", "mlkd",
+                 "--set", "distill.lm_weight=1"]) == 0
+    with open(os.path.join(trained_workdir, "mlkd", "history.json")) as f:
+        without = json.load(f)[0]["train_loss"]
+    with open(os.path.join(workdir, "mlkd", "history.json")) as f:
+        with_lm = json.load(f)[0]["train_loss"]
+    assert with_lm > without + 3.0
+
+
+def test_config_fields_added_later_take_their_defaults_on_resume(tmp_path):
+    from text_ood.config import preset
+    from text_ood.stages import TRAIN_SECTIONS, write_config
+
+    config = preset("tiny")
+    write_config(str(tmp_path), config, TRAIN_SECTIONS)
+    path = tmp_path / "config.json"
+    values = json.loads(path.read_text())
+    del values["distill"]["lm_weight"]  # as written before the field existed
+    path.write_text(json.dumps(values))
+    write_config(str(tmp_path), config, TRAIN_SECTIONS)  # the default: same run, resumes
+    path.write_text(json.dumps(values))
+    changed = dataclasses.replace(config, distill=dataclasses.replace(config.distill, lm_weight=1.0))
+    with pytest.raises(ValueError, match="distill.lm_weight"):
+        write_config(str(tmp_path), changed, TRAIN_SECTIONS)
