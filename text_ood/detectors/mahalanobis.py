@@ -96,8 +96,12 @@ class MahalanobisDetector(EmbeddingDetector):
         (label-free).
     """
 
-    score_description = ("smallest squared Mahalanobis distance to an ID class mean (tied, shrunk "
-                         "covariance); higher = more OoD")
+    @property
+    def score_description(self) -> str:
+        means = (f"the nearest of {self.classes} ID class means" if self.classes > 1
+                 else "the ID mean (one-class)")
+        return (f"squared Mahalanobis distance to {means} (tied covariance, shrinkage "
+                f"{self.context.config.encoder.mahalanobis_shrinkage}); higher = more OoD")
 
     def __init__(self, name: str, context, use_labels: bool = True):
         super().__init__(name, context)
