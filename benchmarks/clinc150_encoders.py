@@ -9,12 +9,13 @@ Rows:
 - ``knn``: the a-priori default (sentence-transformers embedding = last layer, k = 1).
 - ``knn_mean10``: the issue's measured peer (mean similarity of the 10 nearest), reproduced.
 - ``mahalanobis`` (class-conditional: uses the intent labels) and ``mahalanobis_one_class``.
-- ``knn_selected``: k-NN with ``pool_layers`` / ``knn_k`` / ``knn_aggregation`` chosen *without
-  any OoD text* by held-out-intent validation: ``--heldout_repeats`` times, ``--heldout_intents``
-  of the 150 intents are removed from the bank (ID training texts) and their ID validation texts
-  play OoD against the validation texts of the other intents; the setting with the best mean
-  AUROC wins. The detector itself is label-free; the intent labels are used for this selection
-  only (stated as such in BENCHMARKS.md).
+- ``knn_selected``: k-NN with ``pool_layers`` / ``knn_k`` / ``knn_aggregation`` / ``knn_center``
+  chosen *without any OoD text* by held-out-intent validation: ``--heldout_repeats`` times,
+  ``--heldout_intents`` of the 150 intents are removed from the bank (ID training texts) and their
+  ID validation texts play OoD against the validation texts of the other intents (with
+  ``knn_center`` the mean of that reduced bank is subtracted, as ``fit`` would); the setting with
+  the best mean AUROC wins. The detector itself is label-free; the intent labels are used for
+  this selection only (stated as such in BENCHMARKS.md).
 - ``hybrid`` (MLKD student + k-NN, default and selected k-NN), one row per MLKD seed: finished
   MLKD students are reused from ``--mlkd_runs`` (``benchmarks/clinc150_ood.py``'s workdir; read
   only, copied); for a seed without one, the teacher is fine-tuned and the student distilled here
@@ -22,7 +23,8 @@ Rows:
   workdir's first finished seed, so every seed uses the same recipe.
 
 Finally the selected k-NN (and a hybrid) are exported and their SavedModel scoring throughput is
-measured in a fresh process at ``--throughput_batch``. Results: ``WORKDIR/results.{json,md}``
+measured in a fresh process at ``--throughput_batch`` (``--knn_only`` stops after the k-NN /
+Mahalanobis rows: no hybrids, no exports). Results: ``WORKDIR/results.{json,md}``
 (rewritten after every step; a rerun skips finished steps), ``WORKDIR/selection.png``.
 
 Usage (about an hour on 2 shared CPU cores, most of it embedding and exporting)::
@@ -34,6 +36,7 @@ Usage (about an hour on 2 shared CPU cores, most of it embedding and exporting):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -118,8 +121,17 @@ def _evaluate_workdir(workdir, detectors, clinc, encoder, config_flags, shared_c
     return {name: {**rows[name], "train_s": fit_s} for name in detectors.split(",")}
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+    """Rows of float32 [N, D] scaled to unit L2 norm."""
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 def heldout_intent_selection(encoder_dir, dataset_path, n_intents, repeats, cache_path) -> dict:
-    """Chooses pool_layers, k and aggregation of k-NN on ID data only (module docstring)."""
+    """Chooses pool_layers, k, aggregation and centring of k-NN on ID data only (module docstring).
+
+    ``cache_path`` (.npz) holds the unit-norm pooled states of every layer, float32 [N, L + 1, D],
+    of the ID training (``train``) and validation (``val``) texts; computed if missing.
+    """
     from text_ood.encoder import SentenceEncoder
 
     with open(dataset_path) as f:
@@ -138,15 +150,16 @@ def heldout_intent_selection(encoder_dir, dataset_path, n_intents, repeats, cach
     rng = np.random.default_rng(0)
     splits = [rng.choice(intents, n_intents, replace=False) for _ in range(repeats)]
     table = []
-    for pool in range(1, train_layers.shape[1] + 1):
-        def pooled(x):
-            mean = x[:, -pool:].mean(axis=1)
-            return mean / np.linalg.norm(mean, axis=1, keepdims=True)
-
-        bank, queries = pooled(train_layers), pooled(val_layers)
+    for pool, center in itertools.product(range(1, train_layers.shape[1] + 1), (False, True)):
+        pooled_train = _unit(train_layers[:, -pool:].mean(axis=1))  # [N_train, D]
+        pooled_val = _unit(val_layers[:, -pool:].mean(axis=1))  # [N_val, D]
         sorted_sims = []
         for held in splits:
-            similarity = queries @ bank[~np.isin(train_labels, held)].T  # [N_val, N_bank]
+            bank, queries = pooled_train[~np.isin(train_labels, held)], pooled_val
+            if center:  # KNNHead(center=True) on this bank
+                mean = bank.mean(axis=0)
+                bank, queries = _unit(bank - mean), _unit(queries - mean)
+            similarity = queries @ bank.T  # [N_val, N_bank]
             nearest = np.partition(similarity, -max(GRID_K), axis=1)[:, -max(GRID_K):]
             sorted_sims.append((np.sort(nearest, axis=1)[:, ::-1], np.isin(val_labels, held)))
         for k in GRID_K:
@@ -156,6 +169,7 @@ def heldout_intent_selection(encoder_dir, dataset_path, n_intents, repeats, cach
                     score = 1 - (top[:, k - 1] if aggregation == "kth" else top[:, :k].mean(1))
                     metrics.append(ood_metrics(score[~is_held], score[is_held]))
                 table.append({"pool_layers": pool, "knn_k": k, "knn_aggregation": aggregation,
+                              "knn_center": center,
                               **{m: float(np.mean([x[m] for x in metrics]))
                                  for m in ("auroc", "far95")}})
     best = max(table, key=lambda row: (row["auroc"], -row["far95"]))
@@ -168,19 +182,21 @@ def plot_selection(selection: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for k in GRID_K:
-        for aggregation, style in (("kth", "-"), ("mean", "--")):
-            rows = [r for r in selection["table"]
-                    if r["knn_k"] == k and r["knn_aggregation"] == aggregation]
-            if rows:
-                ax.plot([r["pool_layers"] for r in rows], [100 * r["auroc"] for r in rows], style,
-                        marker="o", markersize=3, label=f"k={k} {aggregation}")
-    ax.set_xlabel("pool_layers (last n hidden layers averaged)")
-    ax.set_ylabel("held-out-intent AUROC (ID data only)")
-    ax.set_title("k-NN setting selection without OoD texts")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, center in zip(axes, (False, True)):
+        for k in GRID_K:
+            for aggregation, style in (("kth", "-"), ("mean", "--")):
+                rows = [r for r in selection["table"] if r["knn_k"] == k and r.get(
+                    "knn_center", False) == center and r["knn_aggregation"] == aggregation]
+                if rows:
+                    ax.plot([r["pool_layers"] for r in rows], [100 * r["auroc"] for r in rows],
+                            style, marker="o", markersize=3, label=f"k={k} {aggregation}")
+        ax.set_xlabel("pool_layers (last n hidden layers averaged)")
+        ax.set_title(f"k-NN, {'centred' if center else 'uncentred'} embeddings")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("held-out-intent AUROC (ID data only)")
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.suptitle("k-NN setting selection without OoD texts")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -289,11 +305,12 @@ def write_markdown(results: dict, path: str) -> None:
                              f"only, not a detector): {sweep}")
     if "selection" in results:
         s = results["selection"]["selected"]
-        lines += ["", f"Selected on held-out intents ({results['selection']['held_out_intents']} "
-                      f"intents x {results['selection']['repeats']} repeats, ID data only): "
-                      f"pool_layers={s['pool_layers']}, knn_k={s['knn_k']}, "
-                      f"knn_aggregation={s['knn_aggregation']} (held-out AUROC "
-                      f"{100 * s['auroc']:.2f}, FAR95 {100 * s['far95']:.2f})"]
+        lines += ["", (f"Selected on held-out intents ({results['selection']['held_out_intents']} "
+                       f"intents x {results['selection']['repeats']} repeats, ID data only): "
+                       f"pool_layers={s['pool_layers']}, knn_k={s['knn_k']}, "
+                       f"knn_aggregation={s['knn_aggregation']}, "
+                       f"knn_center={s.get('knn_center', False)} (held-out AUROC "
+                       f"{100 * s['auroc']:.2f}, FAR95 {100 * s['far95']:.2f})")]
     for name, t in results.get("throughput", {}).items():
         lines.append(f"\nExported `{name}` SavedModel, fresh process, batch {t['batch']}, "
                      f"{t['texts']} CLINC150 test texts: {t['texts_per_s']:.0f} texts/s wall "
@@ -316,6 +333,8 @@ def main(argv=None) -> int:
     parser.add_argument("--heldout_intents", type=int, default=30)
     parser.add_argument("--heldout_repeats", type=int, default=10)
     parser.add_argument("--throughput_batch", type=int, default=256)
+    parser.add_argument("--knn_only", action="store_true",
+                        help="stop after the selection and the k-NN / Mahalanobis rows")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = data_root(args.data_dir)
@@ -342,8 +361,10 @@ def main(argv=None) -> int:
             args.heldout_repeats, os.path.join(args.workdir, "selection_layers.npz"))
         plot_selection(results["selection"], os.path.join(args.workdir, "selection.png"))
         save()
-    chosen = results["selection"]["selected"]
-    selected = [f"encoder.{k}={chosen[k]}" for k in ("pool_layers", "knn_k", "knn_aggregation")]
+    # Selections made before knn_center was a grid dimension did not centre.
+    chosen = {"knn_center": False, **results["selection"]["selected"]}
+    selected = [f"encoder.{k}={chosen[k]}"
+                for k in ("pool_layers", "knn_k", "knn_aggregation", "knn_center")]
     variants = {**VARIANTS, "selected": ("knn", selected)}
     for key, variant, detector, _ in ROWS:
         if key not in results["rows"]:
@@ -353,6 +374,10 @@ def main(argv=None) -> int:
                                      encoder, flags, cache)
             results["rows"].update({k: rows[d] for k, v, d, _ in ROWS if v == variant})
             save()
+    if args.knn_only:
+        with open(os.path.join(args.workdir, "results.md")) as f:
+            print(f.read())
+        return 0
     hybrids = results.setdefault("hybrid", {})
     for variant, overrides in (("default", []), ("selected", selected)):
         for seed in [int(s) for s in args.seeds.split(",")]:

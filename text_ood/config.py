@@ -115,6 +115,9 @@ class EncoderConfig:
     # k-NN score: 1 - cosine similarity to the k-th nearest ID training text ("kth", Sun et al.
     # 2022) or 1 - the mean similarity of the k nearest ("mean").
     knn_aggregation: Literal["kth", "mean"] = "kth"
+    # Subtract the mean ID training embedding from bank and queries and re-normalise before the
+    # cosine k-NN (label-free; the mean is a constant of the exported graph).
+    knn_center: bool = False
     mahalanobis_shrinkage: float = 0.01  # Covariance shrinkage towards a scaled identity, [0, 1].
     hybrid_components: tuple[str, ...] = ("mlkd", "knn")  # Detectors the hybrid combines.
 

@@ -41,6 +41,42 @@ def test_knn_head_chunked_search_is_exact(monkeypatch):
     np.testing.assert_allclose(whole, expected, atol=1e-6)
 
 
+def test_centred_knn_head_by_hand():
+    bank = [[0.6, 0.8], [0.6, -0.8]]
+    queries = [[1.0, 0.0], [0.8, 0.6]]
+    # Uncentred similarities: q1 -> [0.6, 0.6]; q2 -> [0.96, 0].
+    np.testing.assert_allclose(_score(KNNHead(bank, 1), queries), [0.4, 0.04], atol=1e-6)
+    # Mean (0.6, 0): the bank becomes (0, 1), (0, -1); q1 -> (1, 0), q2 -> (0.2, 0.6) / |.|
+    # = (1, 3) / sqrt(10). Similarities: q1 -> [0, 0]; q2 -> [3, -3] / sqrt(10).
+    centred = KNNHead(bank, 1, center=True)
+    np.testing.assert_allclose(centred.mean, [0.6, 0.0], atol=1e-7)
+    np.testing.assert_allclose(centred.bank.numpy(), [[0, 1], [0, -1]], atol=1e-6)
+    np.testing.assert_allclose(_score(centred, queries), [1.0, 1 - 3 / np.sqrt(10)], atol=1e-6)
+    np.testing.assert_allclose(_score(KNNHead(bank, 2, "mean", center=True), queries), [1.0, 1.0],
+                               atol=1e-6)
+    assert KNNHead(bank, 1).mean is None
+
+
+def test_centred_knn_head_matches_numpy(monkeypatch):
+    rng = np.random.default_rng(1)
+    bank = rng.normal(loc=0.5, size=(23, 8)).astype(np.float32)
+    bank /= np.linalg.norm(bank, axis=1, keepdims=True)
+    queries = rng.normal(loc=0.5, size=(5, 8)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    mean = bank.mean(axis=0)
+    similarity = unit(queries - mean) @ unit(bank - mean).T
+    expected = 1 - np.sort(similarity, axis=1)[:, ::-1][:, :3].mean(axis=1)
+    np.testing.assert_allclose(_score(KNNHead(bank, 3, "mean", center=True), queries), expected,
+                               atol=1e-5)
+    monkeypatch.setattr(knn_module, "BANK_CHUNK", 4)
+    np.testing.assert_allclose(_score(KNNHead(bank, 3, "mean", center=True), queries), expected,
+                               atol=1e-5)
+
+
 def test_knn_head_rejects_bad_arguments():
     with pytest.raises(ValueError, match="k must be in \\[1, 2\\]"):
         KNNHead(np.eye(2), 3)

@@ -61,6 +61,16 @@ def encoder_workdir(tmp_path_factory, encoder_dir, ood_data_dir) -> str:
 
 
 @pytest.fixture(scope="module")
+def centred_workdir(tmp_path_factory, encoder_dir, ood_data_dir) -> str:
+    """k-NN with ``encoder.knn_center``: the ID training mean becomes a constant of the export."""
+    workdir = str(tmp_path_factory.mktemp("encoder_centred"))
+    assert main(["train", "--dataset", "files", "--data_dir", ood_data_dir, "--workdir", workdir,
+                 "--encoder", encoder_dir, "--preset", "tiny", "--set", "encoder.knn_k=2",
+                 "--set", "encoder.knn_center=true", "--detectors", "knn"]) == 0
+    return workdir
+
+
+@pytest.fixture(scope="module")
 def hybrid_workdir(tmp_path_factory, trained_workdir, encoder_dir, ood_data_dir) -> str:
     """A copy of the session's MLKD workdir with the encoder added and the hybrid trained."""
     workdir = str(tmp_path_factory.mktemp("hybrid") / "w")
@@ -71,13 +81,15 @@ def hybrid_workdir(tmp_path_factory, trained_workdir, encoder_dir, ood_data_dir)
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory, encoder_workdir, hybrid_workdir) -> dict:
+def exports(tmp_path_factory, encoder_workdir, centred_workdir, hybrid_workdir) -> dict:
+    """Export paths by key: "knn", "knn_centred", "hybrid"."""
     out = {}
-    for name, workdir in (("knn", encoder_workdir), ("hybrid", hybrid_workdir)):
-        export_dir = str(tmp_path_factory.mktemp(f"export_{name}"))
+    for key, workdir in (("knn", encoder_workdir), ("knn_centred", centred_workdir),
+                         ("hybrid", hybrid_workdir)):
+        export_dir = str(tmp_path_factory.mktemp(f"export_{key}"))
         assert main(["export", "--workdir", workdir, "--export_dir", export_dir,
-                     "--detector", name]) == 0
-        out[name] = os.path.join(export_dir, "1")
+                     "--detector", key.removesuffix("_centred")]) == 0
+        out[key] = os.path.join(export_dir, "1")
     return out
 
 
@@ -145,28 +157,35 @@ def test_hybrid_standardises_on_id_validation(hybrid_workdir, ood_data_dir):
     np.testing.assert_allclose(hybrid.score(ctx.dataset.ood_test), expected)
 
 
-def test_exports_reload_in_a_fresh_process(exports, encoder_workdir, hybrid_workdir, ood_data_dir):
+def test_exports_reload_in_a_fresh_process(exports, encoder_workdir, centred_workdir,
+                                           hybrid_workdir, ood_data_dir):
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    paths = [exports["knn"], exports["hybrid"]]
+    workdirs = {"knn": encoder_workdir, "knn_centred": centred_workdir, "hybrid": hybrid_workdir}
+    paths = [exports[key] for key in workdirs]
     result = subprocess.run([sys.executable, "-c", RELOAD, json.dumps(paths), json.dumps(TEXTS),
                              json.dumps([b.hex() for b in RAW_BYTES])],
                             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     served = json.loads(result.stdout.strip().splitlines()[-1])
-    for name, workdir in (("knn", encoder_workdir), ("hybrid", hybrid_workdir)):
-        out = served[exports[name]]
+    for key, workdir in workdirs.items():
+        name = key.removesuffix("_centred")
+        out = served[exports[key]]
         ctx = _context(workdir, ood_data_dir)
         detector = create_detector(name, ctx).fit(ctx.dataset.id_train)
         np.testing.assert_allclose(out["ood_score"], detector.score(TEXTS + RAW_BYTES), atol=1e-4)
         assert out["empty_shape"] == [0]
         assert out["is_ood"] == [s > out["threshold"] for s in out["ood_score"]]
-        with open(os.path.join(exports[name], "assets.extra", "detector.json")) as f:
+        with open(os.path.join(exports[key], "assets.extra", "detector.json")) as f:
             info = json.load(f)
         assert info["detector"] == name and info["calibration"]["split"] == "id_val"
+        assert ("centred on the ID training mean" in info["score"]) == (key == "knn_centred")
         val = detector.score(ctx.dataset.id_val)
         assert 0.95 <= np.mean(val <= info["threshold"] + 1e-5) < 0.95 + 2 / len(val)
         assert set(info["signature"]["outputs"]) == set(out) - {"empty_shape", "threshold"}
     assert set(served[exports["knn"]]) == {"ood_score", "is_ood", "empty_shape", "threshold"}
+    # The centred export really centres: its scores differ from the plain k-NN export's.
+    centred, plain = served[exports["knn_centred"]], served[exports["knn"]]
+    assert not np.allclose(centred["ood_score"], plain["ood_score"], atol=1e-3)
     hybrid_out = served[exports["hybrid"]]
     assert {"perplexity", "mlkd_score", "knn_score"} <= set(hybrid_out)
     np.testing.assert_allclose(hybrid_out["perplexity"], np.exp(hybrid_out["mlkd_score"]), rtol=1e-4)
