@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 import text_ood  # noqa: F401
-import tensorflow as tf
 
 from text_ood import trainer
 from text_ood.config import ModelConfig, StageConfig

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import numpy as np
 
 from text_ood.detectors.base import OODDetector, RequiresFittingError
 from text_ood.lm import load_lm, mean_nll_function, score_sequences
