@@ -50,24 +50,26 @@ def encoder_dir(tmp_path_factory) -> str:
     return directory
 
 
+def _train_encoder_workdir(tmp_path_factory, name, encoder_dir, data_dir, *flags) -> str:
+    """Train encoder detectors (no teacher) on the tiny data set into a fresh workdir."""
+    workdir = str(tmp_path_factory.mktemp(name))
+    assert main(["train", "--dataset", "files", "--data_dir", data_dir, "--workdir", workdir,
+                 "--encoder", encoder_dir, "--preset", "tiny", "--set", "encoder.knn_k=2", *flags]) == 0
+    return workdir
+
+
 @pytest.fixture(scope="module")
 def encoder_workdir(tmp_path_factory, encoder_dir, ood_data_dir) -> str:
     """An encoder-only workdir (no teacher): k-NN and both Mahalanobis variants."""
-    workdir = str(tmp_path_factory.mktemp("encoder_only"))
-    assert main(["train", "--dataset", "files", "--data_dir", ood_data_dir, "--workdir", workdir,
-                 "--encoder", encoder_dir, "--preset", "tiny", "--set", "encoder.knn_k=2",
-                 "--detectors", "knn,mahalanobis,mahalanobis_one_class"]) == 0
-    return workdir
+    return _train_encoder_workdir(tmp_path_factory, "encoder_only", encoder_dir, ood_data_dir,
+                                  "--detectors", "knn,mahalanobis,mahalanobis_one_class")
 
 
 @pytest.fixture(scope="module")
 def centred_workdir(tmp_path_factory, encoder_dir, ood_data_dir) -> str:
     """k-NN with ``encoder.knn_center``: the ID training mean becomes a constant of the export."""
-    workdir = str(tmp_path_factory.mktemp("encoder_centred"))
-    assert main(["train", "--dataset", "files", "--data_dir", ood_data_dir, "--workdir", workdir,
-                 "--encoder", encoder_dir, "--preset", "tiny", "--set", "encoder.knn_k=2",
-                 "--set", "encoder.knn_center=true", "--detectors", "knn"]) == 0
-    return workdir
+    return _train_encoder_workdir(tmp_path_factory, "encoder_centred", encoder_dir, ood_data_dir,
+                                  "--set", "encoder.knn_center=true", "--detectors", "knn")
 
 
 @pytest.fixture(scope="module")
