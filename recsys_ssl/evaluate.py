@@ -25,14 +25,19 @@ from recsys_ssl.train import restore_best, write_json_atomic
 
 REPORT_KS = (10, 50, 100)
 CURVE_KS = (1, 5, 10, 20, 50, 100, 200)
+EARLIER_SPLITS = {"eval": ("train", "validation"), "validation": ("train",)}
 
 
-def evaluate(workdir: str, split: str = "eval", ks=REPORT_KS) -> dict:
-    """Evaluates the best model of ``workdir`` on ``split``; writes and returns ``eval.json``'s content."""
-    model, feature_set, config = restore_best(workdir)
-    earlier = {"eval": ("train", "validation"), "validation": ("train",)}[split]
+def held_out_examples(model, feature_set, split: str) -> tuple[dict, np.ndarray, list[np.ndarray]]:
+    """The examples of a held-out split with what the ranking protocol needs.
+
+    Returns:
+      ``(held_out, targets, exclude)``: the split's columns (``FeatureSet.read_split``), int [Q]
+      corpus rows of the targets, and per example the int corpus rows of the items its user
+      interacted with in the earlier splits (``EARLIER_SPLITS``), which the ranking excludes.
+    """
     users, rows = [], []
-    for name in earlier:
+    for name in EARLIER_SPLITS[split]:
         examples = feature_set.read_split(name)
         users.append(examples[fs.USER_ID])
         rows.append(model.item_rows(tf.constant(examples[fs.ITEM_ID].astype(str))).numpy())
@@ -42,7 +47,13 @@ def evaluate(workdir: str, split: str = "eval", ks=REPORT_KS) -> dict:
     if (targets < 0).any():
         raise ValueError(f"{int((targets < 0).sum())} {split} targets are not in the item corpus")
     empty = np.zeros(0, np.int64)
-    exclude = [seen.get(user, empty) for user in held_out[fs.USER_ID]]
+    return held_out, targets, [seen.get(user, empty) for user in held_out[fs.USER_ID]]
+
+
+def evaluate(workdir: str, split: str = "eval", ks=REPORT_KS) -> dict:
+    """Evaluates the best model of ``workdir`` on ``split``; writes and returns ``eval.json``'s content."""
+    model, feature_set, config = restore_best(workdir)
+    held_out, targets, exclude = held_out_examples(model, feature_set, split)
     target_seen = np.array([t in set(e.tolist()) for t, e in zip(targets, exclude)]) if len(targets) else np.zeros(0, bool)
     curve_ks = sorted(set(CURVE_KS) | set(ks))
     hits = hits_at_k(query_embeddings(model, held_out), corpus_embeddings(model, feature_set.num_items), targets,
@@ -55,11 +66,11 @@ def evaluate(workdir: str, split: str = "eval", ks=REPORT_KS) -> dict:
         "split": split,
         "metrics": summary,
         "num_items": feature_set.num_items,
-        "num_users": int(len(set(held_out[fs.USER_ID]))),
+        "num_users": len(set(held_out[fs.USER_ID])),
         "targets_seen_earlier": int(target_seen.sum()),
         "protocol": (
             f"exact scores over all {feature_set.num_items} corpus items; items of the user's "
-            f"{' and '.join(earlier)} examples excluded (never the target); slice = target item's "
+            f"{' and '.join(EARLIER_SPLITS[split])} examples excluded (never the target); slice = target item's "
             "head/tail membership from stats.json"
         ),
         "config": {"ssl.method": config.ssl.method, "ssl.weight": config.ssl.weight},
