@@ -43,7 +43,6 @@ from recsys_ssl.metrics import corpus_embeddings, query_embeddings  # noqa: E402
 from recsys_ssl.train import restore_best  # noqa: E402
 
 
-
 def run_geometry(workdir: str, group: str, sample: int, seed: int) -> dict[str, dict[str, float]]:
     """Per-slice geometry (``head`` / ``tail``) of one training workdir's best item tower, and
     ``tail_misses`` of its eval split."""

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from recsys_ssl.metrics import mask_excluded
+
 METRICS = ("same_group_cos", "random_cos", "cohesion", "nn10_same_group", "uniformity")
 MISS_METRICS = ("examples", "hit@100", "group@100", "lost_in_group", "same_group_above", "other_group_above")
-NEG_INF = np.float32(-1e9)
 
 
 def group_geometry(embeddings: np.ndarray, groups: np.ndarray, rows: np.ndarray, rng: np.random.Generator,
@@ -36,8 +37,9 @@ def group_geometry(embeddings: np.ndarray, groups: np.ndarray, rows: np.ndarray,
     # Mean cosine to the other members of the group: (x . sum_g - x . x) / (n_g - 1).
     same = (np.einsum("sd,sd->s", x, sums[g]) - np.einsum("sd,sd->s", x, x)) / (sizes[g] - 1)
     partners = rng.integers(0, len(embeddings), size=[len(rows), random_pairs])
-    random_cos = np.einsum("sd,spd->sp", x, embeddings[partners]).mean(axis=1)
-    squared = 2.0 - 2.0 * np.einsum("sd,spd->sp", x, embeddings[partners])
+    partner_cos = np.einsum("sd,spd->sp", x, embeddings[partners])
+    random_cos = partner_cos.mean(axis=1)
+    squared = 2.0 - 2.0 * partner_cos  # |x - y|^2 of unit vectors
     uniformity = float(np.log(np.exp(-2.0 * squared).mean()))
     same_nn = []
     for start in range(0, len(rows), 512):
@@ -70,9 +72,7 @@ def tail_misses(queries: np.ndarray, embeddings: np.ndarray, groups: np.ndarray,
     for start in range(0, len(targets), chunk_size):
         end = min(start + chunk_size, len(targets))
         scores = queries[start:end] @ embeddings.T
-        for row in range(end - start):
-            drop = exclude[start + row]
-            scores[row, drop[drop != targets[start + row]]] = NEG_INF
+        mask_excluded(scores, exclude[start:end], targets[start:end])
         target_scores = scores[np.arange(end - start), targets[start:end]]
         above = scores > target_scores[:, None]
         same = groups[None, :] == groups[targets[start:end]][:, None]

@@ -49,6 +49,22 @@ def corpus_embeddings(model, num_items: int, batch_size: int = 4096) -> np.ndarr
     return np.concatenate(parts)
 
 
+def mask_excluded(scores: np.ndarray, exclude: Sequence[np.ndarray], targets: np.ndarray) -> None:
+    """Sets ``scores[i, exclude[i]]`` to ``NEG_INF`` in place, except at each row's target.
+
+    Args:
+      scores: float [B, N] query-item scores of a chunk; exclude: B int arrays of item rows;
+      targets: int [B] target rows (never excluded).
+    """
+    rows = [np.full(len(e), i) for i, e in enumerate(exclude)]
+    if not rows:
+        return
+    columns = np.concatenate(list(exclude)).astype(np.int64)
+    rows = np.concatenate(rows).astype(np.int64)
+    keep_target = columns != np.asarray(targets)[rows]
+    scores[rows[keep_target], columns[keep_target]] = NEG_INF
+
+
 def hits_at_k(queries: np.ndarray, items: np.ndarray, targets: np.ndarray, exclude: Sequence[np.ndarray],
               ks: Sequence[int], chunk_size: int = 512) -> np.ndarray:
     """Exact top-K hits.
@@ -70,12 +86,7 @@ def hits_at_k(queries: np.ndarray, items: np.ndarray, targets: np.ndarray, exclu
     for start in range(0, len(targets), chunk_size):
         end = min(start + chunk_size, len(targets))
         scores = tf.matmul(tf.constant(queries[start:end]), items_t, transpose_b=True).numpy()
-        rows = [np.full(len(exclude[i]), i - start) for i in range(start, end)]
-        if rows:
-            columns = np.concatenate([exclude[i] for i in range(start, end)]).astype(np.int64)
-            rows = np.concatenate(rows).astype(np.int64)
-            keep_target = columns != targets[start:end][rows]
-            scores[rows[keep_target], columns[keep_target]] = NEG_INF
+        mask_excluded(scores, exclude[start:end], targets[start:end])
         top = tf.math.top_k(scores, k=max_k).indices.numpy()
         for column, k in enumerate(ks):
             hits[start:end, column] = (top[:, :k] == targets[start:end, None]).any(axis=1)

@@ -57,3 +57,9 @@ def test_tail_misses_splits_misses_into_lost_in_group_and_beyond():
     # same-group items above the target per example: 2, 0, 0, 0; other-group: 0, 0, 2, 0.
     assert result["same_group_above"] == 0.0
     assert result["other_group_above"] == 0.0
+
+    # Medians over the first and third examples alone: same-group above 2 and 0, other-group 0 and 2.
+    pair = tail_misses(queries[[0, 2]], embeddings, groups, targets[[0, 2]], [exclude[0], exclude[2]], k=2)
+    assert pair["same_group_above"] == 1.0
+    assert pair["other_group_above"] == 1.0
+    assert pair["hit@100"] == 0.0
