@@ -141,11 +141,12 @@ def main(argv=None) -> int:
             from text_ood.stages import pretrain
 
             config = _build_config(args)
-            extra = []
+            extra, monitor = [], []
             if args.dataset:
-                extra = load_dataset(args.dataset, _resolve_data_dir(args.data_dir),
-                                     config.seed).id_train
-            summary = pretrain(args.corpus, args.workdir, config, tokenizer_extra_texts=extra)
+                id_data = load_dataset(args.dataset, _resolve_data_dir(args.data_dir), config.seed)
+                extra, monitor = id_data.id_train, id_data.id_val
+            summary = pretrain(args.corpus, args.workdir, config, tokenizer_extra_texts=extra,
+                               monitor_texts=monitor)
             logger.info("pre-training done: validation perplexity %.3f", summary["best_val_perplexity"])
         elif args.command == "train":
             from text_ood.stages import RUN_FILE, prepare_training

@@ -90,7 +90,8 @@ def read_config(workdir: str) -> TextOODConfig:
 
 
 def pretrain(corpus_paths: Sequence[str], workdir: str, config: TextOODConfig,
-             tokenizer_extra_texts: Sequence[str] = ()) -> dict:
+             tokenizer_extra_texts: Sequence[str] = (),
+             monitor_texts: Sequence[str] = ()) -> dict:
     """Trains the SentencePiece tokenizer and a general-English LM (the offline stand-in for GPT-2).
 
     Args:
@@ -98,6 +99,11 @@ def pretrain(corpus_paths: Sequence[str], workdir: str, config: TextOODConfig,
       workdir: the pre-training directory ``P``.
       config: its ``tokenizer``, ``model`` and ``pretrain`` sections are used.
       tokenizer_extra_texts: ID training texts added to the tokenizer's training data only.
+      monitor_texts: ID validation texts whose perplexity is logged after every pass
+        (``id_val_perplexity``; never used for training or selection).
+
+    Every pass (epoch) leaves its LM in ``P/pretrain/epochs/<n>/`` as well, so a teacher can be
+    fine-tuned from any pass.
 
     Returns:
       The pre-training stage summary.
@@ -115,11 +121,14 @@ def pretrain(corpus_paths: Sequence[str], workdir: str, config: TextOODConfig,
         tokenizer.save(tokenizer_dir)
     train_texts, val_texts = split_holdout(corpus, 0.02, seed=config.seed)
     lm = build_lm(config.model, tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id)
+    monitor = {"id_val": tokenizer.encode(monitor_texts, config.model.max_length)} \
+        if monitor_texts else {}
     return _run_lm_stage("pretrain", workdir, config, config.pretrain, lm, tokenizer,
-                         train_texts, val_texts)
+                         train_texts, val_texts, monitor_ids=monitor, snapshot_epochs=True)
 
 
-def _run_lm_stage(name, workdir, config, stage_config, lm, tokenizer, train_texts, val_texts):
+def _run_lm_stage(name, workdir, config, stage_config, lm, tokenizer, train_texts, val_texts,
+                  monitor_ids=None, snapshot_epochs=False):
     max_length = lm.config.n_positions
 
     def loss_fn(ids, mask):
@@ -131,7 +140,8 @@ def _run_lm_stage(name, workdir, config, stage_config, lm, tokenizer, train_text
                   seed=config.seed, loss_fn=loss_fn, trainables={"model": lm}, selected_lm=lm,
                   train_ids=tokenizer.encode(train_texts, max_length),
                   val_ids=tokenizer.encode(val_texts, max_length), pad_id=tokenizer.pad_id,
-                  eval_batch_size=config.eval_batch_size)
+                  eval_batch_size=config.eval_batch_size, monitor_ids=monitor_ids or {},
+                  snapshot_epochs=snapshot_epochs)
     return run_stage(stage)
 
 

@@ -72,6 +72,11 @@ class Stage:
       train_ids / val_ids: token-id sequences (``[BOS] ... [EOS]``).
       pad_id: padding id.
       eval_batch_size: batch size for validation scoring.
+      monitor_ids: further token-id sets whose perplexity is logged every epoch under their name
+        (``history`` key ``<name>_perplexity``, TensorBoard ``<name>_perplexity``); never used for
+        selection (e.g. the ID validation texts during pre-training).
+      snapshot_epochs: also keep every epoch's LM in ``STAGE_DIR/epochs/<n>/`` (pre-training:
+        teachers can then be fine-tuned from any pass).
     """
 
     name: str
@@ -86,6 +91,8 @@ class Stage:
     val_ids: Sequence[Sequence[int]]
     pad_id: int
     eval_batch_size: int = 128
+    monitor_ids: dict[str, Sequence[Sequence[int]]] = dataclasses.field(default_factory=dict)
+    snapshot_epochs: bool = False
 
 
 def is_done(directory: str) -> bool:
@@ -197,11 +204,22 @@ def run_stage(stage: Stage) -> dict:
                   "train_loss": float(np.mean(running)) if running else None,
                   "val_nll": val_nll, "val_perplexity": math.exp(val_nll),
                   "elapsed_s": prior_elapsed + time.time() - start}
+        for monitor, ids in stage.monitor_ids.items():
+            record[f"{monitor}_perplexity"] = math.exp(
+                token_weighted_nll(mean_nll, ids, stage.pad_id, stage.eval_batch_size))
         history.append(record)
-        logger.info("stage %s epoch %d: train loss %.4f, val perplexity %.3f", stage.name,
-                    epoch + 1, record["train_loss"] or float("nan"), record["val_perplexity"])
+        logger.info("stage %s epoch %d: train loss %.4f, val perplexity %.3f%s", stage.name,
+                    epoch + 1, record["train_loss"] or float("nan"), record["val_perplexity"],
+                    "".join(f", {m} perplexity {record[m + '_perplexity']:.3f}"
+                            for m in stage.monitor_ids))
         with writer.as_default(step=int(optimizer.iterations)):
             tf.summary.scalar("val_perplexity", record["val_perplexity"])
+            for monitor in stage.monitor_ids:
+                tf.summary.scalar(f"{monitor}_perplexity", record[f"{monitor}_perplexity"])
+        with writer.as_default(step=epoch + 1):  # stages of one workdir overlay on one epoch axis
+            tf.summary.scalar("val_perplexity_by_epoch", record["val_perplexity"])
+        if stage.snapshot_epochs:
+            save_lm(stage.selected_lm, os.path.join(stage.directory, "epochs", str(epoch + 1)))
         if val_nll < float(state["best_val_nll"]):
             state["best_val_nll"].assign(val_nll)
             save_lm(stage.selected_lm, os.path.join(stage.directory, "best"))
