@@ -192,8 +192,9 @@ class MainJob:
         return {"eval": evaluation, "batch": self.batch_metrics(prefix)}
 
     def pretraining_corpus(self) -> list[str]:
-        files = sorted(glob.glob(os.path.join(self.data_dir, "text", "general", "*.txt")))
-        files.append(os.path.join(self.data_dir, "text", "sst2", "train.tsv"))
+        from text_ood.data import default_corpus
+
+        files = default_corpus(self.data_dir)
         lines = self.schedule["corpus_lines"]
         if not lines:
             return files

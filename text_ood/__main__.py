@@ -32,7 +32,7 @@ logger = logging.getLogger("text_ood")
 
 def _parser() -> argparse.ArgumentParser:
     from text_ood.config import PRESETS
-    from text_ood.data import DATASETS
+    from text_ood.data import DATASETS, DEFAULT_CORPUS
     from text_ood.detectors import DEFAULT_DETECTORS, DETECTORS
 
     parser = argparse.ArgumentParser(prog="python -m text_ood", description=__doc__,
@@ -56,12 +56,16 @@ def _parser() -> argparse.ArgumentParser:
                             "for clinc150)")
 
     p = commands.add_parser("pretrain", help="train the tokenizer and a general-English LM")
-    p.add_argument("--corpus", nargs="+", required=True, metavar="FILE",
-                   help="pre-training corpus files (.txt, .jsonl, .tsv); never the evaluation set")
+    p.add_argument("--corpus", nargs="+", default=None, metavar="FILE",
+                   help="pre-training corpus files (.txt, .jsonl, .tsv); never the evaluation set. "
+                        f"Default: under ${DATA_DIR_ENV}: " + ", ".join(DEFAULT_CORPUS))
     p.add_argument("--workdir", required=True, help="output: tokenizer/, pretrain/, logs/, config.json")
     add_data_flags(p, required=False)
     p.description = ("Trains SentencePiece on the corpus (plus the ID training texts of --dataset, "
-                     "if given: tokenizer only) and pre-trains a GPT-2-architecture LM.")
+                     "if given: tokenizer only) and pre-trains a GPT-2-architecture LM for "
+                     "pretrain.epochs passes; the ID validation texts of --dataset are only "
+                     "measured (perplexity per pass). The model section is the teacher's "
+                     "architecture.")
     add_config_flags(p)
 
     p = commands.add_parser("train", help="fine-tune the teacher, distil the MLKD student, "
@@ -80,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
                         "hybrid. Teacher and encoder given earlier for --workdir are remembered")
     p.add_argument("--detectors", default=",".join(DEFAULT_DETECTORS),
                    help=f"comma-separated detectors to train; registered: {sorted(DETECTORS)}")
+    p.add_argument("--require_better_teacher", action="store_true",
+                   help="fail (exit 1) before distilling when the fine-tuned teacher's ID-validation "
+                        "perplexity is not below the from-scratch model's (default: warn)")
     add_config_flags(p)
 
     p = commands.add_parser("evaluate", help="metrics of every trained detector -> eval.json, roc.png")
@@ -126,14 +133,23 @@ def _open_workdir(args):
     return load_context(args.workdir, dataset), run
 
 
+def _update_run(run_path: str, **fields) -> None:
+    """Sets ``fields`` in the workdir's run.json."""
+    with open(run_path) as f:
+        run = json.load(f)
+    run.update(fields)
+    with open(run_path, "w") as f:
+        json.dump(run, f, indent=2)
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.verbosity),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # checkpoint-sharding chatter
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
-    from text_ood.data import DataError, load_dataset
-    from text_ood.detectors import DETECTORS, create_detector
+    from text_ood.data import DataError, default_corpus, load_dataset
+    from text_ood.detectors import DETECTORS, STUDENT_DETECTORS, create_detector
     from text_ood.tokenizer import TokenizerError
 
     try:
@@ -145,11 +161,13 @@ def main(argv=None) -> int:
             if args.dataset:
                 id_data = load_dataset(args.dataset, _resolve_data_dir(args.data_dir), config.seed)
                 extra, monitor = id_data.id_train, id_data.id_val
-            summary = pretrain(args.corpus, args.workdir, config, tokenizer_extra_texts=extra,
+            corpus = args.corpus or default_corpus(_resolve_data_dir(None))
+            summary = pretrain(corpus, args.workdir, config, tokenizer_extra_texts=extra,
                                monitor_texts=monitor)
             logger.info("pre-training done: validation perplexity %.3f", summary["best_val_perplexity"])
         elif args.command == "train":
-            from text_ood.stages import RUN_FILE, prepare_training
+            from text_ood.curves import plot_validation_perplexity
+            from text_ood.stages import RUN_FILE, prepare_training, teacher_gate
 
             config = _build_config(args)
             names = [n.strip() for n in args.detectors.split(",") if n.strip()]
@@ -162,15 +180,28 @@ def main(argv=None) -> int:
             ctx = prepare_training(args.workdir, config, dataset, teacher_dir=args.teacher,
                                    teacher_hf=args.teacher_hf, data_dir=data_dir,
                                    encoder_dir=args.encoder)
+            run_path = os.path.join(args.workdir, RUN_FILE)
+            distilled = set(names) | (set(config.encoder.hybrid_components) if "hybrid" in names
+                                      else set())
+            if distilled & set(STUDENT_DETECTORS):
+                gate = teacher_gate(ctx, dataset.id_train)
+                _update_run(run_path, teacher_gate=gate)
+                if gate["teacher_better"]:
+                    logger.info("%s", gate["message"])
+                elif args.require_better_teacher:
+                    logger.error("%s (--require_better_teacher)", gate["message"])
+                    return 1
+                else:
+                    logger.warning("%s", gate["message"])
             for name in names:
                 create_detector(name, ctx).fit(dataset.id_train, dataset.id_train_labels)
                 logger.info("detector %s trained", name)
-            run_path = os.path.join(args.workdir, RUN_FILE)
             with open(run_path) as f:
-                run = json.load(f)
-            run["detectors"] = sorted(set(run.get("detectors", [])) | set(names))
-            with open(run_path, "w") as f:
-                json.dump(run, f, indent=2)
+                trained = set(json.load(f).get("detectors", [])) | set(names)
+            _update_run(run_path, detectors=sorted(trained))
+            curves = plot_validation_perplexity(args.workdir)
+            if curves:
+                logger.info("validation perplexity per epoch of every stage: %s", curves)
         elif args.command == "evaluate":
             from text_ood.evaluate import evaluate_detectors
 

@@ -16,6 +16,7 @@ from typing import Literal
 from serving.dataclass_config import ConfigError
 
 PRESETS = ("tiny", "cpu", "gpt2-small")
+INTERMEDIATE_DISTANCES = ("mse", "layernorm_mse", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,12 +66,15 @@ class StageConfig:
     clip_norm: float = 1.0  # Global gradient-norm clipping; 0 disables it.
     max_steps: int = 0  # Stops the stage after this many steps; 0 = run all epochs.
     checkpoint_every_steps: int = 500  # Mid-epoch checkpoints for resume (plus one per epoch).
+    log_every_steps: int = 50  # TensorBoard scalars (loss terms, learning rate) every this many steps.
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, received {self}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, received {self.learning_rate}")
+        if self.log_every_steps < 1:
+            raise ValueError(f"log_every_steps must be >= 1, received {self.log_every_steps}")
         if min(self.warmup_steps, self.max_steps, self.checkpoint_every_steps) < 0:
             raise ValueError(f"warmup_steps, max_steps, checkpoint_every_steps must be >= 0: {self}")
 
@@ -87,6 +91,13 @@ class DistillConfig:
     # weight 1 for one 20 Newsgroups split. > 0 lets the student fit ID text beyond its teacher.
     lm_weight: float = 0.0
     nearest_k: int = 2  # Teacher layers kept per student layer and token (K in the paper).
+    # Distance between a student state and a projected teacher state: "mse" (the released
+    # recipe: mean squared error of the raw states), "layernorm_mse" (both states layer-normalised
+    # without parameters first, so shrinking the states or the projection cannot satisfy it) or
+    # "cosine" (1 - cosine similarity).
+    intermediate_distance: Literal["mse", "layernorm_mse", "cosine"] = "mse"
+    # AdamW weight decay on the teacher projection W (True = the trainer's default for kernels).
+    projection_weight_decay: bool = True
     # Student hidden-state indices distilled (1 = output of block 1); empty = the middle layers
     # n//4 .. n - n//4 (3..9 of 12, as in the released recipe).
     student_layers: tuple[int, ...] = ()
@@ -96,6 +107,9 @@ class DistillConfig:
             raise ValueError(f"temperature must be > 0, received {self.temperature}")
         if self.nearest_k < 1:
             raise ValueError(f"nearest_k must be >= 1, received {self.nearest_k}")
+        if self.intermediate_distance not in INTERMEDIATE_DISTANCES:
+            raise ValueError(f"intermediate_distance must be one of {INTERMEDIATE_DISTANCES}, "
+                             f"received {self.intermediate_distance!r}")
         weights = (self.prediction_weight, self.intermediate_weight, self.lm_weight)
         if min(weights) < 0 or max(weights) == 0:
             raise ValueError(f"prediction_weight, intermediate_weight, lm_weight must be >= 0 and "
@@ -200,7 +214,7 @@ def preset(name: str = "cpu") -> TextOODConfig:
         )
     if name == "tiny":
         quick = StageConfig(epochs=1, batch_size=8, learning_rate=3e-3, warmup_steps=2,
-                            max_steps=6, checkpoint_every_steps=3)
+                            max_steps=6, checkpoint_every_steps=3, log_every_steps=1)
         return TextOODConfig(
             preset="tiny",
             model=ModelConfig(n_layer=2, n_embd=32, n_head=2, max_length=24, dropout=0.0),

@@ -192,6 +192,28 @@ def read_labels(path: str) -> list[str] | None:
     return labels
 
 
+# The default pre-training corpus under the data root (never the evaluation sets): general
+# English (news sentences, image captions, SST-2 training phrases) plus voice-assistant queries
+# (HWU64, Snips; CLINC150 duplicates removed), the register of CLINC150-style ID data.
+DEFAULT_CORPUS = ("text/general/multi30k_train.txt", "text/general/wmt16_sentences.txt",
+                  "text/sst2/train.tsv", "text/queries/hwu64_queries.txt",
+                  "text/queries/snips_queries.txt")
+
+
+def default_corpus(data_root: str) -> list[str]:
+    """The :data:`DEFAULT_CORPUS` files under ``data_root``.
+
+    Raises:
+      DataError: a file is missing (the message lists which).
+    """
+    paths = [os.path.join(data_root, relative) for relative in DEFAULT_CORPUS]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise DataError(f"default pre-training corpus incomplete under {data_root}: missing "
+                        f"{missing}; pass --corpus FILE ... explicitly")
+    return paths
+
+
 def read_corpus(paths: Sequence[str]) -> list[str]:
     """Concatenates the texts of several corpus files (any of :data:`TEXT_EXTENSIONS`)."""
     texts = []

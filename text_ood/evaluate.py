@@ -53,6 +53,12 @@ def evaluate_detectors(ctx: TrainingContext, names: Sequence[str]) -> dict:
               "metrics": "fractions in [0, 1]; OoD is the positive class; higher score = more OoD",
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
               "detectors": results}
+    run_path = os.path.join(ctx.workdir, "run.json")
+    if os.path.isfile(run_path):
+        with open(run_path) as f:
+            gate = json.load(f).get("teacher_gate")
+        if gate:
+            report["teacher_gate"] = gate
     with open(os.path.join(ctx.workdir, EVAL_FILE), "w") as f:
         json.dump(report, f, indent=2)
     plot_roc(curves, results, os.path.join(ctx.workdir, ROC_FILE), title=f"{dataset.name}: ROC")

@@ -66,19 +66,52 @@ def prediction_distillation_loss(teacher_logits: tf.Tensor, student_logits: tf.T
     return _masked_mean(kl, mask[:, 1:])
 
 
+def _layer_normalise(states: tf.Tensor, epsilon: float = 1e-5) -> tf.Tensor:
+    """Zero mean, unit variance over the last axis (LayerNorm without scale and offset)."""
+    mean, variance = tf.nn.moments(states, axes=[-1], keepdims=True)
+    return (states - mean) * tf.math.rsqrt(variance + epsilon)
+
+
+def state_distances(student: tf.Tensor, teacher: tf.Tensor, distance: str = "mse") -> tf.Tensor:
+    """Per-token distance between student and (projected) teacher states.
+
+    Args:
+      student: float32 [..., D].
+      teacher: float32 [..., D], broadcastable against ``student``.
+      distance: "mse" (mean over D of the squared difference; the released recipe),
+        "layernorm_mse" (the same after :func:`_layer_normalise` of both: invariant to the
+        states' scale, so it cannot be met by shrinking them) or "cosine" (1 - cosine similarity).
+
+    Returns:
+      float32 [...] (the broadcast shape without D).
+    """
+    if distance == "mse":
+        return tf.reduce_mean(tf.square(student - teacher), axis=-1)
+    if distance == "layernorm_mse":
+        return tf.reduce_mean(tf.square(_layer_normalise(student) - _layer_normalise(teacher)),
+                              axis=-1)
+    if distance == "cosine":
+        return 1.0 - tf.reduce_sum(tf.math.l2_normalize(student, axis=-1)
+                                   * tf.math.l2_normalize(teacher, axis=-1), axis=-1)
+    raise ValueError(f"distance must be 'mse', 'layernorm_mse' or 'cosine', received {distance!r}")
+
+
 def intermediate_distillation_loss(student_hidden: list[tf.Tensor], projected_teacher: tf.Tensor,
-                                   mask: tf.Tensor, nearest_k: int = 2) -> tf.Tensor:
+                                   mask: tf.Tensor, nearest_k: int = 2,
+                                   distance: str = "mse") -> tf.Tensor:
     """Similarity-based intermediate-layer distillation (Wu et al. 2023, Eq. 4-5, released recipe).
 
     For each distilled student layer ``s`` and real token, the distance to teacher layer ``l`` is
-    ``d_l = mean_D (h_s - W h_l)^2``; the ``nearest_k`` smallest distances are summed
-    (beta_k = 1). The result is summed over student layers and averaged over real tokens.
+    ``d_l = mean_D (h_s - W h_l)^2`` (``distance="mse"``; see :func:`state_distances` for the
+    normalised variants); the ``nearest_k`` smallest distances are summed (beta_k = 1). The
+    result is summed over student layers and averaged over real tokens.
 
     Args:
       student_hidden: list of S tensors float32 [B, T, D_s] (the distilled student layers).
       projected_teacher: float32 [L, B, T, D_s]: every teacher layer after the shared projection W.
       mask: float32 [B, T], 1 on real tokens.
       nearest_k: K, clipped to L.
+      distance: "mse", "layernorm_mse" or "cosine".
 
     Returns:
       Scalar float32.
@@ -87,7 +120,7 @@ def intermediate_distillation_loss(student_hidden: list[tf.Tensor], projected_te
     k = min(nearest_k, num_teacher_layers) if num_teacher_layers else nearest_k
     total = tf.zeros_like(mask)
     for hidden in student_hidden:
-        distances = tf.reduce_mean(tf.square(hidden[tf.newaxis] - projected_teacher), axis=-1)
+        distances = state_distances(hidden[tf.newaxis], projected_teacher, distance)
         distances = tf.transpose(distances, [1, 2, 0])  # [B, T, L]
         nearest = -tf.math.top_k(-distances, k=k).values  # k smallest: [B, T, k]
         total += tf.reduce_sum(nearest, axis=-1)

@@ -26,7 +26,7 @@ from text_ood.data import OODDataset, read_corpus, split_holdout
 from text_ood.lm import build_lm, load_hf_lm, load_lm
 from text_ood.losses import causal_lm_loss, intermediate_distillation_loss, mlkd_student_loss
 from text_ood.tokenizer import HFGPT2Tokenizer, SentencePieceTokenizer, load_tokenizer
-from text_ood.trainer import Stage, is_done, run_stage
+from text_ood.trainer import Stage, is_done, read_summary, run_stage
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +120,7 @@ def pretrain(corpus_paths: Sequence[str], workdir: str, config: TextOODConfig,
             tc.character_coverage, tc.max_sentences, seed=config.seed)
         tokenizer.save(tokenizer_dir)
     train_texts, val_texts = split_holdout(corpus, 0.02, seed=config.seed)
+    tf.keras.utils.set_random_seed(config.seed)  # initial weights follow the config's seed
     lm = build_lm(config.model, tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id)
     monitor = {"id_val": tokenizer.encode(monitor_texts, config.model.max_length)} \
         if monitor_texts else {}
@@ -243,6 +244,7 @@ def train_scratch(ctx: TrainingContext, train_texts: Sequence[str]) -> str:
     """Trains the student architecture from scratch on ID texts, without distillation."""
     directory = ctx.stage_dir("scratch")
     if not is_done(directory):
+        tf.keras.utils.set_random_seed(ctx.config.seed)
         lm = build_lm(ctx.config.model, ctx.tokenizer.vocab_size, ctx.tokenizer.bos_id,
                       ctx.tokenizer.eos_id, name="scratch")
         _run_lm_stage("scratch", ctx.workdir, ctx.config, ctx.config.scratch, lm, ctx.tokenizer,
@@ -270,6 +272,7 @@ def train_student(ctx: TrainingContext, train_texts: Sequence[str], name: str = 
         raise ValueError(f"{name}: without the intermediate term the student loss is empty "
                          "(distill.prediction_weight and distill.lm_weight are 0)")
     teacher = load_lm(train_teacher(ctx, train_texts))
+    tf.keras.utils.set_random_seed(cfg.seed)  # student and projection initialisation
     max_length = min(cfg.model.max_length, teacher.config.n_positions)
     student = build_lm(dataclasses.replace(cfg.model, max_length=max_length),
                        ctx.tokenizer.vocab_size, ctx.tokenizer.bos_id, ctx.tokenizer.eos_id,
@@ -294,15 +297,53 @@ def train_student(ctx: TrainingContext, train_texts: Sequence[str], name: str = 
             teacher_layers = tf.stop_gradient(tf.stack(t_out.hidden_states[1:]))  # [L, B, T, D_t]
             inter = intermediate_distillation_loss(
                 [s_out.hidden_states[i] for i in layers], projection(teacher_layers), mask,
-                distill.nearest_k)
-        return mlkd_student_loss(t_out.logits, s_out.logits, ids, mask, distill.temperature,
-                                 distill.prediction_weight, distill.lm_weight, inter,
-                                 distill.intermediate_weight)
+                distill.nearest_k, distill.intermediate_distance)
+        loss, parts = mlkd_student_loss(t_out.logits, s_out.logits, ids, mask,
+                                        distill.temperature, distill.prediction_weight,
+                                        distill.lm_weight, inter, distill.intermediate_weight)
+        if use_intermediate:  # logged: a projection shrinking to 0 trivialises the "mse" term
+            parts["projection_norm"] = tf.norm(projection.kernel)
+        return loss, parts
 
     stage = Stage(name=name, directory=directory, log_dir=os.path.join(ctx.workdir, "logs", name),
                   config=cfg.student, seed=cfg.seed, loss_fn=loss_fn, trainables=trainables,
                   selected_lm=student, train_ids=ctx.tokenizer.encode(train_texts, max_length),
                   val_ids=ctx.tokenizer.encode(ctx.dataset.id_val, max_length),
-                  pad_id=ctx.tokenizer.pad_id, eval_batch_size=cfg.eval_batch_size)
+                  pad_id=ctx.tokenizer.pad_id, eval_batch_size=cfg.eval_batch_size,
+                  no_weight_decay=() if distill.projection_weight_decay else ("teacher_projection",))
     run_stage(stage)
     return os.path.join(directory, "best")
+
+
+def teacher_gate(ctx: TrainingContext, train_texts: Sequence[str]) -> dict:
+    """Can distillation help? Compares the fine-tuned teacher with a from-scratch LM on ID validation.
+
+    MLKD's student learns the teacher's distributions on ID text; it can only beat a model trained
+    from scratch on the same texts if the teacher models them better. Trains (or reloads) both
+    stages, with their configured budgets (equal by default).
+
+    Returns:
+      ``{"teacher_val_perplexity", "scratch_val_perplexity", "teacher_better", "teacher_epochs",
+      "scratch_epochs", "equal_budget", "message"}`` (perplexities of the selected epochs).
+    """
+    train_teacher(ctx, train_texts)
+    train_scratch(ctx, train_texts)
+    teacher, scratch = (read_summary(ctx.stage_dir(name)) for name in ("teacher", "scratch"))
+    t_ppl, s_ppl = teacher["best_val_perplexity"], scratch["best_val_perplexity"]
+    cfg = ctx.config
+    equal = (cfg.teacher.epochs, cfg.teacher.batch_size) == (cfg.scratch.epochs, cfg.scratch.batch_size)
+    budget = "the same" if equal else (f"a different (teacher {cfg.teacher.epochs} epochs, from "
+                                       f"scratch {cfg.scratch.epochs})")
+    if t_ppl < s_ppl:
+        message = (f"teacher gate passed: the fine-tuned teacher models the ID validation texts "
+                   f"better than a from-scratch model with {budget} budget (perplexity "
+                   f"{t_ppl:.2f} < {s_ppl:.2f})")
+    else:
+        message = (f"teacher gate FAILED: the fine-tuned teacher models the ID validation texts no "
+                   f"better than a from-scratch model with {budget} budget (perplexity "
+                   f"{t_ppl:.2f} >= {s_ppl:.2f}). A student distilled from it is not expected to "
+                   "beat the from-scratch model; use a stronger teacher (more pre-training "
+                   "passes or data, a larger teacher, or --teacher_hf with a real GPT-2)")
+    return {"teacher_val_perplexity": t_ppl, "scratch_val_perplexity": s_ppl,
+            "teacher_better": bool(t_ppl < s_ppl), "teacher_epochs": teacher["epochs_run"],
+            "scratch_epochs": scratch["epochs_run"], "equal_budget": equal, "message": message}

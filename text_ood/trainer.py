@@ -9,7 +9,8 @@ weights to keep. Layout of ``STAGE_DIR``:
   and replays the same batch order (seeded per epoch).
 - ``best/``: the selected language model (:func:`text_ood.lm.save_lm` layout).
 - ``done.json``: written last; a re-run of a finished stage only reloads ``best/``.
-TensorBoard scalars go to ``LOG_DIR`` (loss per 50 steps, validation perplexity per epoch).
+TensorBoard scalars go to ``LOG_DIR`` (loss terms every ``log_every_steps`` steps, validation
+perplexity per epoch).
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ class Stage:
       monitor_ids: further token-id sets whose perplexity is logged every epoch under their name
         (``history`` key ``<name>_perplexity``, TensorBoard ``<name>_perplexity``); never used for
         selection (e.g. the ID validation texts during pre-training).
+      no_weight_decay: names of ``trainables`` whose variables get no AdamW weight decay (layer
+        norms, biases and position embeddings never do).
       snapshot_epochs: also keep every epoch's LM in ``STAGE_DIR/epochs/<n>/`` (pre-training:
         teachers can then be fine-tuned from any pass).
     """
@@ -93,6 +96,7 @@ class Stage:
     eval_batch_size: int = 128
     monitor_ids: dict[str, Sequence[Sequence[int]]] = dataclasses.field(default_factory=dict)
     snapshot_epochs: bool = False
+    no_weight_decay: tuple[str, ...] = ()
 
 
 def is_done(directory: str) -> bool:
@@ -126,7 +130,9 @@ def run_stage(stage: Stage) -> dict:
     optimizer = tf.keras.optimizers.AdamW(
         learning_rate=schedule, weight_decay=cfg.weight_decay,
         global_clipnorm=cfg.clip_norm or None)
-    optimizer.exclude_from_weight_decay(var_names=["ln_", "bias", "wpe"])
+    optimizer.exclude_from_weight_decay(
+        var_list=[v for name in stage.no_weight_decay for v in stage.trainables[name].trainable_variables],
+        var_names=["ln_", "bias", "wpe"])
     variables = [v for module in stage.trainables.values() for v in module.trainable_variables]
 
     state = {"epoch": tf.Variable(0, dtype=tf.int64), "step_in_epoch": tf.Variable(0, dtype=tf.int64),
@@ -187,8 +193,8 @@ def run_stage(stage: Stage) -> dict:
             state["step_in_epoch"].assign(position + 1)
             step = int(optimizer.iterations)
             bar.update(1)
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{np.mean(running[-50:]):.3f}")
+            if step % cfg.log_every_steps == 0:
+                bar.set_postfix(loss=f"{np.mean(running[-cfg.log_every_steps:]):.3f}")
                 with writer.as_default(step=step):
                     tf.summary.scalar("loss", loss)
                     tf.summary.scalar("learning_rate", schedule(step))

@@ -11,7 +11,7 @@ import text_ood  # noqa: F401
 import tensorflow as tf
 
 from text_ood.losses import (causal_lm_loss, intermediate_distillation_loss, mlkd_student_loss,
-                             prediction_distillation_loss, sequence_mean_nll)
+                             prediction_distillation_loss, sequence_mean_nll, state_distances)
 
 
 def test_causal_lm_loss_ignores_padding():
@@ -104,3 +104,32 @@ def test_mlkd_student_loss_weights_hand_computed():
     loss, parts = mlkd_student_loss(teacher, student, ids, mask, prediction_weight=0.0,
                                     lm_weight=1.0)
     assert float(loss) == pytest.approx(math.log(4), rel=1e-5) and set(parts) == {"lm_nll"}
+
+
+def test_normalised_state_distances_hand_computed():
+    # student (1, 3), teacher (2, 6) = 2 x student: MSE = ((1 + 9) / 2) = 5, but after layer
+    # normalisation both are (-1, 1) and cosine similarity is 1: the normalised distances are 0.
+    student = tf.constant([[1.0, 3.0]])
+    teacher = tf.constant([[2.0, 6.0]])
+    assert float(state_distances(student, teacher, "mse")[0]) == pytest.approx(5.0)
+    assert float(state_distances(student, teacher, "layernorm_mse")[0]) == pytest.approx(0.0, abs=1e-5)
+    assert float(state_distances(student, teacher, "cosine")[0]) == pytest.approx(0.0, abs=1e-6)
+    # Orthogonal (1, 0) vs (0, 1): cosine distance 1; layer-normalised (1, -1) vs (-1, 1): MSE 4.
+    student, teacher = tf.constant([[1.0, 0.0]]), tf.constant([[0.0, 1.0]])
+    assert float(state_distances(student, teacher, "cosine")[0]) == pytest.approx(1.0)
+    assert float(state_distances(student, teacher, "layernorm_mse")[0]) == pytest.approx(4.0, rel=1e-4)
+    # Shrinking both states leaves the normalised distances unchanged (no trivial solution).
+    small = state_distances(0.1 * student, 0.1 * teacher, "layernorm_mse")
+    assert float(small[0]) == pytest.approx(4.0, rel=1e-2)
+    with pytest.raises(ValueError, match="distance must be"):
+        state_distances(student, teacher, "l1")
+
+
+def test_intermediate_distillation_with_a_normalised_distance():
+    # One student layer and two teacher layers: a scaled copy (distance 0 after normalising)
+    # and an orthogonal state (cosine distance 1); K = 1 keeps the copy, K = 2 adds both.
+    student = [tf.constant([[[1.0, 0.0]]])]
+    teacher = tf.constant([[[[5.0, 0.0]]], [[[0.0, 1.0]]]])
+    mask = tf.constant([[1.0]])
+    assert float(intermediate_distillation_loss(student, teacher, mask, 1, "cosine")) == pytest.approx(0.0, abs=1e-6)
+    assert float(intermediate_distillation_loss(student, teacher, mask, 2, "cosine")) == pytest.approx(1.0)

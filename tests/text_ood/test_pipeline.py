@@ -122,3 +122,88 @@ def test_config_fields_added_later_take_their_defaults_on_resume(tmp_path):
     changed = dataclasses.replace(config, distill=dataclasses.replace(config.distill, lm_weight=1.0))
     with pytest.raises(ValueError, match="distill.lm_weight"):
         write_config(str(tmp_path), changed, TRAIN_SECTIONS)
+
+
+def test_train_records_the_teacher_gate_and_plots_every_stage(trained_workdir):
+    with open(os.path.join(trained_workdir, "run.json")) as f:
+        gate = json.load(f)["teacher_gate"]
+    teacher, scratch = (json.load(open(os.path.join(trained_workdir, s, "done.json")))
+                        for s in ("teacher", "scratch"))
+    assert gate["teacher_val_perplexity"] == teacher["best_val_perplexity"]
+    assert gate["scratch_val_perplexity"] == scratch["best_val_perplexity"]
+    assert gate["teacher_better"] == (teacher["best_val_perplexity"] < scratch["best_val_perplexity"])
+    assert gate["equal_budget"] and "teacher gate" in gate["message"]
+    with open(os.path.join(trained_workdir, "val_perplexity.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert main(["evaluate", "--workdir", trained_workdir, "--detectors", "scratch"]) == 0
+    with open(os.path.join(trained_workdir, "eval.json")) as f:
+        assert json.load(f)["teacher_gate"] == gate
+
+
+def _copy_stages(source: str, target: str, stages) -> None:
+    import shutil
+
+    for stage in stages:
+        shutil.copytree(os.path.join(source, stage), os.path.join(target, stage))
+
+
+def test_require_better_teacher_stops_before_distilling(trained_workdir, tmp_path, ood_data_dir,
+                                                        caplog):
+    # The trained workdir's teacher and from-scratch stages, with the from-scratch model's
+    # selected perplexity set below the teacher's: the gate fails; with the flag nothing is
+    # distilled and the command exits 1; without it, a warning and the student is trained.
+    with open(os.path.join(trained_workdir, "run.json")) as f:
+        teacher_dir = json.load(f)["teacher"]["path"]
+    for flag, code in ((["--require_better_teacher"], 1), ([], 0)):
+        workdir = str(tmp_path / f"gate{len(flag)}")
+        _copy_stages(trained_workdir, workdir, ("teacher", "scratch"))
+        done_path = os.path.join(workdir, "scratch", "done.json")
+        with open(os.path.join(workdir, "teacher", "done.json")) as f:
+            teacher_ppl = json.load(f)["best_val_perplexity"]
+        with open(done_path) as f:
+            done = json.load(f)
+        done["best_val_perplexity"] = teacher_ppl * 0.5
+        with open(done_path, "w") as f:
+            json.dump(done, f)
+        caplog.clear()
+        assert main(["train", "--dataset", "files", "--data_dir", ood_data_dir, "--workdir", workdir,
+                     "--teacher", teacher_dir, "--preset", "tiny", "--detectors", "mlkd", *flag]) == code
+        assert "teacher gate FAILED" in caplog.text
+        assert os.path.isdir(os.path.join(workdir, "mlkd")) == (code == 0)
+        with open(os.path.join(workdir, "run.json")) as f:
+            assert json.load(f)["teacher_gate"]["teacher_better"] is False
+
+
+def test_student_options_normalised_distance_and_projection_decay(trained_workdir, tmp_path,
+                                                                  ood_data_dir):
+    # Same teacher, seed and batches as the trained workdir's mlkd student; the layer-normalised
+    # distance is scale-free, so its first logged value differs from the published MSE, and the
+    # projection's norm is logged; without weight decay on it the projection ends larger.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with open(os.path.join(trained_workdir, "run.json")) as f:
+        teacher_dir = json.load(f)["teacher"]["path"]
+
+    def logged(workdir, tag):
+        accumulator = EventAccumulator(os.path.join(workdir, "logs", "mlkd"), size_guidance={"tensors": 0})
+        accumulator.Reload()
+        return [float(tf.make_ndarray(e.tensor_proto)) for e in accumulator.Tensors(tag)]
+
+    import tensorflow as tf
+
+    norms, terms = {}, {}
+    for name, sets in (("ln", ["distill.intermediate_distance=layernorm_mse"]),
+                       ("nodecay", ["distill.projection_weight_decay=false",
+                                    "student.weight_decay=0.5"]),
+                       ("decay", ["student.weight_decay=0.5"])):
+        workdir = str(tmp_path / name)
+        _copy_stages(trained_workdir, workdir, ("teacher", "scratch"))
+        assert main(["train", "--dataset", "files", "--data_dir", ood_data_dir, "--workdir", workdir,
+                     "--teacher", teacher_dir, "--preset", "tiny", "--detectors", "mlkd",
+                     "--set", "student.epochs=1", *[x for s in sets for x in ("--set", s)]]) == 0
+        norms[name] = logged(workdir, "projection_norm")
+        terms[name] = logged(workdir, "intermediate_kd")
+        assert len(terms[name]) == 6 and np.all(np.isfinite(terms[name]))
+    assert norms["nodecay"][-1] > norms["decay"][-1]
+    assert norms["nodecay"][0] == norms["decay"][0]  # same seeded initialisation
+    assert abs(terms["ln"][0] - logged(trained_workdir, "intermediate_kd")[0]) > 1e-3

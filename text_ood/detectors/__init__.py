@@ -35,6 +35,8 @@ DETECTORS: dict[str, DetectorFactory] = {
         "hybrid", ctx, [create_detector(n, ctx) for n in ctx.config.encoder.hybrid_components]),
 }
 DEFAULT_DETECTORS = ("teacher", "scratch", "mlkd")
+# Detectors whose training distils the fine-tuned teacher (``train`` checks the teacher gate first).
+STUDENT_DETECTORS = ("mlkd", "mlkd_no_intermediate")
 
 
 def create_detector(name: str, context: TrainingContext) -> OODDetector:
@@ -48,6 +50,6 @@ def create_detector(name: str, context: TrainingContext) -> OODDetector:
     return DETECTORS[name](context)
 
 
-__all__ = ["DETECTORS", "DEFAULT_DETECTORS", "EmbeddingDetector", "HybridDetector", "KNNDetector",
+__all__ = ["DETECTORS", "DEFAULT_DETECTORS", "STUDENT_DETECTORS", "EmbeddingDetector", "HybridDetector", "KNNDetector",
            "MahalanobisDetector", "MissingEncoderError", "OODDetector", "PerplexityDetector",
            "RequiresFittingError", "create_detector"]
