@@ -60,15 +60,14 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 
 import numpy as np
-from tqdm import tqdm
+
+from pipelines.synthetic_output import (GeneratedFiles, add_config_flags, check_output_dir, ids,
+                                        measure_dependence, schema, write_dataset)
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +75,7 @@ ITEM_FEATURES = ("category", "subcategory", "brand", "tags", "price_bucket", "la
 PREFERENCE_LEVELS = ("topic", "subcategory", "brand")
 PRICE_BUCKETS, PRICE_PROBS = ("p0", "p1", "p2", "p3", "p4"), (0.30, 0.25, 0.20, 0.15, 0.10)
 LANGUAGES, LANGUAGE_PROBS = ("en", "es", "de", "fr", "ja", "pt"), (0.45, 0.15, 0.12, 0.12, 0.10, 0.06)
-SCHEMA_FILE, ITEMS_FILE, SUMMARY_FILE = "schema.json", "items.jsonl", "generation.json"
-_WRITE_CHUNK = 200_000
+REGIMES = ("groups", "long_tail_features")  # --regime; "groups" is this module's story
 
 
 def _field(default, help_text: str):
@@ -151,17 +149,6 @@ class SyntheticConfig:
         subcategories = self.num_categories * self.subcategories_per_category
         return {"topic": self.num_topics, "subcategory": subcategories,
                 "brand": subcategories * self.brands_per_subcategory}[self.preference_level]
-
-
-@dataclasses.dataclass(frozen=True)
-class GeneratedFiles:
-    """Absolute paths of one generator output, plus the realised statistics (``generation.json``)."""
-
-    schema: str
-    items: str
-    interactions: tuple[str, ...]
-    summary: str
-    stats: dict
 
 
 def _zipf(n: int, exponent: float) -> np.ndarray:
@@ -274,18 +261,8 @@ def sample_interactions(
     position[explore] = _search(cumulative, rng.random(len(explore)) * cumulative[-1])
     item = by_topic[np.minimum(position, len(by_topic) - 1)]
 
-    gaps = np.where(starts_session, rng.exponential(3 * 86_400.0, size=k), rng.exponential(300.0, size=k))
-    gaps = 1 + np.floor(gaps).astype(np.int64)
-    gaps[user_start] = 0
-    span = np.add.reduceat(gaps, user_start)
-    time_range = c.end_timestamp - c.start_timestamp
-    scale = np.where(span > time_range, (time_range - counts) / np.maximum(span - counts, 1), 1.0)
-    gaps = np.where(gaps > 0, 1 + np.floor((gaps - 1) * scale[user]).astype(np.int64), 0)
-    elapsed = np.cumsum(gaps)
-    offsets = elapsed - np.repeat(elapsed[user_start], counts)  # gaps[user_start] == 0
-    span = np.add.reduceat(gaps, user_start)
-    first = c.start_timestamp + np.floor(rng.random(n) * (time_range - span + 1)).astype(np.int64)
-    timestamp = first[user] + offsets
+    timestamp = sample_timestamps(user, user_start, counts, starts_session, c.start_timestamp,
+                                  c.end_timestamp, rng)
 
     likes = (group[item][:, None] == preferred[user]) & (preference[user] > 0)
     quality = rng.normal(0.0, 0.5, size=c.num_items)
@@ -295,19 +272,35 @@ def sample_interactions(
             "weight": np.clip(np.rint(rating), 1, 5).astype(np.int64)[order]}
 
 
-def _ids(prefix: str, count: int, min_width: int) -> list[str]:
-    width = max(min_width, len(str(count - 1)))
-    return [f"{prefix}{i:0{width}d}" for i in range(count)]
+def sample_timestamps(user: np.ndarray, user_start: np.ndarray, counts: np.ndarray,
+                      starts_session: np.ndarray, start_timestamp: int, end_timestamp: int,
+                      rng: np.random.Generator) -> np.ndarray:
+    """Timestamps of interactions grouped by user: ~5 minutes apart in a session, ~3 days between.
 
+    Args:
+      user: int64 [K] user of each interaction, rows grouped by user (user ``u``'s rows are
+        ``user_start[u] .. user_start[u] + counts[u] - 1``).
+      user_start, counts: int64 [N] first row and number of rows per user.
+      starts_session: bool [K], True where an interaction opens a session (every user's first).
+      start_timestamp, end_timestamp: the time range, seconds.
 
-def _schema(config: SyntheticConfig, interactions_path: str) -> dict:
-    interactions = {"path": interactions_path, "user_id": "user_id", "item_id": "item_id", "timestamp": "timestamp"}
-    if config.with_weights:
-        interactions["weight"] = "weight"
-    features = [{"name": name, "column": name, "multivalent": name == "tags"} for name in ITEM_FEATURES]
-    features[ITEM_FEATURES.index("tags")]["separator"] = "|"
-    return {"interactions": interactions, "items": {"path": ITEMS_FILE, "item_id": "item_id", "features": features},
-            "item_events": []}
+    Returns:
+      int64 [K] timestamps, strictly increasing per user, inside the range (gaps are compressed
+      for users whose history would overflow it); each user's first time is uniform over what fits.
+    """
+    k, n = len(user), len(counts)
+    gaps = np.where(starts_session, rng.exponential(3 * 86_400.0, size=k), rng.exponential(300.0, size=k))
+    gaps = 1 + np.floor(gaps).astype(np.int64)
+    gaps[user_start] = 0
+    span = np.add.reduceat(gaps, user_start)
+    time_range = end_timestamp - start_timestamp
+    scale = np.where(span > time_range, (time_range - counts) / np.maximum(span - counts, 1), 1.0)
+    gaps = np.where(gaps > 0, 1 + np.floor((gaps - 1) * scale[user]).astype(np.int64), 0)
+    elapsed = np.cumsum(gaps)
+    offsets = elapsed - np.repeat(elapsed[user_start], counts)  # gaps[user_start] == 0
+    span = np.add.reduceat(gaps, user_start)
+    first = start_timestamp + np.floor(rng.random(n) * (time_range - span + 1)).astype(np.int64)
+    return first[user] + offsets
 
 
 def _item_lines(config: SyntheticConfig, items: dict[str, np.ndarray], item_ids: list[str]):
@@ -316,8 +309,8 @@ def _item_lines(config: SyntheticConfig, items: dict[str, np.ndarray], item_ids:
     categories = [f"cat{i:0{cat_width}d}" for i in range(c.num_categories)]
     subcategories = [f"{categories[i // c.subcategories_per_category]}/sub{i % c.subcategories_per_category}"
                      for i in range(c.num_categories * c.subcategories_per_category)]
-    brands = _ids("brand", len(subcategories) * c.brands_per_subcategory, 4)
-    tag_names = _ids("tag", c.num_tags, 3)
+    brands = ids("brand", len(subcategories) * c.brands_per_subcategory, 4)
+    tag_names = ids("tag", c.num_tags, 3)
     columns = zip(item_ids, items["category"].tolist(), items["subcategory"].tolist(), items["brand"].tolist(),
                   items["tags"].tolist(), items["price_bucket"].tolist(), items["language"].tolist(),
                   items["year"].tolist())
@@ -327,49 +320,6 @@ def _item_lines(config: SyntheticConfig, items: dict[str, np.ndarray], item_ids:
             "brand": brands[brand], "tags": [tag_names[t] for t in tags if t >= 0],
             "price_bucket": PRICE_BUCKETS[price], "language": LANGUAGES[language], "year": str(year),
         }) + "\n"
-
-
-def _write_lines(path: str, header: str, lines, total: int, label: str) -> None:
-    with open(path, "w", encoding="utf-8", newline="") as f, tqdm(total=total, desc=label, unit="row",
-                                                                    unit_scale=True, leave=False) as bar:
-        f.write(header)
-        buffer = []
-        for line in lines:
-            buffer.append(line)
-            if len(buffer) == _WRITE_CHUNK:
-                f.write("".join(buffer))
-                bar.update(len(buffer))
-                buffer.clear()
-        f.write("".join(buffer))
-        bar.update(len(buffer))
-
-
-def _mutual_information(x: np.ndarray, y: np.ndarray, weight: np.ndarray) -> float:
-    """Plug-in MI in nats of aligned [n] int64 codes with [n] float64 sample masses."""
-    _, pair = np.unique(x * (int(y.max()) + 1) + y, return_inverse=True)
-    p_joint, p_x, p_y = (np.bincount(v, weights=weight) / weight.sum() for v in (pair, x, y))
-    return float(sum(np.sum(p[p > 0] * np.log(p[p > 0])) * sign for p, sign in ((p_joint, 1), (p_x, -1), (p_y, -1))))
-
-
-def measure_dependence(items: dict[str, np.ndarray]) -> dict[str, float]:
-    """MI (nats) between every pair of written item features, keyed ``"a|b"``.
-
-    Same definition as the feature pipeline's ``item_feature_mi.json``: every item has unit
-    mass, spread evenly over its tags for pairs with ``tags``. Plug-in estimates are biased
-    upwards by about (|A| - 1)(|B| - 1) / (2 n), so compare pairs at similar cardinality.
-    """
-    has_tag = items["tags"] >= 0
-    tag_count = has_tag.sum(axis=1)
-    result = {}
-    for i, a in enumerate(ITEM_FEATURES):
-        for b in ITEM_FEATURES[i + 1:]:
-            if "tags" in (a, b):
-                other = np.repeat(items[b if a == "tags" else a], tag_count)
-                x, y, weight = items["tags"][has_tag], other, np.repeat(1.0 / tag_count, tag_count)
-            else:
-                x, y, weight = items[a], items[b], np.ones(len(items[a]))
-            result[f"{a}|{b}"] = round(_mutual_information(x - x.min(), y - y.min(), weight), 4)
-    return result
 
 
 def _stats(config: SyntheticConfig, items: dict[str, np.ndarray], inter: dict[str, np.ndarray]) -> dict:
@@ -382,38 +332,20 @@ def _stats(config: SyntheticConfig, items: dict[str, np.ndarray], inter: dict[st
         "max_item_interactions": int(per_item.max()),
         "mean_tags_per_item": float((items["tags"] >= 0).sum(axis=1).mean()),
         "timestamp_range": [int(inter["timestamp"].min()), int(inter["timestamp"].max())],
-        "item_feature_mi_nats": measure_dependence(items),
+        "item_feature_mi_nats": measure_dependence(items, ITEM_FEATURES),
     }
-
-
-def _outputs(config: SyntheticConfig) -> list[str]:
-    if config.num_shards == 1:
-        return ["interactions.csv"]
-    return [f"interactions-{i:05d}-of-{config.num_shards:05d}.csv" for i in range(config.num_shards)]
 
 
 def generate(config: SyntheticConfig) -> GeneratedFiles:
     """Generates the data set described by ``config`` into ``config.output_dir``.
 
-    Files are written into a hidden temporary directory inside ``output_dir`` and moved into
-    place when complete, ``schema.json`` last, so a reader that finds ``schema.json`` finds the
-    whole data set.
+    Written atomically (:func:`pipelines.synthetic_output.write_dataset`).
 
     Raises:
       ValueError: ``output_dir`` is empty, holds a ``schema.json`` this generator did not write,
         or holds an earlier generator output and ``config.overwrite`` is false.
     """
-    if not config.output_dir:
-        raise ValueError("output_dir is required")
-    output_dir = os.path.abspath(config.output_dir)
-    schema_path = os.path.join(output_dir, SCHEMA_FILE)
-    if os.path.exists(schema_path):
-        if not os.path.exists(os.path.join(output_dir, SUMMARY_FILE)):
-            raise ValueError(f"{output_dir} holds a {SCHEMA_FILE} that this generator did not write "
-                             f"(no {SUMMARY_FILE}); choose another output_dir")
-        if not config.overwrite:
-            raise ValueError(f"{output_dir} already holds a generated data set; pass overwrite=True "
-                             "(--overwrite) to replace it")
+    check_output_dir(config.output_dir, config.overwrite)
     started = time.perf_counter()
     item_seed, interaction_seed = np.random.SeedSequence(config.seed).spawn(2)
     items = sample_items(config, np.random.default_rng(item_seed))
@@ -421,70 +353,48 @@ def generate(config: SyntheticConfig) -> GeneratedFiles:
     logger.info("sampled %d items and %d interactions in %.1fs", config.num_items, config.num_interactions,
                 time.perf_counter() - started)
     stats = _stats(config, items, inter)
-
-    os.makedirs(output_dir, exist_ok=True)
-    shard_names = _outputs(config)
-    staging = tempfile.mkdtemp(prefix=".tmp-synthetic-", dir=output_dir)
-    try:
-        item_ids, user_ids = _ids("i", config.num_items, 7), _ids("u", config.num_users, 6)
-        _write_lines(os.path.join(staging, ITEMS_FILE), "", _item_lines(config, items, item_ids),
-                     config.num_items, ITEMS_FILE)
-        header = "user_id,item_id,timestamp" + (",weight\n" if config.with_weights else "\n")
-        bounds = np.linspace(0, config.num_interactions, config.num_shards + 1).astype(np.int64)
-        for name, lo, hi in zip(shard_names, bounds[:-1], bounds[1:]):
-            columns = [inter["user"][lo:hi].tolist(), inter["item"][lo:hi].tolist(), inter["timestamp"][lo:hi].tolist()]
-            if config.with_weights:
-                lines = (f"{user_ids[u]},{item_ids[i]},{t},{w}\n"
-                         for u, i, t, w in zip(*columns, inter["weight"][lo:hi].tolist()))
-            else:
-                lines = (f"{user_ids[u]},{item_ids[i]},{t}\n" for u, i, t in zip(*columns))
-            _write_lines(os.path.join(staging, name), header, lines, int(hi - lo), name)
-        interactions_path = shard_names[0] if config.num_shards == 1 else "interactions-*-of-*.csv"
-        with open(os.path.join(staging, SUMMARY_FILE), "w") as f:
-            json.dump({"config": dataclasses.asdict(config), "stats": stats}, f, indent=2)
-        with open(os.path.join(staging, SCHEMA_FILE), "w") as f:
-            json.dump(_schema(config, interactions_path), f, indent=2)
-        if os.path.exists(schema_path):  # overwrite: retire the earlier output, schema first
-            os.remove(schema_path)
-            for name in os.listdir(output_dir):
-                if name.startswith("interactions") and name.endswith(".csv"):
-                    os.remove(os.path.join(output_dir, name))
-        for name in [ITEMS_FILE, *shard_names, SUMMARY_FILE, SCHEMA_FILE]:
-            os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    logger.info("wrote %s in %.1fs: %s", output_dir, time.perf_counter() - started, stats)
-    return GeneratedFiles(schema=schema_path, items=os.path.join(output_dir, ITEMS_FILE),
-                          interactions=tuple(os.path.join(output_dir, n) for n in shard_names),
-                          summary=os.path.join(output_dir, SUMMARY_FILE), stats=stats)
+    files = write_dataset(config, _item_lines(config, items, ids("i", config.num_items, 7)), inter, stats,
+                          schema(ITEM_FEATURES, ("tags",), config.with_weights, ""))
+    logger.info("wrote %s in %.1fs: %s", config.output_dir, time.perf_counter() - started, stats)
+    return files
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(regime: str) -> argparse.ArgumentParser:
+    from pipelines import synthetic_long_tail
+
+    config_class, doc = ((SyntheticConfig, __doc__) if regime == "groups"
+                         else (synthetic_long_tail.LongTailConfig, synthetic_long_tail.__doc__))
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.synthetic",
-        description=__doc__.split("\n\n")[0] + " Writes schema.json, items.jsonl, interactions*.csv, generation.json.",
+        prog="python -m pipelines.synthetic", allow_abbrev=False,
+        description=doc.split("\n\n")[0] + " Writes schema.json, items.jsonl, interactions*.csv, generation.json.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    for field in dataclasses.fields(SyntheticConfig):
-        flag = f"--{field.name}"
-        if field.type in (bool, "bool"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default,
-                                help=field.metadata["help"])
-        else:
-            kind = {"int": int, "float": float, "str": str}[str(field.type)]
-            parser.add_argument(flag, type=kind, default=field.default, help=field.metadata["help"],
-                                required=field.name == "output_dir")
+    parser.add_argument("--regime", choices=REGIMES, default="groups",
+                        help="the generative story: 'groups' (users prefer topics, subcategories or brands; "
+                             "see --preference_level) or 'long_tail_features' (pipelines/synthetic_long_tail.py: "
+                             "preferences over coarse-to-fine item features, a long tail and cold items); "
+                             "--help after --regime lists that regime's flags")
+    add_config_flags(parser, config_class)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the process exit code."""
-    args = _parser().parse_args(argv)
+    from pipelines import synthetic_long_tail
+
+    chooser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    chooser.add_argument("--regime", choices=REGIMES, default="groups")
+    regime = chooser.parse_known_args(argv)[0].regime
+    args = vars(_parser(regime).parse_args(argv))
+    args.pop("regime")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = SyntheticConfig(**vars(args))
-        logger.info("config: %s", json.dumps(dataclasses.asdict(config)))
-        files = generate(config)
+        if regime == "groups":
+            config, run = SyntheticConfig(**args), generate
+        else:
+            config, run = synthetic_long_tail.LongTailConfig(**args), synthetic_long_tail.generate
+        logger.info("regime %s, config: %s", regime, json.dumps(dataclasses.asdict(config)))
+        files = run(config)
     except (ValueError, OSError) as error:
         logger.error("%s", error)
         return 1

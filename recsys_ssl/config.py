@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-SSL_METHODS = ("none", "rfm", "cfm")
+SSL_METHODS = ("none", "rfm", "cfm", "feature_dropout")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +36,9 @@ class ModelConfig:
 class SSLConfig:
     """The self-supervised task on the item tower (Yao et al. 2021, section 3)."""
 
-    method: Literal["none", "rfm", "cfm"] = "cfm"  # none | random | correlated feature masking
+    # none | random feature masking | correlated feature masking | feature dropout (two views
+    # with independently dropped whole features, the non-complementary baseline)
+    method: Literal["none", "rfm", "cfm", "feature_dropout"] = "cfm"
     weight: float = 0.3  # alpha in L = L_main + alpha * L_ssl
     temperature: float = 0.1  # InfoNCE temperature of the SSL task
     dropout: float = 0.2  # drop rate of the remaining values of multivalent features in each view
@@ -45,7 +47,14 @@ class SSLConfig:
     affinity: Literal["raw_mi", "normalized_mi"] = "normalized_mi"
     # Identifier features (item_id) in CFM: "grouped" treats them like any feature; "random_view"
     # keeps them out of the MI grouping and gives each to one view at random every batch.
-    identifiers: Literal["grouped", "random_view"] = "random_view"
+    # "both_masked" masks them in both views (the views agree through the other features only).
+    identifiers: Literal["grouped", "random_view", "both_masked"] = "random_view"
+    # "batch": one masking split per SSL batch; "example": every SSL row draws its own.
+    mask_granularity: Literal["batch", "example"] = "batch"
+    feature_drop_rate: float = 0.5  # method=feature_dropout: drop probability of each feature per view
+    # Width of an MLP head (Dense(h, relu) -> Dense(output_dim), L2-normalised) applied to both
+    # views before the InfoNCE only (SimCLR's projection head); 0 = none, the paper's setting.
+    projection_head: int = 0
 
     def __post_init__(self):
         if self.method not in SSL_METHODS:
@@ -54,6 +63,15 @@ class SSLConfig:
             raise ValueError("ssl.weight must be >= 0, ssl.temperature > 0 and ssl.batch_size >= 2")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ssl.dropout must be in [0, 1), received {self.dropout}")
+        if not 0.0 < self.feature_drop_rate < 1.0:
+            raise ValueError(f"ssl.feature_drop_rate must be in (0, 1), received {self.feature_drop_rate}")
+        if self.projection_head < 0:
+            raise ValueError(f"ssl.projection_head must be >= 0, received {self.projection_head}")
+        if self.identifiers not in ("grouped", "random_view", "both_masked"):
+            raise ValueError(f"ssl.identifiers must be grouped, random_view or both_masked, "
+                             f"received {self.identifiers!r}")
+        if self.mask_granularity not in ("batch", "example"):
+            raise ValueError(f"ssl.mask_granularity must be batch or example, received {self.mask_granularity!r}")
 
 
 @dataclasses.dataclass(frozen=True)

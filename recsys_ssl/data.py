@@ -49,6 +49,11 @@ class FeatureSet:
     mutual_information: dict
 
     @property
+    def is_cold(self) -> np.ndarray:
+        """bool [num_items]: items without a single training interaction (a subset of the tail)."""
+        return self.item_probability == 0
+
+    @property
     def num_items(self) -> int:
         return len(self.item_ids)
 

@@ -5,7 +5,8 @@ scores every eval example against every corpus item (exact dot products), exclud
 the user's train and validation examples (never the target), and writes
 
 - ``eval.json``: recall@{10,50,100} and example counts, overall / head / tail (slice = the target
-  item's slice in ``stats.json``), plus the protocol;
+  item's slice in ``stats.json``) / cold (targets with no training interaction; a subset of
+  tail), plus the protocol;
 - ``eval_hits.npz``: per-example hits (user, target, hit@K), for paired bootstrap comparisons;
 - ``recall_at_k.png``: recall@K against K per slice.
 """
@@ -59,7 +60,8 @@ def evaluate(workdir: str, split: str = "eval", ks=REPORT_KS) -> dict:
     hits = hits_at_k(query_embeddings(model, held_out), corpus_embeddings(model, feature_set.num_items), targets,
                      exclude, curve_ks)
     head = feature_set.is_head[targets]
-    slices = {"overall": np.ones(len(targets), bool), "head": head, "tail": ~head}
+    cold = feature_set.is_cold[targets]
+    slices = {"overall": np.ones(len(targets), bool), "head": head, "tail": ~head, "cold": cold}
     report_columns = [curve_ks.index(k) for k in ks]
     summary = recall_summary(hits[:, report_columns], ks, slices)
     result = {
@@ -71,14 +73,14 @@ def evaluate(workdir: str, split: str = "eval", ks=REPORT_KS) -> dict:
         "protocol": (
             f"exact scores over all {feature_set.num_items} corpus items; items of the user's "
             f"{' and '.join(EARLIER_SPLITS[split])} examples excluded (never the target); slice = target item's "
-            "head/tail membership from stats.json"
+            "head/tail membership from stats.json; cold = no interaction in the train split"
         ),
         "config": {"ssl.method": config.ssl.method, "ssl.weight": config.ssl.weight},
     }
     suffix = "" if split == "eval" else f"_{split}"
     write_json_atomic(os.path.join(workdir, f"eval{suffix}.json"), result)
     np.savez_compressed(os.path.join(workdir, f"eval_hits{suffix}.npz"), users=held_out[fs.USER_ID].astype(str),
-                        targets=targets, ks=np.array(curve_ks), hits=hits, head=head)
+                        targets=targets, ks=np.array(curve_ks), hits=hits, head=head, cold=cold)
     plot_recall_curve(hits, curve_ks, slices, os.path.join(workdir, f"recall_at_k{suffix}.png"))
     logging.info("%s: %s", split, json.dumps(summary))
     return result

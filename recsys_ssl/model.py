@@ -66,8 +66,14 @@ class SSLTwoTowerModel(tfrs.Model):
             self.masking = FeatureMasking(
                 config.ssl.method, len(self.item_feature_names), [f.identifier for f in schema.item_features],
                 feature_affinity(feature_set, config.ssl.affinity) if config.ssl.method == "cfm" else None,
-                config.ssl.identifiers,
+                config.ssl.identifiers, config.ssl.mask_granularity, config.ssl.feature_drop_rate,
             )
+        self.ssl_head = None
+        if config.ssl.method != "none" and config.ssl.projection_head:
+            self.ssl_head = tf.keras.Sequential([
+                tf.keras.layers.Dense(config.ssl.projection_head, activation="relu", name="hidden"),
+                tf.keras.layers.Dense(config.model.output_dim, name="output"),
+            ], name="ssl_head")
 
     def item_rows(self, item_ids: tf.Tensor) -> tf.Tensor:
         """Corpus rows of item id strings [batch] -> int32 [batch] (-1 for unknown items)."""
@@ -120,12 +126,8 @@ class SSLTwoTowerModel(tfrs.Model):
             ssl_items = self.corpus_features(ssl_rows)
             view_1 = self._dropout(ssl_items, ssl_config.dropout, tf.random.experimental.stateless_fold_in(seed, 2))
             view_2 = self._dropout(ssl_items, ssl_config.dropout, tf.random.experimental.stateless_fold_in(seed, 3))
-            mask = self.masking.view_mask(tf.random.experimental.stateless_fold_in(seed, 4))  # [F]
-            feature_mask = tf.concat([
-                tf.zeros([batch_size, num_features], tf.bool),
-                tf.tile(mask[None, :], [ssl_size, 1]),
-                tf.tile(tf.logical_not(mask)[None, :], [ssl_size, 1]),
-            ], axis=0)
+            mask_1, mask_2 = self.masking.view_masks(tf.random.experimental.stateless_fold_in(seed, 4), ssl_size)
+            feature_mask = tf.concat([tf.zeros([batch_size, num_features], tf.bool), mask_1, mask_2], axis=0)
             all_items = {name: tf.concat([main_items[name], view_1[name], view_2[name]], axis=0)
                          for name in self.item_feature_names}
             embeddings = self.item_tower(all_items, feature_mask, training=training)
@@ -141,6 +143,9 @@ class SSLTwoTowerModel(tfrs.Model):
         if self.masking is None:
             ssl = tf.constant(0.0)
         else:
+            if self.ssl_head is not None:
+                ssl_1, ssl_2 = (tf.math.l2_normalize(self.ssl_head(v, training=training), axis=-1)
+                                for v in (ssl_1, ssl_2))
             ssl = info_nce(ssl_1, ssl_2, ssl_config.temperature, ids=ssl_rows)
         return {"main": main, "ssl": ssl, "total": main + ssl_config.weight * ssl}
 

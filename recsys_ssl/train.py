@@ -59,6 +59,8 @@ def build_model(feature_set: FeatureSet, config: Config) -> SSLTwoTowerModel:
     history = tf.fill([1, feature_set.schema.history_length], "")
     model.query_tower({fs.USER_ID: tf.constant([""]), fs.HISTORY: history})
     model.item_embeddings(tf.constant([0]))
+    if model.ssl_head is not None:
+        model.ssl_head(tf.zeros([1, config.model.output_dim]))
     return model
 
 

@@ -109,3 +109,51 @@ def test_corrected_retrieval_loss_hand_computed():
     # Row 2: positive = 2, candidate 0 is an accidental hit -> removed: [removed, -log .25, 2 - log .5].
     row_2 = -(2 - math.log(0.5)) + math.log(math.exp(-math.log(0.25)) + math.exp(2 - math.log(0.5)))
     np.testing.assert_allclose(losses, [row_0, row_1, row_2], rtol=1e-5)
+
+
+def test_batch_granularity_tiles_the_single_split_of_view_mask():
+    # The default ("batch") reproduces the split of view_mask exactly, on every row.
+    for method in ("rfm", "cfm"):
+        masking = FeatureMasking(method, 5, IDENTIFIER, AFFINITY)
+        for step in range(10):
+            seed = _seed(5, step)
+            mask_1, mask_2 = masking.view_masks(seed, 4)
+            single = masking.view_mask(seed).numpy()
+            np.testing.assert_array_equal(mask_1.numpy(), np.tile(single, (4, 1)))
+            np.testing.assert_array_equal(mask_2.numpy(), ~np.tile(single, (4, 1)))
+
+
+def test_example_granularity_draws_a_split_per_row():
+    masking = FeatureMasking("cfm", 5, IDENTIFIER, AFFINITY, granularity="example")
+    mask_1, mask_2 = (m.numpy() for m in masking.view_masks(_seed(9), 200))
+    assert (mask_1 ^ mask_2).all()  # complementary in every row
+    regular = {tuple(sorted(np.flatnonzero(row[1:]) + 1)) for row in mask_1}
+    assert regular == {(1, 2), (3, 4)}  # every row is one of CFM's masked sets, both occur
+    assert 0.3 < mask_1[:, 0].mean() < 0.7  # the identifier's side is drawn per row
+    rfm = FeatureMasking("rfm", 5, IDENTIFIER, None, granularity="example")
+    rows = rfm.view_masks(_seed(9), 200)[0].numpy()
+    assert (rows.sum(axis=1) == 2).all() and len({tuple(r) for r in rows}) > 5
+
+
+def test_identifiers_masked_in_both_views():
+    for method, affinity in (("cfm", AFFINITY), ("rfm", None)):
+        for granularity in ("batch", "example"):
+            masking = FeatureMasking(method, 5, IDENTIFIER, affinity, identifiers="both_masked",
+                                     granularity=granularity)
+            mask_1, mask_2 = (m.numpy() for m in masking.view_masks(_seed(4), 50))
+            assert mask_1[:, 0].all() and mask_2[:, 0].all()
+            assert (mask_1[:, 1:] ^ mask_2[:, 1:]).all()  # the rest stays complementary
+            assert (mask_1[:, 1:].sum(axis=1) == 2).all()  # half of the 4 regular features
+
+
+def test_feature_dropout_draws_two_independent_views():
+    masking = FeatureMasking("feature_dropout", 5, IDENTIFIER, None, drop_rate=0.3)
+    mask_1, mask_2 = (m.numpy() for m in masking.view_masks(_seed(6), 4000))
+    assert abs(mask_1.mean() - 0.3) < 0.02 and abs(mask_2.mean() - 0.3) < 0.02
+    both = (mask_1 & mask_2).mean()
+    assert abs(both - 0.09) < 0.02  # independent: P(both) = 0.3 * 0.3
+    np.testing.assert_array_equal(mask_1, masking.view_masks(_seed(6), 4000)[0].numpy())  # seeded
+    with pytest.raises(ValueError, match="drop_rate"):
+        FeatureMasking("feature_dropout", 5, IDENTIFIER, None, drop_rate=1.0)
+    with pytest.raises(ValueError, match="identifiers"):
+        FeatureMasking("cfm", 5, IDENTIFIER, AFFINITY, identifiers="sometimes")

@@ -34,9 +34,13 @@ def test_feature_set_reads_the_pipeline_contract(features_dir):
     assert 0 < feature_set.is_head.sum() < 60
 
 
-@pytest.mark.parametrize("method", ["none", "rfm", "cfm"])
-def test_training_lowers_the_loss(features_dir, method):
-    config = _config(**{"ssl.method": method})
+@pytest.mark.parametrize("method,variant", [
+    ("none", {}), ("rfm", {}), ("cfm", {}), ("feature_dropout", {}),
+    # the paper's per-example masks, item_id masked in both views, a projection head
+    ("cfm", {"ssl.mask_granularity": "example", "ssl.identifiers": "both_masked", "ssl.projection_head": 8}),
+])
+def test_training_lowers_the_loss(features_dir, method, variant):
+    config = _config(**{"ssl.method": method, **variant})
     feature_set = FeatureSet.load(features_dir, config.model.max_values)
     model = build_model(feature_set, config)
     batch = next(iter(feature_set.examples("train").batch(64)))
@@ -81,7 +85,12 @@ def test_train_resume_evaluate_export(features_dir, tmp_path):
     result = json.load(open(os.path.join(workdir, "eval.json")))
     metrics = result["metrics"]
     assert metrics["head"]["examples"] + metrics["tail"]["examples"] == metrics["overall"]["examples"] > 0
-    for slice_metrics in metrics.values():
+    saved = np.load(os.path.join(workdir, "eval_hits.npz"))
+    feature_set = FeatureSet.load(features_dir, config.model.max_values)
+    np.testing.assert_array_equal(saved["cold"], feature_set.item_probability[saved["targets"]] == 0)
+    assert metrics["cold"]["examples"] == int(saved["cold"].sum()) <= metrics["tail"]["examples"]
+    assert not (saved["cold"] & saved["head"]).any()
+    for slice_metrics in (m for m in metrics.values() if m["examples"]):  # an empty slice is NaN
         assert 0.0 <= slice_metrics["recall@10"] <= slice_metrics["recall@50"] <= slice_metrics["recall@100"] <= 1.0
     assert os.path.isfile(os.path.join(workdir, "recall_at_k.png"))
 

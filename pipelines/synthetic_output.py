@@ -1,0 +1,199 @@
+"""Writing a synthetic data set in the feature pipeline's generic input format (every regime).
+
+A regime (``pipelines.synthetic``'s default story, ``pipelines.synthetic_long_tail``) samples an
+item table and interactions; this module writes ``schema.json``, ``items.jsonl``,
+``interactions*.csv`` and ``generation.json`` atomically, measures the realised feature
+dependence, and builds a regime's command line from its config dataclass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_FILE, ITEMS_FILE, SUMMARY_FILE = "schema.json", "items.jsonl", "generation.json"
+_WRITE_CHUNK = 200_000
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratedFiles:
+    """Absolute paths of one generator output, plus the realised statistics (``generation.json``)."""
+
+    schema: str
+    items: str
+    interactions: tuple[str, ...]
+    summary: str
+    stats: dict
+
+
+def ids(prefix: str, count: int, min_width: int) -> list[str]:
+    """``prefix`` + zero-padded index, for ``count`` ids (width >= ``min_width``)."""
+    width = max(min_width, len(str(count - 1)))
+    return [f"{prefix}{i:0{width}d}" for i in range(count)]
+
+
+def write_lines(path: str, header: str, lines: Iterable[str], total: int, label: str) -> None:
+    """Writes ``header`` then ``lines`` in chunks, with a progress bar of ``total`` rows."""
+    with open(path, "w", encoding="utf-8", newline="") as f, tqdm(total=total, desc=label, unit="row",
+                                                                    unit_scale=True, leave=False) as bar:
+        f.write(header)
+        buffer = []
+        for line in lines:
+            buffer.append(line)
+            if len(buffer) == _WRITE_CHUNK:
+                f.write("".join(buffer))
+                bar.update(len(buffer))
+                buffer.clear()
+        f.write("".join(buffer))
+        bar.update(len(buffer))
+
+
+def _mutual_information(x: np.ndarray, y: np.ndarray, weight: np.ndarray) -> float:
+    """Plug-in MI in nats of aligned [n] int64 codes with [n] float64 sample masses."""
+    _, pair = np.unique(x * (int(y.max()) + 1) + y, return_inverse=True)
+    p_joint, p_x, p_y = (np.bincount(v, weights=weight) / weight.sum() for v in (pair, x, y))
+    return float(sum(np.sum(p[p > 0] * np.log(p[p > 0])) * sign for p, sign in ((p_joint, 1), (p_x, -1), (p_y, -1))))
+
+
+def measure_dependence(items: dict[str, np.ndarray], features: Sequence[str],
+                       multivalent: str = "tags") -> dict[str, float]:
+    """MI (nats) between every pair of ``features`` of the item table, keyed ``"a|b"``.
+
+    Same definition as the feature pipeline's ``item_feature_mi.json``: every item has unit
+    mass, spread evenly over its values of the ``multivalent`` feature ([num_items, V] codes,
+    -1 = none) for pairs with it. Plug-in estimates are biased upwards by about
+    (|A| - 1)(|B| - 1) / (2 n), so compare pairs at similar cardinality.
+    """
+    has_value = items[multivalent] >= 0
+    value_count = has_value.sum(axis=1)
+    result = {}
+    for i, a in enumerate(features):
+        for b in features[i + 1:]:
+            if multivalent in (a, b):
+                other = np.repeat(items[b if a == multivalent else a], value_count)
+                x, y, weight = items[multivalent][has_value], other, np.repeat(1.0 / value_count, value_count)
+            else:
+                x, y, weight = items[a], items[b], np.ones(len(items[a]))
+            result[f"{a}|{b}"] = round(_mutual_information(x - x.min(), y - y.min(), weight), 4)
+    return result
+
+
+def schema(features: Sequence[str], multivalent: Sequence[str], with_weights: bool,
+           interactions_path: str) -> dict:
+    """The generic format's ``schema.json`` (multivalent values in ``items.jsonl`` are JSON lists)."""
+    interactions = {"path": interactions_path, "user_id": "user_id", "item_id": "item_id", "timestamp": "timestamp"}
+    if with_weights:
+        interactions["weight"] = "weight"
+    columns = [{"name": name, "column": name, "multivalent": name in multivalent} for name in features]
+    for column in columns:
+        if column["multivalent"]:
+            column["separator"] = "|"
+    return {"interactions": interactions, "items": {"path": ITEMS_FILE, "item_id": "item_id", "features": columns},
+            "item_events": []}
+
+
+def check_output_dir(output_dir: str, overwrite: bool) -> str:
+    """Absolute ``output_dir`` after checking it may receive a generator output.
+
+    Raises:
+      ValueError: ``output_dir`` is empty, holds a ``schema.json`` this generator did not write,
+        or holds an earlier generator output and ``overwrite`` is false.
+    """
+    if not output_dir:
+        raise ValueError("output_dir is required")
+    output_dir = os.path.abspath(output_dir)
+    schema_path = os.path.join(output_dir, SCHEMA_FILE)
+    if os.path.exists(schema_path):
+        if not os.path.exists(os.path.join(output_dir, SUMMARY_FILE)):
+            raise ValueError(f"{output_dir} holds a {SCHEMA_FILE} that this generator did not write "
+                             f"(no {SUMMARY_FILE}); choose another output_dir")
+        if not overwrite:
+            raise ValueError(f"{output_dir} already holds a generated data set; pass overwrite=True "
+                             "(--overwrite) to replace it")
+    return output_dir
+
+
+def shard_names(num_shards: int) -> list[str]:
+    if num_shards == 1:
+        return ["interactions.csv"]
+    return [f"interactions-{i:05d}-of-{num_shards:05d}.csv" for i in range(num_shards)]
+
+
+def write_dataset(config, item_lines: Iterable[str], inter: dict[str, np.ndarray], stats: dict,
+                  dataset_schema: dict, summary: dict | None = None) -> GeneratedFiles:
+    """Writes one generated data set into ``config.output_dir``.
+
+    Files are written into a hidden temporary directory inside ``output_dir`` and moved into
+    place when complete, ``schema.json`` last, so a reader that finds ``schema.json`` finds the
+    whole data set.
+
+    Args:
+      config: the regime's config dataclass (``output_dir``, ``overwrite``, ``num_users``,
+        ``num_items``, ``num_interactions``, ``num_shards``, ``with_weights``).
+      item_lines: one JSON line per item (``items.jsonl``), item ids ``i0000000``...
+      inter: ``user``, ``item``, ``timestamp`` and ``weight`` int64 [num_interactions], time-ordered.
+      stats: realised statistics (``generation.json``).
+      dataset_schema: :func:`schema`'s document, with ``interactions.path`` set by this function.
+      summary: extra top-level entries of ``generation.json``.
+    """
+    output_dir = check_output_dir(config.output_dir, config.overwrite)
+    schema_path = os.path.join(output_dir, SCHEMA_FILE)
+    os.makedirs(output_dir, exist_ok=True)
+    names = shard_names(config.num_shards)
+    staging = tempfile.mkdtemp(prefix=".tmp-synthetic-", dir=output_dir)
+    try:
+        item_ids, user_ids = ids("i", config.num_items, 7), ids("u", config.num_users, 6)
+        write_lines(os.path.join(staging, ITEMS_FILE), "", item_lines, config.num_items, ITEMS_FILE)
+        header = "user_id,item_id,timestamp" + (",weight\n" if config.with_weights else "\n")
+        bounds = np.linspace(0, config.num_interactions, config.num_shards + 1).astype(np.int64)
+        for name, lo, hi in zip(names, bounds[:-1], bounds[1:]):
+            columns = [inter["user"][lo:hi].tolist(), inter["item"][lo:hi].tolist(), inter["timestamp"][lo:hi].tolist()]
+            if config.with_weights:
+                lines = (f"{user_ids[u]},{item_ids[i]},{t},{w}\n"
+                         for u, i, t, w in zip(*columns, inter["weight"][lo:hi].tolist()))
+            else:
+                lines = (f"{user_ids[u]},{item_ids[i]},{t}\n" for u, i, t in zip(*columns))
+            write_lines(os.path.join(staging, name), header, lines, int(hi - lo), name)
+        dataset_schema = dict(dataset_schema)
+        dataset_schema["interactions"] = {**dataset_schema["interactions"],
+                                          "path": names[0] if config.num_shards == 1 else "interactions-*-of-*.csv"}
+        with open(os.path.join(staging, SUMMARY_FILE), "w") as f:
+            json.dump({"config": dataclasses.asdict(config), **(summary or {}), "stats": stats}, f, indent=2)
+        with open(os.path.join(staging, SCHEMA_FILE), "w") as f:
+            json.dump(dataset_schema, f, indent=2)
+        if os.path.exists(schema_path):  # overwrite: retire the earlier output, schema first
+            os.remove(schema_path)
+            for name in os.listdir(output_dir):
+                if name.startswith("interactions") and name.endswith(".csv"):
+                    os.remove(os.path.join(output_dir, name))
+        for name in [ITEMS_FILE, *names, SUMMARY_FILE, SCHEMA_FILE]:
+            os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return GeneratedFiles(schema=schema_path, items=os.path.join(output_dir, ITEMS_FILE),
+                          interactions=tuple(os.path.join(output_dir, n) for n in names),
+                          summary=os.path.join(output_dir, SUMMARY_FILE), stats=stats)
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_class) -> None:
+    """One ``--flag`` per field of ``config_class`` (help from the field's metadata)."""
+    for field in dataclasses.fields(config_class):
+        flag = f"--{field.name}"
+        if field.type in (bool, "bool"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default,
+                                help=field.metadata["help"])
+        else:
+            kind = {"int": int, "float": float, "str": str}[str(field.type)]
+            parser.add_argument(flag, type=kind, default=field.default, help=field.metadata["help"],
+                                required=field.name == "output_dir")
