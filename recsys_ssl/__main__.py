@@ -1,4 +1,4 @@
-"""Command line: ``python -m recsys_ssl {train,evaluate,export} ...`` (see ``--help`` of each)."""
+"""Command line: ``python -m recsys_ssl {train,evaluate,ablate,export} ...`` (see ``--help`` of each)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,17 @@ import logging
 import sys
 
 import recsys_ssl  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from recsys_ssl import ablation as ablation_lib
 from recsys_ssl import config as config_lib
 from serving import dataclass_config
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m recsys_ssl",
+    parser = argparse.ArgumentParser(prog="python -m recsys_ssl", allow_abbrev=False,
                                      description="Two-tower retrieval with SSL regularisation (RFM / CFM).")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a model into a workdir (resumes if it has checkpoints)",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     train.add_argument("--features", required=True, help="feature-pipeline output directory")
     train.add_argument("--workdir", required=True)
     train.add_argument("--preset", default="movielens", choices=sorted(config_lib.PRESETS))
@@ -25,10 +26,32 @@ def _parser() -> argparse.ArgumentParser:
                        help="config override, e.g. ssl.method=rfm (repeatable)")
     train.add_argument("--strategy", default="default", choices=["default", "mirrored", "multi_worker_mirrored"],
                        help="tf.distribute strategy (multi_worker_mirrored reads TF_CONFIG)")
-    evaluate = commands.add_parser("evaluate", help="recall@K of the best model on the eval split -> eval.json")
+    evaluate = commands.add_parser("evaluate", help="recall@K of the best model on the eval split -> eval.json",
+                                   allow_abbrev=False)
     evaluate.add_argument("--workdir", required=True)
     evaluate.add_argument("--split", default="eval", choices=["eval", "validation"])
-    export = commands.add_parser("export", help="versioned SavedModel: raw query features -> top-k items")
+    ablate = commands.add_parser(
+        "ablate", help="does SSL help on this data? methods x seeds x data fractions, alpha tuned on validation",
+        description=ablation_lib.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    ablate.add_argument("--features", required=True, help="feature-pipeline output directory")
+    ablate.add_argument("--out", required=True, help="output directory (runs, ablation.json/.md/.png); resumable")
+    ablate.add_argument("--methods", default="none,dropout,rfm,cfm",
+                        help="comma-separated: none (required baseline), dropout (whole-feature dropout views), "
+                             "rfm, cfm (default: %(default)s)")
+    ablate.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE[,KEY=VALUE]",
+                        help="an extra method, e.g. cfm_example=ssl.method=cfm,ssl.mask_granularity=example")
+    ablate.add_argument("--seeds", type=int, default=3, help="seeds per method (0..N-1) (default: %(default)s)")
+    ablate.add_argument("--fractions", default="1", help="training-data fractions, e.g. 0.25,0.5,1 (default: 1)")
+    ablate.add_argument("--alphas", default="0.03,0.1,0.3,1.0",
+                        help="ssl.weight grid tuned on the validation split with seed 0 (default: %(default)s)")
+    ablate.add_argument("--tune_metric", default="overall", choices=["overall", "tail"],
+                        help="validation recall@100 slice that picks alpha (default: %(default)s)")
+    ablate.add_argument("--preset", default="movielens", choices=sorted(config_lib.PRESETS))
+    ablate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every run (repeatable)")
+    export = commands.add_parser("export", help="versioned SavedModel: raw query features -> top-k items",
+                                 allow_abbrev=False)
     export.add_argument("--workdir", required=True)
     export.add_argument("--export_dir", required=True)
     export.add_argument("--index", default="brute_force", choices=["brute_force", "scann"])
@@ -61,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
 
             result = evaluate(args.workdir, args.split)
             print(json.dumps(result["metrics"], indent=1))
+        elif args.command == "ablate":
+            dataclass_config.apply_overrides(config_lib.preset(args.preset), args.overrides)  # fail early
+            return ablation_lib.main_ablate(args)
         elif args.command == "export":
             from recsys_ssl.export import export
 

@@ -103,3 +103,28 @@ def recall_summary(hits: np.ndarray, ks: Sequence[int], slices: Mapping[str, np.
             entry[f"recall@{k}"] = float(selected[:, column].mean()) if len(selected) else float("nan")
         summary[name] = entry
     return summary
+
+
+def paired_bootstrap(users: np.ndarray, mask: np.ndarray, hits_a: np.ndarray, hits_b: np.ndarray,
+                     samples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of recall(a) - recall(b) on one slice, resampling users with replacement.
+
+    Both models ranked the same held-out examples, so the comparison is paired: a resample draws
+    users (all their examples together) and recomputes the difference of the two recalls.
+
+    Args:
+      users: [Q] user id of every example.
+      mask: bool [Q], the slice's examples.
+      hits_a, hits_b: float [Q] hits (or hit rates averaged over seeds) of the two models.
+
+    Returns:
+      ``(low, high)``: the 2.5th and 97.5th percentiles of the resampled differences.
+    """
+    unique, user_index = np.unique(users[mask], return_inverse=True)
+    diff_per_user = np.bincount(user_index, weights=hits_a[mask] - hits_b[mask], minlength=len(unique))
+    count_per_user = np.bincount(user_index, minlength=len(unique)).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(unique), size=(samples, len(unique)))
+    weights = np.stack([np.bincount(d, minlength=len(unique)) for d in draws])
+    diffs = (weights @ diff_per_user) / (weights @ count_per_user)
+    return float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))

@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     from text_ood.data import DATASETS, DEFAULT_CORPUS
     from text_ood.detectors import DEFAULT_DETECTORS, DETECTORS
 
-    parser = argparse.ArgumentParser(prog="python -m text_ood", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m text_ood", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--verbosity", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"data set directory (default: ${DATA_DIR_ENV}, plus text/clinc150 "
                             "for clinc150)")
 
-    p = commands.add_parser("pretrain", help="train the tokenizer and a general-English LM")
+    p = commands.add_parser("pretrain", allow_abbrev=False, help="train the tokenizer and a general-English LM")
     p.add_argument("--corpus", nargs="+", default=None, metavar="FILE",
                    help="pre-training corpus files (.txt, .jsonl, .tsv); never the evaluation set. "
                         f"Default: under ${DATA_DIR_ENV}: " + ", ".join(DEFAULT_CORPUS))
@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
                      "architecture.")
     add_config_flags(p)
 
-    p = commands.add_parser("train", help="fine-tune the teacher, distil the MLKD student, "
+    p = commands.add_parser("train", allow_abbrev=False, help="fine-tune the teacher, distil the MLKD student, "
                                           "train the from-scratch baseline")
     add_data_flags(p, required=True)
     p.add_argument("--workdir", required=True,
@@ -89,13 +89,13 @@ def _parser() -> argparse.ArgumentParser:
                         "perplexity is not below the from-scratch model's (default: warn)")
     add_config_flags(p)
 
-    p = commands.add_parser("evaluate", help="metrics of every trained detector -> eval.json, roc.png")
+    p = commands.add_parser("evaluate", allow_abbrev=False, help="metrics of every trained detector -> eval.json, roc.png")
     p.add_argument("--workdir", required=True, help="a `train` workdir")
     p.add_argument("--data_dir", default=None, help="overrides the data directory in run.json")
     p.add_argument("--detectors", default=None,
                    help="comma-separated detectors (default: those `train` trained)")
 
-    p = commands.add_parser("export", help="versioned SavedModel taking raw strings")
+    p = commands.add_parser("export", allow_abbrev=False, help="versioned SavedModel taking raw strings")
     p.add_argument("--workdir", required=True, help="a `train` workdir")
     p.add_argument("--export_dir", required=True, help="writes EXPORT_DIR/<next version>/")
     p.add_argument("--data_dir", default=None, help="overrides the data directory in run.json")
