@@ -63,6 +63,9 @@ def parse_methods(names: str, variants: Sequence[str]) -> dict[str, tuple[str, .
 def run_one(features: str, workdir: str, preset: str, overrides: Sequence[str], split: str) -> dict:
     """Trains (resuming) and evaluates one configuration on ``split``; skipped when done.
 
+    Training runs in a subprocess (its memory is returned when it ends; a crash names its log);
+    evaluation runs in this process.
+
     Returns:
       The evaluation document (``eval.json`` / ``eval_validation.json``) plus ``train_seconds``.
     """
@@ -74,11 +77,15 @@ def run_one(features: str, workdir: str, preset: str, overrides: Sequence[str], 
         started = time.time()
         with open(os.path.join(workdir, "ablation.log"), "a") as log:
             if not os.path.isfile(os.path.join(workdir, "train_summary.json")):
-                subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
+                logging.info("training %s", workdir)
+                process = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+                if process.returncode:
+                    raise RuntimeError(f"training failed (exit {process.returncode}); see {log.name}")
                 with open(os.path.join(workdir, "wall_seconds.json"), "w") as f:
                     json.dump({"train_seconds": time.time() - started}, f)
-            subprocess.run([sys.executable, "-m", "recsys_ssl", "evaluate", "--workdir", workdir, "--split", split],
-                           check=True, stdout=log, stderr=subprocess.STDOUT)
+        from recsys_ssl.evaluate import evaluate
+
+        evaluate(workdir, split)
     with open(result_path) as f:
         result = json.load(f)
     seconds_path = os.path.join(workdir, "wall_seconds.json")
@@ -167,7 +174,7 @@ class Ablation:
         base = _mean_hits([r["workdir"] for r in base_runs])
         comparison = {}
         for method, record in entry.items():
-            if method == "none" or not record["runs"]:
+            if method == "none" or method.startswith("_") or not record["runs"]:
                 continue
             hits = _mean_hits([r["workdir"] for r in record["runs"]])
             comparison[method] = {}
