@@ -30,7 +30,6 @@ epochs, students and from-scratch model 8 epochs each, the student with the grou
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import logging
 import math
@@ -43,6 +42,7 @@ import time
 import text_ood  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
 from serving.env import data_root
 from text_ood.__main__ import main as text_ood_main
+from text_ood.data import default_corpus
 
 PAPER = {  # Wu et al. 2023, CLINC150, GPT-2 small, mean of 5 seeds: AUROC / AUPR(-OUT) / FAR95.
     "teacher": (89.76, 62.39, 33.77),
@@ -83,14 +83,14 @@ def _run(argv: list[str]) -> None:
         raise RuntimeError(f"text_ood {argv[0]} failed with exit code {code}")
 
 
-def _stage_times(workdir: str) -> dict:
+def _stage_times(workdir: str, stages=DETECTORS, rename: dict | None = None) -> dict:
     out = {}
-    for stage in DETECTORS:
+    for stage in stages:
         path = os.path.join(workdir, stage, "done.json")
         if os.path.isfile(path):
             with open(path) as f:
                 done = json.load(f)
-            out[stage] = {"wall_time_s": done["wall_time_s"], "epochs": done["epochs_run"],
+            out[(rename or {}).get(stage, stage)] = {"wall_time_s": done["wall_time_s"], "epochs": done["epochs_run"],
                           "selected_epoch": done["selected_epoch"],
                           "best_val_perplexity": done["best_val_perplexity"],
                           "val_perplexity_per_epoch": [h["val_perplexity"] for h in done["history"]]}
@@ -109,7 +109,8 @@ def write_markdown(results: dict, path: str) -> None:
     if seeds:
         lines += ["| detector | AUROC | AUPR-OUT | AUPR-IN | FAR95 | ID-val perplexity | "
                   "paper AUROC / AUPR / FAR95 |", "|---|---|---|---|---|---|---|"]
-        for name in DETECTORS:
+        names = list(DETECTORS) + sorted({n for s in seeds for n in s["metrics"]} - set(DETECTORS))
+        for name in names:
             rows = [s["metrics"][name] for s in seeds if name in s["metrics"]]
             if not rows:
                 continue
@@ -121,21 +122,26 @@ def write_markdown(results: dict, path: str) -> None:
                             if name in s["metrics"] and name in s["stages"]]
             mean, std = _mean_std(perplexities) if perplexities else (float("nan"), 0.0)
             cells.append(f"{mean:.2f} ± {std:.2f}" if len(perplexities) > 1 else f"{mean:.2f}")
-            paper = PAPER[name]
+            paper = PAPER.get(name, (None,))
             paper_cell = " / ".join(f"{v:.2f}" for v in paper) if paper[0] is not None else "n/a"
-            lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + f" | {paper_cell} |")
+            lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + f" | {paper_cell} |")
         lines += ["", "Per seed (AUROC): " + "; ".join(
             f"seed {s['seed']}: " + ", ".join(f"{n} {100 * s['metrics'][n]['auroc']:.2f}"
-                                               for n in DETECTORS if n in s["metrics"])
+                                               for n in names if n in s["metrics"])
             for s in seeds), ""]
+        gates = [(s["seed"], s["teacher_gate"]) for s in seeds if s.get("teacher_gate")]
+        if gates:
+            lines += ["Teacher gate (ID-validation perplexity, fine-tuned teacher vs from scratch): " + "; ".join(
+                f"seed {seed}: {g['teacher_val_perplexity']:.2f} vs {g['scratch_val_perplexity']:.2f} "
+                f"({'passed' if g['teacher_better'] else 'FAILED'})" for seed, g in gates), ""]
         lines += ["| stage wall time (min) | " + " | ".join(f"seed {s['seed']}" for s in seeds) + " |",
                   "|---|" + "---|" * len(seeds)]
         reused = results["pretrain"].get("reused_from")
         lines.append(f"| pre-training (once{', reused from ' + reused if reused else ''}) | " +
                      " | ".join(f"{results['pretrain']['wall_time_s'] / 60:.1f}" if i == 0 else "-"
                                 for i in range(len(seeds))) + " |")
-        for name in DETECTORS:
-            lines.append(f"| {LABELS[name]} | " + " | ".join(
+        for name in names:
+            lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(
                 f"{s['stages'][name]['wall_time_s'] / 60:.1f} ({s['stages'][name]['epochs']} ep, "
                 f"best {s['stages'][name]['selected_epoch']})" if name in s["stages"] else "-"
                 for s in seeds) + " |")
@@ -164,6 +170,10 @@ def main(argv=None) -> int:
     parser.add_argument("--throughput_batch", type=int, default=256)
     parser.add_argument("--detectors", default=",".join(DETECTORS),
                         help="detectors to train and evaluate per seed, in this order")
+    parser.add_argument("--student_option", action="append", default=[], metavar="NAME=KEY=VALUE[,KEY=VALUE]",
+                        help="an MLKD student variant trained per seed after the detectors, in "
+                             "WORKDIR/seedN/options/NAME/ with the seed's teacher and from-scratch stages "
+                             "(linked, not retrained), e.g. mlkd_lm=distill.lm_weight=1 (repeatable)")
     parser.add_argument("--pretrain_dir", default=None,
                         help="reuse this finished `pretrain` workdir (read only; e.g. an earlier "
                              "benchmark's WORKDIR/pretrain) instead of pre-training in "
@@ -175,8 +185,7 @@ def main(argv=None) -> int:
     if root is None:
         parser.error("pass --data_dir or set $SSL_DATA_DIR")
     clinc = os.path.join(root, "text", "clinc150")
-    corpus = sorted(glob.glob(os.path.join(root, "text", "general", "*.txt"))) + [
-        os.path.join(root, "text", "sst2", "train.tsv")]
+    corpus = default_corpus(root)
     os.makedirs(args.workdir, exist_ok=True)
     results_path = os.path.join(args.workdir, "results.json")
     results = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "preset": args.preset,
@@ -206,7 +215,9 @@ def main(argv=None) -> int:
                            "val_perplexity": done["best_val_perplexity"],
                            "reused_from": args.pretrain_dir}
     save()
-    finished = {s["seed"] for s in results["seeds"] if s.get("complete")}
+    option_names = [o.partition("=")[0] for o in args.student_option]
+    finished = {s["seed"] for s in results["seeds"]
+                if s.get("complete") and all(n in s["metrics"] for n in option_names)}
     last_seed_s = None
     for seed in [int(s) for s in args.seeds.split(",")]:
         if seed in finished:
@@ -223,9 +234,13 @@ def main(argv=None) -> int:
             break
         seed_start = time.time()
         workdir = os.path.join(args.workdir, f"seed{seed}")
-        entry = {"seed": seed, "metrics": {}, "stages": {}, "evaluate_s": 0.0, "complete": False}
+        entry = next((s for s in results["seeds"] if s["seed"] == seed), None) or {
+            "seed": seed, "metrics": {}, "stages": {}, "evaluate_s": 0.0}
+        entry["complete"] = False
         results["seeds"] = [s for s in results["seeds"] if s["seed"] != seed] + [entry]
         for name in args.detectors.split(","):  # one at a time: an interrupted run keeps what finished
+            if name in entry["metrics"]:
+                continue
             _run(["train", "--dataset", "clinc150", "--data_dir", clinc, "--workdir", workdir,
                   "--teacher", pretrain_dir, "--detectors", name, "--seed", str(seed),
                   *config_flags])
@@ -233,8 +248,32 @@ def main(argv=None) -> int:
             _run(["evaluate", "--workdir", workdir, "--detectors", name])
             entry["evaluate_s"] += time.time() - eval_start
             with open(os.path.join(workdir, "eval.json")) as f:
-                entry["metrics"] = json.load(f)["detectors"]
-            entry["stages"] = _stage_times(workdir)
+                entry["metrics"].update(json.load(f)["detectors"])
+            entry["stages"].update(_stage_times(workdir))
+            entry["seed_wall_time_s"] = time.time() - seed_start
+            save()
+        with open(os.path.join(workdir, "run.json")) as f:
+            entry["teacher_gate"] = json.load(f).get("teacher_gate")
+        for option in args.student_option:
+            name, _, overrides = option.partition("=")
+            if name in entry["metrics"]:
+                continue
+            option_dir = os.path.join(workdir, "options", name)
+            for stage in ("teacher", "scratch"):  # shared with the seed's base workdir
+                link = os.path.join(option_dir, stage)
+                if not os.path.exists(link):
+                    os.makedirs(option_dir, exist_ok=True)
+                    os.symlink(os.path.abspath(os.path.join(workdir, stage)), link)
+            option_flags = [x for o in overrides.split(",") if o for x in ("--set", o)]
+            _run(["train", "--dataset", "clinc150", "--data_dir", clinc, "--workdir", option_dir,
+                  "--teacher", pretrain_dir, "--detectors", "mlkd", "--seed", str(seed),
+                  *config_flags, *option_flags])
+            eval_start = time.time()
+            _run(["evaluate", "--workdir", option_dir, "--detectors", "mlkd"])
+            entry["evaluate_s"] += time.time() - eval_start
+            with open(os.path.join(option_dir, "eval.json")) as f:
+                entry["metrics"][name] = json.load(f)["detectors"]["mlkd"]
+            entry["stages"].update(_stage_times(option_dir, ("mlkd",), {"mlkd": name}))
             entry["seed_wall_time_s"] = time.time() - seed_start
             save()
         entry["complete"] = True

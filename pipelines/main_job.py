@@ -41,7 +41,7 @@ SCHEDULES = {
         "recsys": ["--preset", "movielens", "--set", "train.epochs=4"],
         "text_preset": "cpu",
         "pretrain": ["--set", "pretrain.max_steps=600", "--set", "tokenizer.max_sentences=60000"],
-        "train": ["--set", "teacher.epochs=1", "--set", "student.epochs=2"],
+        "train": ["--set", "teacher.epochs=1", "--set", "scratch.epochs=1", "--set", "student.epochs=1"],
         "corpus_lines": 0,
     },
     "smoke": {
