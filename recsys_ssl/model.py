@@ -96,7 +96,7 @@ class SSLTwoTowerModel(tfrs.Model):
             )
         }
 
-    def losses(self, batch: dict[str, tf.Tensor], seed: tf.Tensor, training: bool = True) -> dict[str, tf.Tensor]:
+    def loss_terms(self, batch: dict[str, tf.Tensor], seed: tf.Tensor, training: bool = True) -> dict[str, tf.Tensor]:
         """Main, SSL and total loss of one batch.
 
         Args:
@@ -149,6 +149,15 @@ class SSLTwoTowerModel(tfrs.Model):
             ssl = info_nce(ssl_1, ssl_2, ssl_config.temperature, ids=ssl_rows)
         return {"main": main, "ssl": ssl, "total": main + ssl_config.weight * ssl}
 
+    def step_seed(self, step: tf.Tensor) -> tf.Tensor:
+        """int32 [2] random seed of training step ``step`` (the SSL batch, masks and dropout)."""
+        return tf.stack([tf.constant(self.config.train.seed, tf.int32), tf.cast(step, tf.int32)])
+
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
-        seed = tf.constant([self.config.train.seed, 0], tf.int32)
-        return self.losses(inputs, seed, training=training)["total"]
+        """``tfrs.Model``'s hook, so that ``model.fit`` trains the SSL-regularised objective.
+
+        The step's seed comes from the optimizer's iteration count, so every ``fit`` step draws
+        its own SSL batch and masks (and a resumed ``fit`` replays them).
+        """
+        step = self.optimizer.iterations if getattr(self, "optimizer", None) is not None else 0
+        return self.loss_terms(inputs, self.step_seed(step), training=training)["total"]

@@ -224,7 +224,7 @@ class Trainer:
                 if int(state["step_in_epoch"].numpy()) >= steps_per_epoch:
                     break
                 started = time.perf_counter()
-                seed = tf.stack([tf.constant(config.train.seed, tf.int32), tf.cast(state["global_step"], tf.int32)])
+                seed = self.model.step_seed(state["global_step"])
                 losses = {k: float(v) for k, v in train_step(batch, seed).items()}
                 step_seconds.append(time.perf_counter() - started)
                 state["global_step"].assign_add(1)
@@ -296,7 +296,7 @@ def make_train_step(strategy: tf.distribute.Strategy, model: SSLTwoTowerModel, o
             replica = tf.distribute.get_replica_context().replica_id_in_sync_group
             replica_seed = tf.random.experimental.stateless_fold_in(seed, replica)
             with tf.GradientTape() as tape:
-                losses = model.losses(batch, replica_seed, training=True)
+                losses = model.loss_terms(batch, replica_seed, training=True)
                 scaled = losses["total"] / strategy.num_replicas_in_sync
             gradients = tape.gradient(scaled, model.trainable_variables)
             optimizer.apply_gradients(zip(gradients, model.trainable_variables))

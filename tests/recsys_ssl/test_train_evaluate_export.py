@@ -50,21 +50,42 @@ def test_training_lowers_the_loss(features_dir, method, variant):
     @tf.function
     def step(batch, seed):
         with tf.GradientTape() as tape:
-            losses = model.losses(batch, seed)
+            losses = model.loss_terms(batch, seed)
         optimizer.apply_gradients(zip(tape.gradient(losses["total"], model.trainable_variables),
                                       model.trainable_variables))
         return losses
 
-    before = model.losses(batch, seed)
+    before = model.loss_terms(batch, seed)
     for i in range(30):
         step(batch, tf.constant([0, i], tf.int32))
-    after = model.losses(batch, seed)
+    after = model.loss_terms(batch, seed)
     assert float(after["main"]) < float(before["main"]) - 0.3
     if method == "none":
         assert float(before["ssl"]) == 0.0
     else:
         assert float(after["ssl"]) < float(before["ssl"])
         assert float(before["total"]) == pytest.approx(float(before["main"]) + 0.3 * float(before["ssl"]), rel=1e-5)
+
+
+def test_keras_fit_trains_the_ssl_objective_with_a_new_seed_per_step(features_dir):
+    # tfrs.Model.train_step sums compute_loss and Keras' Model.losses: model.fit must work, and
+    # every step must draw its own SSL batch and masks (the seed follows optimizer.iterations).
+    config = _config(**{"ssl.method": "cfm"})
+    feature_set = FeatureSet.load(features_dir, config.model.max_values)
+    model = build_model(feature_set, config)
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+    data = feature_set.examples("train").map(lambda x: {k: x[k] for k in ("user_id", "history", "item_id")})
+    batch = next(iter(data.batch(64)))
+    at_step_0 = float(model.compute_loss(batch))
+    assert float(model.compute_loss(batch)) == at_step_0  # same step, same SSL draw
+    model.optimizer.iterations.assign(1)
+    assert float(model.compute_loss(batch)) != at_step_0  # next step, another SSL batch / mask
+    model.optimizer.iterations.assign(0)
+    assert model.losses == []  # Keras' own regularisation losses, no longer shadowed
+    history = model.fit(data.batch(64, drop_remainder=True).take(8).cache().repeat(), steps_per_epoch=8,
+                        epochs=4, verbose=0)
+    assert int(model.optimizer.iterations) == 32
+    assert history.history["loss"][-1] < history.history["loss"][0] - 0.3
 
 
 def test_train_resume_evaluate_export(features_dir, tmp_path):
