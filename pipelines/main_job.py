@@ -241,8 +241,12 @@ class MainJob:
 
     # -- summary -----------------------------------------------------------------------------
     def summary(self, recommendation: dict, text: dict, seconds: float) -> str:
+        caveat = ("NOTE: smoke schedule: tiny models trained for a few steps check that every step runs; the "
+                  "numbers below are NOT quality figures (BENCHMARKS.md has those)." if self.schedule_name == "smoke"
+                  else "NOTE: short schedules (a demo of the whole system in ~20 minutes); the benchmark-quality "
+                       "numbers are in BENCHMARKS.md.")
         lines = ["", "=" * 78, f"Main job ({self.schedule_name} schedule) finished in {seconds / 60:.1f} min", "=" * 78,
-                 "", "Retrieval (MovieLens ml-latest-small, user_time split, CFM two-tower, exact recall, eval split):",
+                 caveat, "", "Retrieval (MovieLens ml-latest-small, user_time split, CFM two-tower, exact recall, eval split):",
                  f"  {'slice':<8} {'examples':>9} {'R@10':>8} {'R@50':>8} {'R@100':>8}"]
         for name, metrics in recommendation["eval"]["metrics"].items():
             lines.append(f"  {name:<8} {metrics['examples']:>9} {metrics['recall@10']:>8.4f} "
@@ -256,6 +260,9 @@ class MainJob:
         for name, metrics in _detector_rows(text["eval"]):
             lines.append(f"  {name:<22} {100 * metrics['auroc']:>7.2f} {100 * metrics['aupr_out']:>9.2f} "
                          f"{100 * metrics['aupr_in']:>8.2f} {100 * metrics['far95']:>7.2f}")
+        gate = text["eval"].get("teacher_gate")
+        if gate:
+            lines.append(f"  {gate['message']}")
         batch = text["batch"]
         lines.append(f"  {'mlkd via batch job':<22} {100 * batch['auroc']:>7.2f} {100 * batch['aupr_out']:>9.2f} "
                      f"{100 * batch['aupr_in']:>8.2f} {100 * batch['far95']:>7.2f}")

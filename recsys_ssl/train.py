@@ -309,24 +309,33 @@ def make_train_step(strategy: tf.distribute.Strategy, model: SSLTwoTowerModel, o
 
 
 def plot_history(history: list[dict], path: str, k: int) -> None:
-    """Training curves: mean losses and validation recall per epoch (PNG)."""
+    """Training curves: mean losses and validation recall per epoch (PNG; epochs counted from 1)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     if not history:
         return
-    epochs = [h["epoch"] for h in history]
+    epochs = [h["epoch"] + 1 for h in history]
     figure, (losses_axis, recall_axis) = plt.subplots(1, 2, figsize=(10, 4))
     for key in ("main", "ssl", "total"):
-        losses_axis.plot(epochs, [h[f"mean_{key}_loss"] for h in history], marker="o", label=key)
-    losses_axis.set_xlabel("epoch")
-    losses_axis.set_ylabel("mean training loss")
-    losses_axis.legend()
-    recall_axis.plot(epochs, [h["validation_recall"] for h in history], marker="o", color="tab:green")
-    recall_axis.set_xlabel("epoch")
-    recall_axis.set_ylabel(f"validation recall@{k}")
+        losses_axis.plot(epochs, [h[f"mean_{key}_loss"] for h in history], marker="o", label=f"{key} loss")
+    losses_axis.set_title("training loss (mean over the epoch)")
+    losses_axis.set_ylabel("loss")
+    for slice_name, color in (("", "tab:green"), ("_head", "tab:blue"), ("_tail", "tab:orange")):
+        values = [h.get(f"validation_recall{slice_name}") for h in history]
+        if any(v is not None for v in values):
+            recall_axis.plot(epochs, values, marker="o", color=color, label=(slice_name[1:] or "overall"))
+    recall_axis.set_title(f"validation recall@{k} (model selection: overall)")
+    recall_axis.set_ylabel(f"recall@{k}")
+    for axis in (losses_axis, recall_axis):
+        axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_xlim(0.5, max(epochs) + 0.5)
+        axis.grid(alpha=0.3)
+        axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
