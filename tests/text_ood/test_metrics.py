@@ -66,3 +66,22 @@ def test_bad_inputs_fail_clearly():
         metrics.auroc([], [1.0])
     with pytest.raises(ValueError, match="finite"):
         metrics.far95([np.nan], [1.0])
+
+
+def test_metrics_agree_with_scikit_learn_on_random_and_tied_scores():
+    # scikit-learn is a test dependency only: an independent implementation of the same metrics.
+    from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve as sk_roc_curve
+
+    rng = np.random.default_rng(0)
+    for id_scores, ood_scores in (
+        (rng.normal(0, 1, 500), rng.normal(1, 1, 120)),
+        (rng.integers(0, 5, 300).astype(float), rng.integers(2, 8, 90).astype(float)),  # many ties
+    ):
+        labels = np.r_[np.zeros(len(id_scores)), np.ones(len(ood_scores))]
+        scores = np.r_[id_scores, ood_scores]
+        assert metrics.auroc(id_scores, ood_scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+        assert metrics.aupr_out(id_scores, ood_scores) == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
+        assert metrics.aupr_in(id_scores, ood_scores) == pytest.approx(average_precision_score(1 - labels, -scores), abs=1e-12)
+        fpr, tpr, _ = sk_roc_curve(labels, scores)
+        # FAR95: the smallest false-positive rate at which at least 95% of OoD is caught.
+        assert metrics.far95(id_scores, ood_scores) == pytest.approx(fpr[np.argmax(tpr >= 0.95)], abs=1e-12)
