@@ -1,4 +1,4 @@
-"""Training: a strategy-aware loop with checkpoints, resume, TensorBoard and early stopping.
+"""Training of the two-tower model: a strategy-aware step on the shared loop (:mod:`core.loop`).
 
 ``python -m recsys_ssl train --features DIR --workdir DIR [--preset NAME] [--set k=v ...]``
 
@@ -18,13 +18,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import tempfile
-import time
 
 import numpy as np
 import tensorflow as tf
 
+from core.files import write_json_atomic
+from core.loop import LoopConfig, run_loop
 from recsys_ssl import schema as fs
 from recsys_ssl.config import Config
 from recsys_ssl.data import FeatureSet
@@ -34,13 +34,6 @@ from serving import dataclass_config
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "train_summary.json"
-
-
-def write_json_atomic(path: str, document) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(document, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def load_run(workdir: str) -> tuple[Config, str]:
@@ -172,114 +165,65 @@ class Trainer:
         return {"overall": float(hits.mean()), "head": float(hits[head].mean()) if head.any() else float("nan"),
                 "tail": float(hits[~head].mean()) if (~head).any() else float("nan")}
 
-    # -- the loop ----------------------------------------------------------------------------------
+    # -- the loop (a core.loop.TrainingTask) ----------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return "train"
+
+    def batches(self, epoch: int, skip: int):
+        return self._train_dataset(epoch, skip)
+
+    def train_step(self, batch, step: int) -> dict:
+        return self._step(batch, self.model.step_seed(step))
+
+    def validate(self, epoch: int) -> dict[str, float]:
+        recalls = self.validation_recall()
+        return {"selection": recalls["overall"], **{f"validation_recall{'' if k == 'overall' else '_' + k}": v
+                                                     for k, v in recalls.items()}}
+
+    def on_epoch_end(self, epoch: int, record: dict, improved: bool) -> None:
+        if improved:
+            self._best_manager.save(checkpoint_number=epoch)
+
     def run(self) -> dict:
         """Trains until ``train.epochs`` or early stopping; returns the training summary."""
         config = self.config
         self._write_config()
         self.feature_set = FeatureSet.load(self.features_dir, config.model.max_values, config.model.min_count)
         with self.strategy.scope():
+            tf.keras.utils.set_random_seed(config.train.seed)  # initial weights follow the seed
             self.model = build_model(self.feature_set, config)
             optimizer_class = {"adam": tf.keras.optimizers.Adam, "adagrad": tf.keras.optimizers.Adagrad}
             self.optimizer = optimizer_class[config.train.optimizer](learning_rate=config.train.learning_rate)
-            state = {
-                "epoch": tf.Variable(0, dtype=tf.int64), "step_in_epoch": tf.Variable(0, dtype=tf.int64),
-                "global_step": tf.Variable(0, dtype=tf.int64), "best_metric": tf.Variable(-1.0, dtype=tf.float64),
-                "best_epoch": tf.Variable(-1, dtype=tf.int64), "bad_epochs": tf.Variable(0, dtype=tf.int64),
-                "stopped": tf.Variable(False),
-            }
-        checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, **state)
-        checkpoint_dir = os.path.join(self.workdir, "checkpoints") if self.is_chief else tempfile.mkdtemp()
-        manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=2)
         best_dir = os.path.join(self.workdir, "best") if self.is_chief else tempfile.mkdtemp()
-        best_manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=self.model), best_dir, max_to_keep=1)
-        history_path = os.path.join(self.workdir, "train_history.json")
-        history: list[dict] = []
-        if manager.latest_checkpoint:
-            checkpoint.restore(manager.latest_checkpoint)
-            if os.path.isfile(history_path):
-                with open(history_path) as f:
-                    history = [h for h in json.load(f) if h["epoch"] < int(state["epoch"].numpy())]
-            logging.info("resuming from %s: epoch %d, step %d of the epoch, global step %d", manager.latest_checkpoint,
-                         int(state["epoch"].numpy()), int(state["step_in_epoch"].numpy()),
-                         int(state["global_step"].numpy()))
+        self._best_manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=self.model), best_dir, max_to_keep=1)
         self._prepare_validation()
         steps_per_epoch = self._steps_per_epoch()
         if steps_per_epoch < 1:
             raise ValueError(f"fewer training examples than one batch of {config.train.batch_size}")
-        writer = tf.summary.create_file_writer(os.path.join(self.workdir, "tensorboard")) if self.is_chief else \
-            tf.summary.create_noop_writer()
-        train_step = make_train_step(self.strategy, self.model, self.optimizer)
-        step_seconds: list[float] = []
-
-        while int(state["epoch"].numpy()) < config.train.epochs and not bool(state["stopped"].numpy()):
-            epoch = int(state["epoch"].numpy())
-            start_step = int(state["step_in_epoch"].numpy())
-            progress = tf.keras.utils.Progbar(steps_per_epoch, stateful_metrics=["main", "ssl", "total"],
-                                              verbose=(1 if sys.stdout.isatty() else 2) if self.is_chief else 0)
-            progress.update(start_step)
-            sums = {"main": 0.0, "ssl": 0.0, "total": 0.0}
-            count = 0
-            for batch in self._train_dataset(epoch, start_step):
-                if int(state["step_in_epoch"].numpy()) >= steps_per_epoch:
-                    break
-                started = time.perf_counter()
-                seed = self.model.step_seed(state["global_step"])
-                losses = {k: float(v) for k, v in train_step(batch, seed).items()}
-                step_seconds.append(time.perf_counter() - started)
-                state["global_step"].assign_add(1)
-                state["step_in_epoch"].assign_add(1)
-                global_step = int(state["global_step"].numpy())
-                for key in sums:
-                    sums[key] += losses[key]
-                count += 1
-                progress.update(int(state["step_in_epoch"].numpy()), values=list(losses.items()))
-                if global_step % config.train.log_every_steps == 0:
-                    with writer.as_default(step=global_step):
-                        for key, value in losses.items():
-                            tf.summary.scalar(f"loss/{key}", value)
-                if global_step % config.train.checkpoint_every_steps == 0:
-                    manager.save(checkpoint_number=global_step)
-            recalls = self.validation_recall()
-            recall = recalls["overall"]
-            record = {"epoch": epoch, "validation_recall": recall, "validation_recall_head": recalls["head"],
-                      "validation_recall_tail": recalls["tail"], "steps": count,
-                      **{f"mean_{k}_loss": (v / count if count else float("nan")) for k, v in sums.items()}}
-            history.append(record)
-            logging.info("epoch %d: %s", epoch, json.dumps(record))
-            with writer.as_default(step=int(state["global_step"].numpy())):
-                for name, value in recalls.items():
-                    tf.summary.scalar(f"validation/recall@{config.train.selection_k}/{name}", value)
-            if recall > float(state["best_metric"].numpy()):
-                state["best_metric"].assign(recall)
-                state["best_epoch"].assign(epoch)
-                state["bad_epochs"].assign(0)
-                best_manager.save(checkpoint_number=epoch)
-            else:
-                state["bad_epochs"].assign_add(1)
-                if int(state["bad_epochs"].numpy()) >= config.train.early_stopping_patience:
-                    logging.info("early stopping: no validation improvement for %d epochs",
-                                 int(state["bad_epochs"].numpy()))
-                    state["stopped"].assign(True)
-            state["epoch"].assign_add(1)
-            state["step_in_epoch"].assign(0)
-            manager.save(checkpoint_number=int(state["global_step"].numpy()))
-            if self.is_chief:
-                write_json_atomic(history_path, history)
-        writer.flush()
+        self._step = make_train_step(self.strategy, self.model, self.optimizer)
+        loop_config = LoopConfig(epochs=config.train.epochs, steps_per_epoch=steps_per_epoch,
+                                 checkpoint_every_steps=config.train.checkpoint_every_steps,
+                                 log_every_steps=config.train.log_every_steps,
+                                 early_stopping_patience=config.train.early_stopping_patience,
+                                 higher_is_better=True, max_checkpoints=2)
+        result = run_loop(self, loop_config, {"model": self.model, "optimizer": self.optimizer},
+                          os.path.join(self.workdir, "checkpoints"), os.path.join(self.workdir, "tensorboard"),
+                          os.path.join(self.workdir, "train_history.json"), is_chief=self.is_chief)
         summary = {
-            "epochs_run": len(history),
-            "best_epoch": int(state["best_epoch"].numpy()),
-            f"best_validation_recall@{config.train.selection_k}": float(state["best_metric"].numpy()),
-            "early_stopped": bool(state["stopped"].numpy()),
-            "global_steps": int(state["global_step"].numpy()),
+            "epochs_run": len(result.history),
+            "best_epoch": result.best_epoch,
+            f"best_validation_recall@{config.train.selection_k}": result.best_selection,
+            "early_stopped": result.early_stopped,
+            "global_steps": result.global_step,
             # The first steps include tracing; the median is the steady-state step time.
-            "median_step_seconds": float(np.median(step_seconds[5:] or step_seconds or [float("nan")])),
-            "history": history,
+            "median_step_seconds": float(np.median(result.step_seconds[5:] or result.step_seconds or [float("nan")])),
+            "wall_time_s": result.elapsed_s,
+            "history": result.history,
         }
         if self.is_chief:
             write_json_atomic(os.path.join(self.workdir, SUMMARY_FILE), summary)
-            plot_history(history, os.path.join(self.workdir, "training.png"), config.train.selection_k)
+            plot_history(result.history, os.path.join(self.workdir, "training.png"), config.train.selection_k)
         return summary
 
 
@@ -318,10 +262,10 @@ def plot_history(history: list[dict], path: str, k: int) -> None:
 
     if not history:
         return
-    epochs = [h["epoch"] + 1 for h in history]
+    epochs = [h["epoch"] for h in history]
     figure, (losses_axis, recall_axis) = plt.subplots(1, 2, figsize=(10, 4))
     for key in ("main", "ssl", "total"):
-        losses_axis.plot(epochs, [h[f"mean_{key}_loss"] for h in history], marker="o", label=f"{key} loss")
+        losses_axis.plot(epochs, [h.get(f"train_{key}") for h in history], marker="o", label=f"{key} loss")
     losses_axis.set_title("training loss (mean over the epoch)")
     losses_axis.set_ylabel("loss")
     for slice_name, color in (("", "tab:green"), ("_head", "tab:blue"), ("_tail", "tab:orange")):

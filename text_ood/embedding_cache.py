@@ -12,11 +12,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import uuid
 from collections.abc import Sequence
 
 import numpy as np
 
+from core.files import save_npy_atomic
 from text_ood.encoder import SentenceEncoder
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,5 @@ class EmbeddingCache:
         logger.info("embedding %d texts", len(texts))
         embeddings = self.encoder.embed(texts, self.batch_size)
         os.makedirs(self.directory, exist_ok=True)
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp.npy"
-        np.save(tmp, embeddings)
-        os.replace(tmp, path)  # atomic: a concurrent reader sees the whole file or none
+        save_npy_atomic(path, embeddings)  # a concurrent reader sees the whole file or none
         return embeddings

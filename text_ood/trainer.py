@@ -20,14 +20,13 @@ import json
 import logging
 import math
 import os
-import sys
-import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
-from tqdm.auto import tqdm
 
+from core.files import write_json_atomic
+from core.loop import LoopConfig, run_loop
 from text_ood.batching import length_batches, pad_batch
 from text_ood.config import StageConfig
 from text_ood.lm import mean_nll_function, save_lm, token_weighted_nll
@@ -108,8 +107,47 @@ def read_summary(directory: str) -> dict:
         return json.load(f)
 
 
+class _StageTask:
+    """A :class:`Stage` as a :class:`core.loop.TrainingTask`: padded length-bucketed batches."""
+
+    def __init__(self, stage: Stage, train_step, mean_nll):
+        self.name, self.stage = stage.name, stage
+        self._train_step, self._mean_nll = train_step, mean_nll
+        self._lengths = [len(s) for s in stage.train_ids]
+
+    def batches(self, epoch: int, skip: int):
+        stage = self.stage
+        order = length_batches(self._lengths, stage.config.batch_size, np.random.default_rng([stage.seed, epoch]))
+        for indices in order[skip:]:
+            ids, mask = pad_batch(stage.train_ids, indices, stage.pad_id)
+            yield tf.constant(ids), tf.constant(mask)
+
+    def train_step(self, batch, step: int) -> dict:
+        loss, parts = self._train_step(*batch)
+        return {"loss": loss, **parts}
+
+    def validate(self, epoch: int) -> dict:
+        stage = self.stage
+        val_nll = token_weighted_nll(self._mean_nll, stage.val_ids, stage.pad_id, stage.eval_batch_size)
+        metrics = {"selection": val_nll, "val_nll": val_nll, "val_perplexity": math.exp(val_nll)}
+        for monitor, ids in stage.monitor_ids.items():
+            metrics[f"{monitor}_perplexity"] = math.exp(
+                token_weighted_nll(self._mean_nll, ids, stage.pad_id, stage.eval_batch_size))
+        return metrics
+
+    def on_epoch_end(self, epoch: int, record: dict, improved: bool) -> None:
+        stage = self.stage
+        if stage.snapshot_epochs:
+            save_lm(stage.selected_lm, os.path.join(stage.directory, "epochs", str(epoch + 1)))
+        if improved:
+            save_lm(stage.selected_lm, os.path.join(stage.directory, "best"))
+
+
 def run_stage(stage: Stage) -> dict:
     """Trains ``stage`` (resuming from ``ckpt/``), keeps the best validation LM in ``best/``.
+
+    The loop is :func:`core.loop.run_loop` (checkpoints, exact resume, TensorBoard); selection is
+    the lowest ID-validation NLL, every epoch runs (no early stopping).
 
     Returns:
       The stage summary also written to ``done.json``: steps, epochs, validation NLL/perplexity
@@ -135,21 +173,6 @@ def run_stage(stage: Stage) -> dict:
         var_names=["ln_", "bias", "wpe"])
     variables = [v for module in stage.trainables.values() for v in module.trainable_variables]
 
-    state = {"epoch": tf.Variable(0, dtype=tf.int64), "step_in_epoch": tf.Variable(0, dtype=tf.int64),
-             "best_val_nll": tf.Variable(np.inf, dtype=tf.float64)}
-    checkpoint = tf.train.Checkpoint(optimizer=optimizer, **state, **stage.trainables)
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(stage.directory, "ckpt"),
-                                         max_to_keep=1)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logger.info("stage %s: resumed from %s (epoch %d, step %d of the epoch)", stage.name,
-                    manager.latest_checkpoint, int(state["epoch"]), int(state["step_in_epoch"]))
-    history_path = os.path.join(stage.directory, "history.json")
-    history = []
-    if os.path.isfile(history_path):
-        with open(history_path) as f:
-            history = json.load(f)
-
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32),
                                   tf.TensorSpec([None, None], tf.float32)])
     def train_step(ids, mask):
@@ -157,90 +180,21 @@ def run_stage(stage: Stage) -> dict:
             loss, parts = stage.loss_fn(ids, mask)
         grads = tape.gradient(loss, variables)
         optimizer.apply_gradients(zip(grads, variables))
-        return loss, parts
+        return loss, {**parts, "learning_rate": schedule(optimizer.iterations)}
 
-    mean_nll = mean_nll_function(stage.selected_lm)
-    writer = tf.summary.create_file_writer(stage.log_dir)
-    lengths = [len(s) for s in stage.train_ids]
-    start = time.time()
-    elapsed_path = os.path.join(stage.directory, "ckpt", "elapsed.json")  # wall time over resumes
-    prior_elapsed = 0.0
-    if manager.latest_checkpoint and os.path.isfile(elapsed_path):
-        with open(elapsed_path) as f:
-            prior_elapsed = json.load(f)["elapsed_s"]
-
-    def save_checkpoint(step: int) -> None:
-        manager.save(checkpoint_number=step)
-        with open(elapsed_path, "w") as f:
-            json.dump({"elapsed_s": prior_elapsed + time.time() - start, "step": step}, f)
-    interactive = sys.stderr.isatty()
-    while int(state["epoch"]) < cfg.epochs and int(optimizer.iterations) < total_steps:
-        epoch = int(state["epoch"])
-        batches = length_batches(lengths, cfg.batch_size, np.random.default_rng([stage.seed, epoch]))
-        skip = int(state["step_in_epoch"])
-        remaining = total_steps - int(optimizer.iterations)
-        bar = tqdm(total=min(len(batches), skip + remaining), initial=skip, desc=f"{stage.name} epoch {epoch + 1}/{cfg.epochs}",
-                   unit="batch", mininterval=1 if interactive else 60, file=sys.stderr)
-        running = []
-        for position in range(skip, len(batches)):
-            ids, mask = pad_batch(stage.train_ids, batches[position], stage.pad_id)
-            loss, parts = train_step(tf.constant(ids), tf.constant(mask))
-            loss = float(loss)
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"stage {stage.name}: loss became {loss} at step "
-                                         f"{int(optimizer.iterations)}; lower the learning rate")
-            running.append(loss)
-            state["step_in_epoch"].assign(position + 1)
-            step = int(optimizer.iterations)
-            bar.update(1)
-            if step % cfg.log_every_steps == 0:
-                bar.set_postfix(loss=f"{np.mean(running[-cfg.log_every_steps:]):.3f}")
-                with writer.as_default(step=step):
-                    tf.summary.scalar("loss", loss)
-                    tf.summary.scalar("learning_rate", schedule(step))
-                    for key, value in parts.items():
-                        tf.summary.scalar(key, value)
-            if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
-                save_checkpoint(step)
-            if step >= total_steps:
-                break
-        bar.close()
-        val_nll = token_weighted_nll(mean_nll, stage.val_ids, stage.pad_id, stage.eval_batch_size)
-        record = {"epoch": epoch + 1, "step": int(optimizer.iterations),
-                  "train_loss": float(np.mean(running)) if running else None,
-                  "val_nll": val_nll, "val_perplexity": math.exp(val_nll),
-                  "elapsed_s": prior_elapsed + time.time() - start}
-        for monitor, ids in stage.monitor_ids.items():
-            record[f"{monitor}_perplexity"] = math.exp(
-                token_weighted_nll(mean_nll, ids, stage.pad_id, stage.eval_batch_size))
-        history.append(record)
-        logger.info("stage %s epoch %d: train loss %.4f, val perplexity %.3f%s", stage.name,
-                    epoch + 1, record["train_loss"] or float("nan"), record["val_perplexity"],
-                    "".join(f", {m} perplexity {record[m + '_perplexity']:.3f}"
-                            for m in stage.monitor_ids))
-        with writer.as_default(step=int(optimizer.iterations)):
-            tf.summary.scalar("val_perplexity", record["val_perplexity"])
-            for monitor in stage.monitor_ids:
-                tf.summary.scalar(f"{monitor}_perplexity", record[f"{monitor}_perplexity"])
-        with writer.as_default(step=epoch + 1):  # stages of one workdir overlay on one epoch axis
-            tf.summary.scalar("val_perplexity_by_epoch", record["val_perplexity"])
-        if stage.snapshot_epochs:
-            save_lm(stage.selected_lm, os.path.join(stage.directory, "epochs", str(epoch + 1)))
-        if val_nll < float(state["best_val_nll"]):
-            state["best_val_nll"].assign(val_nll)
-            save_lm(stage.selected_lm, os.path.join(stage.directory, "best"))
-        state["epoch"].assign(epoch + 1)
-        state["step_in_epoch"].assign(0)
-        save_checkpoint(int(optimizer.iterations))
-        with open(history_path, "w") as f:
-            json.dump(history, f, indent=2)
-    writer.flush()
+    task = _StageTask(stage, train_step, mean_nll_function(stage.selected_lm))
+    loop_config = LoopConfig(epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, max_steps=total_steps,
+                             checkpoint_every_steps=cfg.checkpoint_every_steps,
+                             log_every_steps=cfg.log_every_steps, higher_is_better=False)
+    result = run_loop(task, loop_config, {"optimizer": optimizer, **stage.trainables},
+                      os.path.join(stage.directory, "ckpt"), stage.log_dir,
+                      os.path.join(stage.directory, "history.json"))
+    history = result.history
     best = min(history, key=lambda r: r["val_nll"]) if history else None
-    summary = {"stage": stage.name, "steps": int(optimizer.iterations), "epochs_run": len(history),
+    summary = {"stage": stage.name, "steps": result.global_step, "epochs_run": len(history),
                "selected_epoch": best["epoch"] if best else None,
                "best_val_perplexity": best["val_perplexity"] if best else None,
-               "history": history, "wall_time_s": history[-1]["elapsed_s"] if history else 0.0,
+               "history": history, "wall_time_s": result.elapsed_s,
                "train_examples": len(stage.train_ids)}
-    with open(os.path.join(stage.directory, DONE_FILE), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json_atomic(os.path.join(stage.directory, DONE_FILE), summary, indent=2, sort_keys=False)
     return summary
