@@ -29,8 +29,10 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipelines.cli import DEFAULT_MAX_REJECT_FRACTION, parse_job_args, rejection_problem
 from pipelines.corpus_statistics import CorpusStatisticsFn
 from pipelines.feature_outputs import HEAD_FRACTION, WriteJson, head_tail, vocabulary_text, write_text
+from pipelines.input_schema import check_input_columns
 from pipelines.item_corpus import BuildItemCorpus, CorpusItem, DeduplicateItems, KeepKnownItems
 from pipelines.movielens import DEFAULT_SUBDIR, movielens_input_spec
 from pipelines.sources import (
@@ -235,6 +237,8 @@ def assemble_stats(options: FeatureOptions, item_ids: list[str], totals: dict, s
     """
     sources = {}
     read = {key.split(":", 1)[1]: n for key, n in totals.items() if key.startswith("read:")}
+    read.setdefault(SOURCE_INTERACTIONS, 0)  # An empty source is reported (and fails the job), not skipped.
+    read.setdefault(SOURCE_ITEMS, 0)
     accepted = {key.split(":", 1)[1]: n for key, n in totals.items() if key.startswith("accepted:")}
     accepted[SOURCE_ITEMS] = len(item_ids)  # unique catalogue items (duplicates are rejected)
     for source, read_count in sorted(read.items()):
@@ -270,8 +274,9 @@ def assemble_stats(options: FeatureOptions, item_ids: list[str], totals: dict, s
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.recsys_features",
-        description=__doc__.split("\n\n")[0] + " Unknown flags are passed to Beam as pipeline options.",
+        description=__doc__.split("\n\n")[0] + " Other flags must be Beam pipeline options.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("--input_format", choices=["movielens", "interactions"], default="movielens")
     parser.add_argument("--data_dir", default=None,
@@ -289,7 +294,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--min_rating", type=float, default=None,
                         help="keep interactions with weight >= this as positives (default: all)")
     parser.add_argument("--head_fraction", type=float, default=HEAD_FRACTION)
-    return parser.parse_known_args(argv)
+    parser.add_argument("--max_reject_fraction", type=float, default=DEFAULT_MAX_REJECT_FRACTION,
+                        help="fail (exit 1) when a source rejects all, or more than this fraction, of its rows")
+    args, beam_args = parse_job_args(parser, argv)
+    if not 0.0 <= args.max_reject_fraction <= 1.0:
+        parser.error(f"--max_reject_fraction must be in [0, 1], received {args.max_reject_fraction}")
+    return args, beam_args
 
 
 def resolve_input_spec(args: argparse.Namespace) -> InputSpec:
@@ -297,12 +307,16 @@ def resolve_input_spec(args: argparse.Namespace) -> InputSpec:
         data_dir = args.data_dir or (os.path.join(data_root(), DEFAULT_SUBDIR) if data_root() else None)
         if not data_dir:
             raise ValueError("--data_dir is required when $SSL_DATA_DIR is not set")
-        return movielens_input_spec(data_dir)
+        spec = movielens_input_spec(data_dir)
+        check_input_columns(spec, f"the MovieLens adapter ({data_dir})")
+        return spec
     schema_path = args.schema or (os.path.join(args.data_dir, "schema.json") if args.data_dir else None)
     if not schema_path or not os.path.isfile(schema_path):
         raise ValueError(f"--input_format interactions needs --schema FILE or --data_dir DIR with schema.json "
                          f"(received {schema_path!r})")
-    return InputSpec.from_schema_file(schema_path)
+    spec = InputSpec.from_schema_file(schema_path)
+    check_input_columns(spec, schema_path)
+    return spec
 
 
 def run(argv: list[str] | None = None) -> beam.runners.runner.PipelineResult:
@@ -348,16 +362,25 @@ def main(argv: list[str] | None = None) -> int:
     stats_path = os.path.join(args.output_dir, fs.STATS_FILE)
     for counter in result.metrics().query()["counters"]:
         logging.info("counter %s = %d", counter.key.metric.name, counter.committed or counter.attempted)
-    if os.path.isfile(stats_path):
-        with open(stats_path) as f:
-            stats = json.load(f)
-        for source, counts in stats["sources"].items():
-            logging.info("%s: read %d = accepted %d + rejected %d %s", source, counts["read"], counts["accepted"],
-                         counts["rejected"], counts["rejected_by_reason"] or "")
-        logging.info("examples: %s", {s: v["examples"] for s, v in stats["splits"].items()})
-        if not stats["reconciled"]:
-            logging.error("counts do not reconcile (read != accepted + rejected): see %s", stats_path)
-            return 1
+    if not os.path.isfile(stats_path):
+        logging.error("the pipeline finished without writing %s", stats_path)
+        return 1
+    with open(stats_path) as f:
+        stats = json.load(f)
+    for source, counts in stats["sources"].items():
+        logging.info("%s: read %d = accepted %d + rejected %d %s", source, counts["read"], counts["accepted"],
+                     counts["rejected"], counts["rejected_by_reason"] or "")
+    logging.info("examples: %s", {s: v["examples"] for s, v in stats["splits"].items()})
+    if not stats["reconciled"]:
+        logging.error("counts do not reconcile (read != accepted + rejected): see %s", stats_path)
+        return 1
+    problems = [rejection_problem(source, counts["read"], counts["rejected"], args.max_reject_fraction)
+                for source, counts in sorted(stats["sources"].items())]
+    problems = [p for p in problems if p]
+    if problems:
+        logging.error("%s; dead letters in %s", "; ".join(problems),
+                      os.path.join(args.output_dir, fs.DEAD_LETTER_DIR))
+        return 1
     return 0
 
 

@@ -463,7 +463,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.synthetic",
         description=__doc__.split("\n\n")[0] + " Writes schema.json, items.jsonl, interactions*.csv, generation.json.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False,
     )
     for field in dataclasses.fields(SyntheticConfig):
         flag = f"--{field.name}"
