@@ -4,7 +4,9 @@
 writes ``DIR/schema.json``, ``DIR/items.jsonl`` (every item, with its features),
 ``DIR/interactions.csv`` (or ``interactions-SSSSS-of-NNNNN.csv`` shards; columns user_id, item_id,
 timestamp, weight; rows in time order) and ``DIR/generation.json`` (resolved config and realised
-statistics). Output is a pure function of the config: the same seed gives byte-identical files.
+statistics); ``--format parquet`` writes ``items.parquet`` and ``interactions*.parquet`` with the
+same rows instead (:mod:`pipelines.synthetic_files`). Output is a pure function of the config:
+the same seed gives identical rows (byte-identical CSV/JSONL files).
 
 Generative story (what CFM should find, and what it should not):
 
@@ -68,16 +70,14 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
-from tqdm import tqdm
+
+from pipelines.synthetic_files import FORMATS, ITEM_FEATURES, LANGUAGES, PRICE_BUCKETS, input_schema, write_tables
 
 logger = logging.getLogger(__name__)
 
-ITEM_FEATURES = ("category", "subcategory", "brand", "tags", "price_bucket", "language", "year")
 PREFERENCE_LEVELS = ("topic", "subcategory", "brand")
-PRICE_BUCKETS, PRICE_PROBS = ("p0", "p1", "p2", "p3", "p4"), (0.30, 0.25, 0.20, 0.15, 0.10)
-LANGUAGES, LANGUAGE_PROBS = ("en", "es", "de", "fr", "ja", "pt"), (0.45, 0.15, 0.12, 0.12, 0.10, 0.06)
-SCHEMA_FILE, ITEMS_FILE, SUMMARY_FILE = "schema.json", "items.jsonl", "generation.json"
-_WRITE_CHUNK = 200_000
+PRICE_PROBS, LANGUAGE_PROBS = (0.30, 0.25, 0.20, 0.15, 0.10), (0.45, 0.15, 0.12, 0.12, 0.10, 0.06)
+SCHEMA_FILE, SUMMARY_FILE = "schema.json", "generation.json"
 
 
 def _field(default, help_text: str):
@@ -113,7 +113,8 @@ class SyntheticConfig:
     start_timestamp: int = _field(1_546_300_800, "earliest timestamp, seconds (2019-01-01 UTC)")
     end_timestamp: int = _field(1_704_067_200, "latest timestamp, seconds (2024-01-01 UTC)")
     with_weights: bool = _field(True, "write a 1-5 rating as the weight column")
-    num_shards: int = _field(1, "number of interaction CSV files")
+    num_shards: int = _field(1, "number of interaction files")
+    format: str = _field("csv", "'csv' (interactions CSV + items JSONL) or 'parquet' (both Parquet)")
     overwrite: bool = _field(False, "replace an earlier generator output in output_dir")
 
     def __post_init__(self):
@@ -136,6 +137,8 @@ class SyntheticConfig:
                              f"({self.num_users}): every user has at least one interaction")
         if self.tags_per_topic > self.num_tags:
             raise ValueError(f"tags_per_topic ({self.tags_per_topic}) exceeds num_tags ({self.num_tags})")
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, received {self.format!r}")
         if self.preference_level not in PREFERENCE_LEVELS:
             raise ValueError(f"preference_level must be one of {PREFERENCE_LEVELS}, received {self.preference_level!r}")
         if self.max_topics_per_user > self.num_preference_groups:
@@ -295,55 +298,6 @@ def sample_interactions(
             "weight": np.clip(np.rint(rating), 1, 5).astype(np.int64)[order]}
 
 
-def _ids(prefix: str, count: int, min_width: int) -> list[str]:
-    width = max(min_width, len(str(count - 1)))
-    return [f"{prefix}{i:0{width}d}" for i in range(count)]
-
-
-def _schema(config: SyntheticConfig, interactions_path: str) -> dict:
-    interactions = {"path": interactions_path, "user_id": "user_id", "item_id": "item_id", "timestamp": "timestamp"}
-    if config.with_weights:
-        interactions["weight"] = "weight"
-    features = [{"name": name, "column": name, "multivalent": name == "tags"} for name in ITEM_FEATURES]
-    features[ITEM_FEATURES.index("tags")]["separator"] = "|"
-    return {"interactions": interactions, "items": {"path": ITEMS_FILE, "item_id": "item_id", "features": features},
-            "item_events": []}
-
-
-def _item_lines(config: SyntheticConfig, items: dict[str, np.ndarray], item_ids: list[str]):
-    c = config
-    cat_width = len(str(c.num_categories - 1))
-    categories = [f"cat{i:0{cat_width}d}" for i in range(c.num_categories)]
-    subcategories = [f"{categories[i // c.subcategories_per_category]}/sub{i % c.subcategories_per_category}"
-                     for i in range(c.num_categories * c.subcategories_per_category)]
-    brands = _ids("brand", len(subcategories) * c.brands_per_subcategory, 4)
-    tag_names = _ids("tag", c.num_tags, 3)
-    columns = zip(item_ids, items["category"].tolist(), items["subcategory"].tolist(), items["brand"].tolist(),
-                  items["tags"].tolist(), items["price_bucket"].tolist(), items["language"].tolist(),
-                  items["year"].tolist())
-    for item_id, cat, sub, brand, tags, price, language, year in columns:
-        yield json.dumps({
-            "item_id": item_id, "category": categories[cat], "subcategory": subcategories[sub],
-            "brand": brands[brand], "tags": [tag_names[t] for t in tags if t >= 0],
-            "price_bucket": PRICE_BUCKETS[price], "language": LANGUAGES[language], "year": str(year),
-        }) + "\n"
-
-
-def _write_lines(path: str, header: str, lines, total: int, label: str) -> None:
-    with open(path, "w", encoding="utf-8", newline="") as f, tqdm(total=total, desc=label, unit="row",
-                                                                    unit_scale=True, leave=False) as bar:
-        f.write(header)
-        buffer = []
-        for line in lines:
-            buffer.append(line)
-            if len(buffer) == _WRITE_CHUNK:
-                f.write("".join(buffer))
-                bar.update(len(buffer))
-                buffer.clear()
-        f.write("".join(buffer))
-        bar.update(len(buffer))
-
-
 def _mutual_information(x: np.ndarray, y: np.ndarray, weight: np.ndarray) -> float:
     """Plug-in MI in nats of aligned [n] int64 codes with [n] float64 sample masses."""
     _, pair = np.unique(x * (int(y.max()) + 1) + y, return_inverse=True)
@@ -386,12 +340,6 @@ def _stats(config: SyntheticConfig, items: dict[str, np.ndarray], inter: dict[st
     }
 
 
-def _outputs(config: SyntheticConfig) -> list[str]:
-    if config.num_shards == 1:
-        return ["interactions.csv"]
-    return [f"interactions-{i:05d}-of-{config.num_shards:05d}.csv" for i in range(config.num_shards)]
-
-
 def generate(config: SyntheticConfig) -> GeneratedFiles:
     """Generates the data set described by ``config`` into ``config.output_dir``.
 
@@ -423,38 +371,24 @@ def generate(config: SyntheticConfig) -> GeneratedFiles:
     stats = _stats(config, items, inter)
 
     os.makedirs(output_dir, exist_ok=True)
-    shard_names = _outputs(config)
     staging = tempfile.mkdtemp(prefix=".tmp-synthetic-", dir=output_dir)
     try:
-        item_ids, user_ids = _ids("i", config.num_items, 7), _ids("u", config.num_users, 6)
-        _write_lines(os.path.join(staging, ITEMS_FILE), "", _item_lines(config, items, item_ids),
-                     config.num_items, ITEMS_FILE)
-        header = "user_id,item_id,timestamp" + (",weight\n" if config.with_weights else "\n")
-        bounds = np.linspace(0, config.num_interactions, config.num_shards + 1).astype(np.int64)
-        for name, lo, hi in zip(shard_names, bounds[:-1], bounds[1:]):
-            columns = [inter["user"][lo:hi].tolist(), inter["item"][lo:hi].tolist(), inter["timestamp"][lo:hi].tolist()]
-            if config.with_weights:
-                lines = (f"{user_ids[u]},{item_ids[i]},{t},{w}\n"
-                         for u, i, t, w in zip(*columns, inter["weight"][lo:hi].tolist()))
-            else:
-                lines = (f"{user_ids[u]},{item_ids[i]},{t}\n" for u, i, t in zip(*columns))
-            _write_lines(os.path.join(staging, name), header, lines, int(hi - lo), name)
-        interactions_path = shard_names[0] if config.num_shards == 1 else "interactions-*-of-*.csv"
+        items_name, shard_names, interactions_pattern = write_tables(config, items, inter, staging)
         with open(os.path.join(staging, SUMMARY_FILE), "w") as f:
             json.dump({"config": dataclasses.asdict(config), "stats": stats}, f, indent=2)
         with open(os.path.join(staging, SCHEMA_FILE), "w") as f:
-            json.dump(_schema(config, interactions_path), f, indent=2)
+            json.dump(input_schema(config, items_name, interactions_pattern), f, indent=2)
         if os.path.exists(schema_path):  # overwrite: retire the earlier output, schema first
             os.remove(schema_path)
             for name in os.listdir(output_dir):
-                if name.startswith("interactions") and name.endswith(".csv"):
+                if name.startswith(("interactions", "items.")) and name.endswith((".csv", ".jsonl", ".parquet")):
                     os.remove(os.path.join(output_dir, name))
-        for name in [ITEMS_FILE, *shard_names, SUMMARY_FILE, SCHEMA_FILE]:
+        for name in [items_name, *shard_names, SUMMARY_FILE, SCHEMA_FILE]:
             os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("wrote %s in %.1fs: %s", output_dir, time.perf_counter() - started, stats)
-    return GeneratedFiles(schema=schema_path, items=os.path.join(output_dir, ITEMS_FILE),
+    return GeneratedFiles(schema=schema_path, items=os.path.join(output_dir, items_name),
                           interactions=tuple(os.path.join(output_dir, n) for n in shard_names),
                           summary=os.path.join(output_dir, SUMMARY_FILE), stats=stats)
 

@@ -302,3 +302,20 @@ def test_brand_preference_level_concentrates_users_on_brands():
     assert shares["brand"] > 0.5 > shares["topic"]
     with pytest.raises(ValueError, match="preference_level"):
         SyntheticConfig(output_dir="unused", preference_level="color")
+
+
+def test_parquet_format_writes_the_same_rows(generated, tmp_path):
+    import pyarrow.parquet as pq
+
+    files, _, items, rows = generated
+    parquet = synthetic.generate(_config(tmp_path / "pq", format="parquet"))
+    assert os.path.basename(parquet.items) == "items.parquet"
+    assert [os.path.basename(p) for p in parquet.interactions] == ["interactions.parquet"]
+    table = pq.read_table(parquet.interactions[0])
+    assert table.schema.field("timestamp").type == "int64" and table.schema.field("weight").type == "int64"
+    assert [{k: str(v) for k, v in row.items()} for row in table.to_pylist()] == rows
+    assert pq.read_table(parquet.items).to_pylist() == items
+    schema = json.load(open(parquet.schema))
+    assert (schema["interactions"]["path"], schema["items"]["path"]) == ("interactions.parquet", "items.parquet")
+    with pytest.raises(ValueError, match="format must be one of"):
+        _config(tmp_path / "x", format="orc")
