@@ -204,3 +204,24 @@ def test_a_job_that_rejects_everything_fails(exported_detector, tmp_path, capsys
     path.write_text("".join(json.dumps({"body": t}) + "\n" for t in make_texts(ID_TEMPLATES, 5, 13)))
     assert _score(exported_detector, path, str(tmp_path / "o" / "s")) == 1
     assert "texts: every record was rejected (5 of 5)" in capsys.readouterr().err
+
+
+def test_portable_runner_scores_like_the_direct_runner(exported_detector, tmp_path):
+    """Batch scoring on Beam's portable runner (embedded job server, loopback SDK harness)."""
+    texts = make_texts(ID_TEMPLATES, 8, 14) + make_texts(OOD_TEMPLATES, 8, 15)
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps({"id": f"r{i}", "text": t, "k": i}) + "\n" for i, t in enumerate(texts))
+                    + '{"id": "bad", "body": "x"}\n{broken\n')
+    results = {}
+    for name, flags in (("direct", ["--runner=DirectRunner"]),
+                        ("portable", ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"])):
+        prefix = str(tmp_path / name / "s")
+        assert _score(exported_detector, path, prefix, "--max_reject_fraction=0.2", *flags) == 0
+        rows, dead, summary = _outputs(prefix)
+        results[name] = (sorted(rows, key=lambda r: r["id"]), sorted((d["position"], d["kind"]) for d in dead),
+                         {k: v for k, v in summary.items()})
+    direct, portable = results["direct"], results["portable"]
+    assert direct[2]["scored"] == 16 and direct[2]["rejected"] == 2
+    assert portable[1:] == direct[1:]
+    assert [(r["id"], r["k"], r["is_ood"]) for r in portable[0]] == [(r["id"], r["k"], r["is_ood"]) for r in direct[0]]
+    np.testing.assert_allclose([r["ood_score"] for r in portable[0]], [r["ood_score"] for r in direct[0]], rtol=1e-5)

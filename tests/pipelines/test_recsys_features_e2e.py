@@ -322,3 +322,21 @@ def test_parquet_rows_are_dead_lettered_with_their_row_index(generic_input, tmp_
     assert positions == [("19", "unknown_item_id"), ("33", "unparseable_number"), ("7", "invalid_value")]
     assert all(d["position"].startswith(str(generic_input / "interactions.parquet")) for d in dead
                if d["source"] == "interactions")
+
+
+PORTABLE = ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"]
+
+
+def test_portable_runner_gives_the_same_features_as_the_direct_runner(generic_input, tmp_path):
+    """Beam's portable runner (Runner API + Fn API over gRPC, the path Flink, Spark and Dataflow
+    Runner v2 take) with an embedded job server and a loopback SDK harness."""
+    snapshots = {}
+    for name, flags in (("direct", ["--runner=DirectRunner"]), ("portable", PORTABLE)):
+        out = tmp_path / name
+        _run(["--input_format", "interactions", "--data_dir", str(generic_input), "--output_dir", str(out),
+              "--split", "time", "--eval_fraction", "0.2", "--history_length", "3", "--max_reject_fraction=0.3",
+              *flags])
+        snapshots[name] = feature_snapshot(out)
+    assert snapshots["direct"]["stats"]["sources"]["interactions"]["read"] == 65
+    assert len(snapshots["direct"]["dead_letter_kinds"]) == 8
+    assert snapshots["portable"] == snapshots["direct"]
