@@ -37,10 +37,14 @@ class _LinesWithOffsets(filebasedsource.FileBasedSource):
     extension) read their header line from the file start in every split and skip it.
     """
 
-    def __init__(self, pattern: str):
+    def __init__(self, pattern: str, batch_size: int | None = None):
         super().__init__(pattern, compression_type=CompressionTypes.UNCOMPRESSED, splittable=True)
+        self._batch_size = batch_size
 
     def read_records(self, file_name, offset_range_tracker):
+        return _batched(self._lines(file_name, offset_range_tracker), self._batch_size)
+
+    def _lines(self, file_name, offset_range_tracker):
         is_csv = file_name.lower().endswith(".csv")
         start = offset_range_tracker.start_position()
         with self.open_file(file_name) as f:
@@ -68,10 +72,14 @@ class _LinesWithOffsets(filebasedsource.FileBasedSource):
 class _ParquetRows(filebasedsource.FileBasedSource):
     """``(path, row index, None, b"", row dict)`` for every row of the matching Parquet files."""
 
-    def __init__(self, pattern: str):
+    def __init__(self, pattern: str, batch_size: int | None = None):
         super().__init__(pattern, compression_type=CompressionTypes.UNCOMPRESSED, splittable=False)
+        self._batch_size = batch_size
 
     def read_records(self, file_name, range_tracker):
+        return _batched(self._rows(file_name, range_tracker), self._batch_size)
+
+    def _rows(self, file_name, range_tracker):
         import pyarrow.parquet as pq
 
         if not range_tracker.try_claim(range_tracker.start_position()):
@@ -85,36 +93,52 @@ class _ParquetRows(filebasedsource.FileBasedSource):
                     index += 1
 
 
+def _batched(records, batch_size: int | None):
+    """``records`` as they are, or as lists of up to ``batch_size`` of them."""
+    if not batch_size:
+        yield from records
+        return
+    block = []
+    for record in records:
+        block.append(record)
+        if len(block) == batch_size:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
 class ReadSourceLines(beam.PTransform):
     """Reads every non-empty line (CSV, JSONL) or row (``*.parquet``) of the files matching
     ``pattern`` as :class:`pipelines.sources.RawLine` s, each with its position for dead letters.
 
     The line read is splittable (large files are read by all workers in parallel, no shuffle);
-    Parquet is read one file per worker.
+    Parquet is read one file per worker. With ``batch_size``, each element is a list of up to that
+    many consecutive lines of one file (one Beam element per block instead of per line).
     """
 
-    def __init__(self, source: str, pattern: str):
+    def __init__(self, source: str, pattern: str, batch_size: int | None = None):
         super().__init__()
-        self._source, self._pattern = source, pattern
+        self._source, self._pattern, self._batch_size = source, pattern, batch_size
 
     def expand(self, pbegin):
         from pipelines.sources import RawLine
 
         source = self._source
-        reader = _ParquetRows(self._pattern) if self._pattern.lower().endswith(".parquet") \
-            else _LinesWithOffsets(self._pattern)
-        return (
-            pbegin
-            | "Read" >> beam.io.Read(reader)
-            | "Lines" >> beam.MapTuple(lambda path, offset, header, data, row: RawLine(
-                source, path, offset, header, data, row))
-        )
+        reader = (_ParquetRows if self._pattern.lower().endswith(".parquet") else _LinesWithOffsets)(
+            self._pattern, self._batch_size)
+        read = pbegin | "Read" >> beam.io.Read(reader)
+        if self._batch_size:
+            return read | "Lines" >> beam.Map(lambda block: [RawLine(source, *fields) for fields in block])
+        return read | "Lines" >> beam.MapTuple(lambda path, offset, header, data, row: RawLine(
+            source, path, offset, header, data, row))
 
 
 MAX_RECORD_BYTES = 1 << 30  # No valid input record is this large; a larger length is corruption.
 
 
-def _masked_crc32c(data: bytes) -> int:
+def masked_crc32c(data: bytes) -> int:
+    """TFRecord's masked CRC32C of ``data``."""
     import google_crc32c
 
     crc = google_crc32c.value(data)
@@ -142,7 +166,7 @@ class _TFRecordsWithOffsets(filebasedsource.FileBasedSource):
                         yield file_name, offset, None, f"file ends inside a record header ({len(head)} of 12 bytes)"
                         return
                     length, length_crc = struct.unpack("<QI", head)
-                    if _masked_crc32c(head[:8]) != length_crc:
+                    if masked_crc32c(head[:8]) != length_crc:
                         yield file_name, offset, None, "corrupt record length (checksum mismatch); rest of file skipped"
                         return
                     if length > MAX_RECORD_BYTES:
@@ -155,7 +179,7 @@ class _TFRecordsWithOffsets(filebasedsource.FileBasedSource):
                                                         "bytes; truncated file)")
                         return
                     data, (data_crc,) = body[:length], struct.unpack("<I", body[length:])
-                    if _masked_crc32c(data) != data_crc:
+                    if masked_crc32c(data) != data_crc:
                         yield file_name, offset, None, "corrupt record data (checksum mismatch); rest of file skipped"
                         return
                 except (EOFError, zlib.error, OSError) as error:

@@ -26,13 +26,15 @@ import os
 import sys
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.cli import DEFAULT_MAX_REJECT_FRACTION, parse_job_args, rejection_problem
 from pipelines.corpus_statistics import CorpusStatisticsFn
-from pipelines.feature_outputs import HEAD_FRACTION, WriteJson, head_tail, vocabulary_text, write_text
+from pipelines.feature_outputs import (
+    HEAD_FRACTION, WriteJson, WriteTFRecordBatches, WriteTFRecords, head_tail, vocabulary_text, write_text,
+)
 from pipelines.input_schema import check_input_columns
+from pipelines.interaction_batches import BATCH_LINES, ParseInteractionBatches
 from pipelines.item_corpus import BuildItemCorpus, CorpusItem, DeduplicateItems, KeepKnownItems
 from pipelines.movielens import DEFAULT_SUBDIR, movielens_input_spec
 from pipelines.sources import (
@@ -40,7 +42,7 @@ from pipelines.sources import (
     item_parser,
 )
 from pipelines.splits import (
-    HELDOUT_PAIRS_TAG, TRAIN_ITEMS_TAG, USER_COUNTS_TAG, BuildExamples, SplitProtocol, TimeCutoffs,
+    HELDOUT_PAIRS_TAG, TRAIN_ITEMS_TAG, USER_COUNTS_TAG, BuildExamples, SplitProtocol, SumCounts, TimeCutoffs,
 )
 from recsys_ssl import schema as fs
 from serving.env import data_root
@@ -92,18 +94,22 @@ def build_pipeline(pipeline: beam.Pipeline, spec: InputSpec, options: FeatureOpt
     )
     unique_items = parsed_items.records | "DeduplicateItems" >> DeduplicateItems(SOURCE_ITEMS)
     items = unique_items["items"]
-    known_ids = beam.pvalue.AsDict(items | "ItemIds" >> beam.Map(lambda i: (i.item_id, None)))
+    known_ids = beam.pvalue.AsSingleton(
+        items | "ItemIds" >> beam.Map(lambda i: i.item_id) | "AllItemIds" >> beam.combiners.ToList()
+        | "ItemIdSet" >> beam.Map(frozenset))
     counts.append(parsed_items[COUNTS_TAG])
     dead_letters += [parsed_items[DEAD_LETTER_TAG], unique_items[DEAD_LETTER_TAG]]
 
-    # 2. Interactions (and item events): parse, check item ids; bad rows are dead letters.
-    parsed_interactions = (
-        pipeline | "ReadInteractions" >> ReadSourceLines(SOURCE_INTERACTIONS, spec.interactions_path)
-        | "ParseInteractions" >> ParseRecords(interaction_parser(spec))
+    # 2. Interactions, in blocks of lines (the hot path; see pipelines/interaction_batches.py): parse and
+    #    check item ids into column batches; bad rows are dead letters. Item events, record by record.
+    interactions = (
+        pipeline | "ReadInteractions" >> ReadSourceLines(SOURCE_INTERACTIONS, spec.interactions_path, BATCH_LINES)
+        | "ParseInteractions" >> ParseInteractionBatches(
+            SOURCE_INTERACTIONS, interaction_parser(spec),
+            (spec.user_id_column, spec.item_id_column, spec.timestamp_column, spec.weight_column), known_ids)
     )
-    interactions = parsed_interactions.records | "KnownInteractions" >> KeepKnownItems(SOURCE_INTERACTIONS, known_ids)
-    counts += [parsed_interactions[COUNTS_TAG], interactions[COUNTS_TAG]]
-    dead_letters += [parsed_interactions[DEAD_LETTER_TAG], interactions[DEAD_LETTER_TAG]]
+    counts.append(interactions[COUNTS_TAG])
+    dead_letters.append(interactions[DEAD_LETTER_TAG])
     event_records = []
     for index, event_spec in enumerate(spec.item_events):
         parsed = (
@@ -121,11 +127,12 @@ def build_pipeline(pipeline: beam.Pipeline, spec: InputSpec, options: FeatureOpt
 
     # 3. Positive interactions, global time cutoffs, examples with histories and splits.
     min_rating = options.min_rating
-    positives = interactions.known
+    positives = interactions.batches
     if min_rating is not None:
-        positives = positives | "Positives" >> beam.Filter(lambda r: r.weight >= min_rating)
+        positives = (positives | "Positives" >> beam.Map(lambda b: b.select(b.weights >= min_rating))
+                     | "NonEmpty" >> beam.Filter(lambda b: b.size > 0))
     cutoffs = (
-        positives | "Timestamps" >> beam.Map(lambda r: r.timestamp)
+        positives | "Timestamps" >> beam.Map(lambda b: b.timestamps)
         | "TimeCutoffs" >> TimeCutoffs(options.eval_fraction, options.validation_fraction)
     )
     examples = positives | "BuildExamples" >> BuildExamples(
@@ -133,8 +140,7 @@ def build_pipeline(pipeline: beam.Pipeline, spec: InputSpec, options: FeatureOpt
         emit_heldout_pairs=has_events,
     )
     for split in fs.SPLITS:
-        _ = examples[split] | f"Write{split.title()}" >> beam.io.WriteToTFRecord(
-            f"{out}/{split}", file_name_suffix=fs.TFRECORD_SUFFIX, compression_type=CompressionTypes.GZIP)
+        _ = examples[split] | f"Write{split.title()}" >> WriteTFRecordBatches(f"{out}/{split}", fs.TFRECORD_SUFFIX)
 
     # 4. The item corpus: every catalogue item with its features (events before the eval period).
     if has_events:
@@ -147,18 +153,17 @@ def build_pipeline(pipeline: beam.Pipeline, spec: InputSpec, options: FeatureOpt
     _ = (
         corpus
         | "SerializeItems" >> beam.Map(lambda item: fs.item_to_proto(item.item_id, dict(item.features)))
-        | "WriteItems" >> beam.io.WriteToTFRecord(
-            f"{out}/{fs.ITEMS_PREFIX}", file_name_suffix=fs.TFRECORD_SUFFIX, compression_type=CompressionTypes.GZIP)
+        | "WriteItems" >> WriteTFRecords(f"{out}/{fs.ITEMS_PREFIX}", fs.TFRECORD_SUFFIX)
     )
 
     # 5. One pass of corpus statistics (vocabularies, MI), train frequencies, and the small files.
     corpus_stats = corpus | "CorpusStatistics" >> beam.CombineGlobally(
         CorpusStatisticsFn(feature_names, identifier=fs.ITEM_ID))
-    train_item_counts = beam.pvalue.AsDict(
-        examples[TRAIN_ITEMS_TAG] | "CountTrainItems" >> beam.combiners.Count.PerElement())
+    train_item_counts = beam.pvalue.AsSingleton(
+        examples[TRAIN_ITEMS_TAG] | "CountTrainItems" >> beam.CombineGlobally(SumCounts()))
     train_user_counts = beam.pvalue.AsList(
         examples[USER_COUNTS_TAG]
-        | "TrainUsers" >> beam.FlatMapTuple(lambda user, n: [(user, n["train"])] if n.get("train") else []))
+        | "TrainUsers" >> beam.FlatMap(lambda users: [(user, n["train"]) for user, n in users if n.get("train")]))
     _ = corpus_stats | "WriteCorpusFiles" >> beam.Map(
         write_corpus_files, out, train_item_counts=train_item_counts, train_user_counts=train_user_counts)
 
@@ -177,7 +182,7 @@ def build_pipeline(pipeline: beam.Pipeline, spec: InputSpec, options: FeatureOpt
     )
     split_totals = (
         examples[USER_COUNTS_TAG]
-        | "SplitUserCounts" >> beam.FlatMapTuple(lambda user, n: list(n.items()))
+        | "SplitUserCounts" >> beam.FlatMap(lambda users: [pair for _, n in users for pair in n.items()])
         | "SumSplitUsers" >> beam.CombineGlobally(_SplitTotals())
     )
     _ = (
