@@ -103,28 +103,38 @@ def parse_csv_block(lines: list[RawLine], columns: tuple[str, str, str, str | No
     if header is None or any(name is not None and name not in header for name in columns):
         return None, list(range(len(lines)))
     slow = set()
-    texts = []
-    for index, line in enumerate(lines):
-        try:
-            texts.append(line.data.decode("utf-8"))
-        except UnicodeDecodeError:
-            texts.append("")
-            slow.add(index)
-    rows = list(csv.reader(texts))
+    try:  # One decode for the block; line by line only when some line is not UTF-8.
+        texts = b"\n".join(line.data for line in lines).decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        texts = []
+        for index, line in enumerate(lines):
+            try:
+                texts.append(line.data.decode("utf-8"))
+            except UnicodeDecodeError:
+                texts.append("")
+                slow.add(index)
+    if len(texts) != len(lines):  # A line holding a lone \r split differently: use the per-line parser.
+        return None, list(range(len(lines)))
+    try:
+        rows = list(csv.reader(texts))
+    except csv.Error:  # E.g. a NUL byte or a stray \r: the per-line parser names the line.
+        return None, list(range(len(lines)))
     if len(rows) != len(texts):  # A quoted field spanning lines: let the per-line parser decide.
         return None, list(range(len(lines)))
     width = len(header)
-    slow.update(index for index, row in enumerate(rows) if len(row) != width)
+    if any(len(row) != width for row in rows):
+        slow.update(index for index, row in enumerate(rows) if len(row) != width)
+        rows = [row if len(row) == width else [""] * width for row in rows]
     # The last column of a repeated name, as the per-record parser's dict(zip(header, fields)) keeps.
     positions = [len(header) - 1 - header[::-1].index(name) if name is not None else None for name in columns]
-    fields = [[row[p].strip() if len(row) == width else "" for row in rows] for p in positions[:3]]
-    users, items, times = fields
+    table = list(zip(*rows))  # Columns of the block (a C-level transpose).
+    users, items, times = ([value.strip() for value in table[p]] for p in positions[:3])
     slow.update(index for index, (u, i) in enumerate(zip(users, items)) if not u or not i)
     timestamps = _numbers(times)
     ok = np.isfinite(timestamps) & (np.abs(timestamps) < 2.0**62)
     weights = None
     if positions[3] is not None:
-        weights = _numbers([row[positions[3]].strip() if len(row) == width else "" for row in rows])
+        weights = _numbers([value.strip() for value in table[positions[3]]])
         ok &= np.isfinite(weights)
     slow.update(np.flatnonzero(~ok).tolist())
     keep = np.ones(len(lines), dtype=bool)

@@ -106,7 +106,10 @@ def parse_row(line: RawLine) -> dict:
     except UnicodeDecodeError as error:
         raise RowError("undecodable_bytes", f"undecodable bytes (not UTF-8) at byte {error.start}") from None
     if line.header is not None:
-        fields = next(csv.reader([text]))
+        try:
+            fields = next(csv.reader([text]), [])
+        except csv.Error as error:  # A NUL byte, or a carriage return inside an unquoted field.
+            raise RowError("invalid_csv", f"unparseable CSV line: {error}") from None
         if len(fields) != len(line.header):
             raise RowError(
                 "wrong_column_count", f"expected {len(line.header)} columns {list(line.header)}, received {len(fields)}"

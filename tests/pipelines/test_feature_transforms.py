@@ -241,7 +241,7 @@ def test_batched_interaction_parsing_equals_the_per_record_path():
     header = ("user", "item", "rating", "ts")
     data = [b"u1,i1,4.5,100", b"u1,i2,4.5", b'"u,2",i1,3,1e2', b" u3 , i2 ,2,  7", b",i1,3,100", b"u3,i\xff,3,100",
             b"u3,i1,3,nan", b"u3,i1,inf,5", b"u4,i9,1,5", b"u4,i1,1_000,5", b"u5,i2,2,0x10", b'u6,"i1",3,8',
-            b"u7,i1,3,-4.7", b'u8,"i1,3,9']
+            b"u7,i1,3,-4.7", b'u8,"i1,3,9', b"u9,i\x001,3,9", b"u9,i1\r,3,9"]
     lines = [RawLine("interactions", "f.csv", 10 * k, header, d) for k, d in enumerate(data)]
     known = {"i1": None, "i2": None}
 
@@ -276,9 +276,13 @@ def test_batched_interaction_parsing_equals_the_per_record_path():
             ("f.csv@80", "unknown_item_id", "item id 'i9' is not in the item catalogue"),
             ("f.csv@100", "unparseable_number", "unparseable timestamp '0x10' in column 'ts'"),
             ("f.csv@130", "wrong_column_count", "expected 4 columns ['user', 'item', 'rating', 'ts'], received 2"),
+            ("f.csv@140", "unknown_item_id", "item id 'i\\x001' is not in the item catalogue"),
+            ("f.csv@150", "invalid_csv", "unparseable CSV line: new-line character seen in unquoted field - do you "
+                                         "need to open the file in universal-newline mode?"),
         ]), label="batched_dead")
         assert_that(letters(both_dead, "SingleDead") | beam.Map(lambda t: (t[0], t[1])), equal_to([
             ("f.csv@10", "wrong_column_count"), ("f.csv@40", "empty_value"), ("f.csv@50", "undecodable_bytes"),
             ("f.csv@60", "unparseable_number"), ("f.csv@70", "unparseable_number"), ("f.csv@80", "unknown_item_id"),
-            ("f.csv@100", "unparseable_number"), ("f.csv@130", "wrong_column_count"),
+            ("f.csv@100", "unparseable_number"), ("f.csv@130", "wrong_column_count"), ("f.csv@140", "unknown_item_id"),
+            ("f.csv@150", "invalid_csv"),
         ]), label="single_dead")
