@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import struct
 import zlib
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.io import filebasedsource
@@ -69,8 +70,15 @@ class _LinesWithOffsets(filebasedsource.FileBasedSource):
                 position += len(line)
 
 
+class Unreadable(NamedTuple):
+    """Stands for the rest of a file that cannot be read (a dead letter downstream)."""
+
+    reason: str
+
+
 class _ParquetRows(filebasedsource.FileBasedSource):
-    """``(path, row index, None, b"", row dict)`` for every row of the matching Parquet files."""
+    """``(path, row index, None, b"", row dict)`` for every row of the matching Parquet files; a
+    file that cannot be read (truncated, not Parquet) yields one :class:`Unreadable` for its rest."""
 
     def __init__(self, pattern: str, batch_size: int | None = None):
         super().__init__(pattern, compression_type=CompressionTypes.UNCOMPRESSED, splittable=False)
@@ -84,13 +92,17 @@ class _ParquetRows(filebasedsource.FileBasedSource):
 
         if not range_tracker.try_claim(range_tracker.start_position()):
             return
-        with self.open_file(file_name) as f:
-            parquet = pq.ParquetFile(f)
-            index = 0
-            for group in range(parquet.num_row_groups):
-                for row in parquet.read_row_group(group).to_pylist():
-                    yield file_name, index, None, b"", row
-                    index += 1
+        index = 0
+        try:
+            with self.open_file(file_name) as f:
+                parquet = pq.ParquetFile(f)
+                for group in range(parquet.num_row_groups):
+                    for row in parquet.read_row_group(group).to_pylist():
+                        yield file_name, index, None, b"", row
+                        index += 1
+        except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError, ArrowIOError an OSError.
+            yield file_name, index, None, b"", Unreadable(f"unreadable Parquet data from row {index} on: "
+                                                          f"{type(error).__name__}: {error}")
 
 
 def _batched(records, batch_size: int | None):

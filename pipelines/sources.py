@@ -23,7 +23,7 @@ from apache_beam.utils import timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.input_schema import InputSpec, ItemFeatureColumn  # noqa: F401  (re-exported)
-from pipelines.readers import ReadSourceLines  # noqa: F401  (re-exported)
+from pipelines.readers import ReadSourceLines, Unreadable  # noqa: F401  (ReadSourceLines re-exported)
 
 DEAD_LETTER_TAG = "dead_letter"
 MISSING_VALUES = frozenset({"", "(no genres listed)"})
@@ -58,7 +58,7 @@ class RawLine(NamedTuple):
     offset: int  # byte offset of the line's first byte in the file; for Parquet, the 0-based row index
     header: tuple[str, ...] | None  # CSV only
     data: bytes  # the line (empty for Parquet)
-    row: dict | None = None  # Parquet only: the row's values
+    row: dict | None = None  # Parquet only: the row's values (or readers.Unreadable for the rest of a bad file)
 
     @property
     def position(self) -> str:
@@ -92,6 +92,8 @@ class ItemEvent(NamedTuple):
 
 def raw_text(line: RawLine) -> str:
     """The record as text for a dead letter: the line (lossy-decoded), or a Parquet row as JSON."""
+    if isinstance(line.row, Unreadable):
+        return ""
     if line.row is not None:
         return json.dumps(line.row, ensure_ascii=False, default=str)
     return line.data.decode("utf-8", errors="replace")
@@ -99,6 +101,8 @@ def raw_text(line: RawLine) -> str:
 
 def parse_row(line: RawLine) -> dict:
     """Decodes a raw line into a ``{column: value}`` dict. Raises RowError with the reason."""
+    if isinstance(line.row, Unreadable):
+        raise RowError("unreadable_file", line.row.reason)
     if line.row is not None:
         return dict(line.row)
     try:

@@ -322,6 +322,16 @@ def test_parquet_rows_are_dead_lettered_with_their_row_index(generic_input, tmp_
     assert positions == [("19", "unknown_item_id"), ("33", "unparseable_number"), ("7", "invalid_value")]
     assert all(d["position"].startswith(str(generic_input / "interactions.parquet")) for d in dead
                if d["source"] == "interactions")
+    # A truncated Parquet file beside it is one dead letter, not a failed job.
+    data = (generic_input / "interactions.parquet").read_bytes()
+    (generic_input / "more.parquet").write_bytes(data[: len(data) // 2])
+    schema["interactions"]["path"] = "*.parquet"
+    (generic_input / "schema.json").write_text(json.dumps(schema))
+    out = tmp_path / "features_truncated"
+    _run(["--input_format", "interactions", "--data_dir", str(generic_input), "--output_dir", str(out),
+          "--split", "time", "--max_reject_fraction=0.3", "--runner=DirectRunner"])
+    inter = json.load(open(out / fs.STATS_FILE))["sources"]["interactions"]
+    assert inter["rejected_by_reason"]["unreadable_file"] == 1 and inter["read"] == 41 and inter["reconciled"]
 
 
 PORTABLE = ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"]
