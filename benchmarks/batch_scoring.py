@@ -41,7 +41,7 @@ def collect_texts(data_dir: str, count: int) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--model", required=True, help="export base dir or version dir")
     parser.add_argument("--texts", type=int, default=100_000)
     parser.add_argument("--batch_size", type=int, default=256)

@@ -322,7 +322,7 @@ def write_markdown(results: dict, path: str) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--workdir", default="runs/bench_encoders")
     parser.add_argument("--data_dir", default=None, help="default: $SSL_DATA_DIR")
     parser.add_argument("--encoder", default=None,

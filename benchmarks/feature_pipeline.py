@@ -198,7 +198,7 @@ def compare(beam_dir: str, pandas_dir: str) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--out", default="runs/bench_features")
     parser.add_argument("--interactions", type=int, default=1_000_000)
     parser.add_argument("--items", type=int, default=100_000)

@@ -148,7 +148,7 @@ def wait_ready(url: str, models: list[str], process: subprocess.Popen | None, ti
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--build_standins", metavar="DIR", help="build and serve the stand-in exports in DIR")
     source.add_argument("--model_config_file", help="serve these models (text-format ModelServerConfig)")

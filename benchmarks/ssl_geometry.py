@@ -68,7 +68,7 @@ def run_geometry(workdir: str, group: str, sample: int, seed: int) -> dict[str, 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--runs", nargs="+", required=True, help="recsys_ssl train workdirs")
     parser.add_argument("--group", default="brand", help="single-valued item feature that defines a group")
     parser.add_argument("--sample", type=int, default=4000, help="items measured per slice")

@@ -31,7 +31,7 @@ VARIANTS = {"none": ["ssl.method=none"], "rfm": ["ssl.method=rfm"], "cfm": ["ssl
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--features", required=True)
     parser.add_argument("--preset", default="movielens")
     parser.add_argument("--set", action="append", default=[])

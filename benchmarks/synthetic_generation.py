@@ -28,7 +28,7 @@ from pipelines import synthetic
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--num_users", type=int, default=200_000)
     parser.add_argument("--num_items", type=int, default=200_000)
     parser.add_argument("--num_interactions", type=int, default=2_000_000)

@@ -24,9 +24,9 @@ pass through (``--runner=DataflowRunner ...``, ``FlinkRunner``, ``SparkRunner``)
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Iterable, Sequence
@@ -36,9 +36,11 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipelines.cli import DEFAULT_MAX_REJECT_FRACTION, parse_job_args, rejection_problem
 from pipelines.feature_outputs import WriteJson
+from pipelines.readers import ReadTFRecordsWithPositions
 from pipelines.sources import (
-    COUNTS_TAG, DEAD_LETTER_TAG, DeadLetter, RawLine, ReadSourceLines, RowError, bundle_count, parse_row,
+    COUNTS_TAG, DEAD_LETTER_TAG, DeadLetter, RawLine, ReadSourceLines, RowError, bundle_count, parse_row, raw_text,
 )
 from serving.export import list_versions
 from text_ood.export import DETECTOR_JSON
@@ -75,12 +77,19 @@ def read_threshold(model_dir: str) -> float | None:
 
 
 def _text_of(value: Any, field: str) -> bytes:
+    """The text to score as bytes; raises RowError for a non-string or an empty / blank text."""
     if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, bytes):
-        return value
-    raise RowError("missing_text" if value is None else "invalid_text",
-                   f"field {field!r} must be a string, received {type(value).__name__}")
+        try:
+            value = value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise RowError("invalid_unicode", f"field {field!r} holds a lone surrogate "
+                           f"({ascii(error.object[error.start:error.end])}), which is not valid Unicode") from None
+    if not isinstance(value, bytes):
+        raise RowError("missing_text" if value is None else "invalid_text",
+                       f"field {field!r} must be a string, received {type(value).__name__}")
+    if not value.strip():
+        raise RowError("empty_text", f"field {field!r} is empty or only whitespace: there is no text to score")
+    return value
 
 
 def line_to_record(line: RawLine, text_field: str, id_field: str) -> ScoringRecord:
@@ -90,7 +99,7 @@ def line_to_record(line: RawLine, text_field: str, id_field: str) -> ScoringReco
     feature pipeline's own row parser.
     """
     if line.path.lower().endswith(".txt"):
-        return ScoringRecord(line.position, line.data, {}, line.position)
+        return ScoringRecord(line.position, _text_of(line.data, "line"), {}, line.position)
     row = parse_row(line)
     if text_field not in row:
         raise RowError("missing_text", f"no field {text_field!r} (fields: {sorted(row)[:10]})")
@@ -99,12 +108,14 @@ def line_to_record(line: RawLine, text_field: str, id_field: str) -> ScoringReco
     return ScoringRecord(str(record_id) if record_id not in (None, "") else line.position, body, row, line.position)
 
 
-def example_to_record(path: str, serialized: bytes, text_field: str, id_field: str) -> ScoringRecord:
-    """Turns one tf.Example into a record: the text feature, other features passed through."""
+def example_to_record(path: str, offset: int, serialized: bytes, text_field: str, id_field: str) -> ScoringRecord:
+    """Turns one tf.Example into a record: the text feature, other features passed through.
+
+    Its position is ``path@offset``, the record's byte offset in the (uncompressed) file.
+    """
     from tensorflow.core.example import example_pb2
 
-    digest = hashlib.sha1(serialized).hexdigest()[:16]
-    position = f"{path}#sha1:{digest}"
+    position = f"{path}@{offset}"
     try:
         example = example_pb2.Example.FromString(serialized)
     except Exception as error:  # noqa: BLE001 - protobuf's DecodeError and friends
@@ -118,7 +129,7 @@ def example_to_record(path: str, serialized: bytes, text_field: str, id_field: s
         fields[name] = values[0] if len(values) == 1 else values
     if text_field not in fields or not isinstance(fields[text_field], bytes):
         raise RowError("missing_text", f"no single bytes feature {text_field!r}")
-    text = fields.pop(text_field)
+    text = _text_of(fields.pop(text_field), text_field)
     record_id = fields.get(id_field)
     return ScoringRecord(str(record_id) if record_id not in (None, "", []) else position, text, fields, position)
 
@@ -138,11 +149,15 @@ class _ToRecords(beam.DoFn):
             if isinstance(element, RawLine):
                 yield line_to_record(element, self._text_field, self._id_field)
             else:
-                path, serialized = element
-                yield example_to_record(path, serialized, self._text_field, self._id_field)
+                path, offset, serialized, unreadable = element
+                if unreadable is not None:
+                    raise RowError("unreadable_record", unreadable)
+                yield example_to_record(path, offset, serialized, self._text_field, self._id_field)
         except RowError as error:
-            position = element.position if isinstance(element, RawLine) else element[0]
-            raw = element.data.decode("utf-8", errors="replace") if isinstance(element, RawLine) else ""
+            if isinstance(element, RawLine):
+                position, raw = element.position, raw_text(element)
+            else:
+                position, raw = f"{element[0]}@{element[1]}", ""
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(SOURCE, position, error.kind, str(error), raw))
 
     def finish_bundle(self):
@@ -212,7 +227,23 @@ def to_output(prediction: PredictionResult):
         return
     output = {f"input_{k}" if k in OUTPUT_FIELDS else k: v for k, v in record.fields.items()}
     output.update({"id": record.id, **result})
-    yield json.dumps(output, ensure_ascii=False, default=str)
+    yield json.dumps(strict_json_values(output), ensure_ascii=False, default=str, allow_nan=False)
+
+
+_NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
+
+
+def strict_json_values(value: Any) -> Any:
+    """Replaces NaN and infinities (which JSON cannot hold; ``json.loads`` accepts them from input
+    lines) with the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``, as protobuf's JSON mapping
+    does, so every output line parses with strict JSON parsers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else _NON_FINITE[value]
+    if isinstance(value, dict):
+        return {key: strict_json_values(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [strict_json_values(item) for item in value]
+    return value
 
 
 def _input_kind(pattern: str) -> str:
@@ -226,8 +257,7 @@ def _input_kind(pattern: str) -> str:
 
 def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, model_dir: str, threshold: float | None) -> None:
     if _input_kind(args.input) == "tfrecord":
-        raw = (pipeline | "Pattern" >> beam.Create([args.input])
-               | "ReadTFRecords" >> beam.io.ReadAllFromTFRecord(with_filename=True))
+        raw = pipeline | "ReadTFRecords" >> ReadTFRecordsWithPositions(args.input)
     else:
         raw = pipeline | "ReadLines" >> ReadSourceLines(SOURCE, args.input)
     records = raw | "ToRecords" >> beam.ParDo(_ToRecords(args.text_field, args.id_field)).with_outputs(
@@ -267,8 +297,9 @@ def summarize(totals: dict, model_dir: str, threshold: float | None) -> dict:
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m pipelines.batch_ood_scoring",
-                                     description=__doc__.split("\n\n")[0] + " Unknown flags go to Beam.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     description=__doc__.split("\n\n")[0] + " Other flags must be Beam "
+                                     "pipeline options.", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--model", required=True, help="export base dir (newest version) or a version dir")
     parser.add_argument("--input", required=True, help="file pattern: .jsonl/.json/.csv/.txt/.tfrecord(.gz)")
     parser.add_argument("--output", required=True, help="output prefix (PREFIX-*.jsonl, PREFIX-summary.json)")
@@ -277,7 +308,12 @@ def parse_args(argv):
     parser.add_argument("--threshold", type=float, default=None,
                         help="is_ood threshold (default: the one calibrated at export, assets.extra/detector.json)")
     parser.add_argument("--batch_size", type=int, default=256, help="maximum texts per model call")
-    return parser.parse_known_args(argv)
+    parser.add_argument("--max_reject_fraction", type=float, default=DEFAULT_MAX_REJECT_FRACTION,
+                        help="fail (exit 1) when more than this fraction of the records read is rejected")
+    args, beam_args = parse_job_args(parser, argv)
+    if not 0.0 <= args.max_reject_fraction <= 1.0:
+        parser.error(f"--max_reject_fraction must be in [0, 1], received {args.max_reject_fraction}")
+    return args, beam_args
 
 
 def run(argv=None):
@@ -308,7 +344,14 @@ def main(argv=None) -> int:
         summary = json.load(f)
     logging.info("read %d = scored %d + rejected %d %s; flagged OoD: %d", summary["read"], summary["scored"],
                  summary["rejected"], summary["rejected_by_reason"] or "", summary["flagged_ood"])
-    return 0 if summary["reconciled"] else 1
+    if not summary["reconciled"]:
+        logging.error("counts do not reconcile (read != scored + rejected): see %s", summary_path)
+        return 1
+    problem = rejection_problem("texts", summary["read"], summary["rejected"], args.max_reject_fraction)
+    if problem:
+        logging.error("%s; dead letters: %s-dead_letter-*.jsonl", problem, args.output)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """One pass over the item corpus: vocabulary counts and the statistics of item-feature MI.
 
-:class:`CorpusStatisticsFn` is a ``CombineFn`` over corpus items (one input per item, so the
-Python work per item happens inside the combiner instead of as Beam elements per value or per
-feature pair). Its output holds
+:class:`CorpusStatisticsFn` is a ``CombineFn`` over corpus items: it collects each item's feature
+values and builds every table once at the end (:func:`value_table`, :func:`joint_table`, with
+``Counter`` passes for single-valued features), instead of Beam elements per value or per feature
+pair. Its output holds
 
 - ``item_ids``: every corpus item id;
 - ``vocab``: per item feature, ``(value, number of items having it)``;
@@ -12,9 +13,9 @@ feature pair). Its output holds
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
-from collections import defaultdict
 from collections.abc import Sequence
 
 import apache_beam as beam
@@ -22,38 +23,48 @@ import apache_beam as beam
 from pipelines.mutual_information import assemble_matrix, entropy, identifier_pair_stats, joint_statistics
 
 
-class _Accumulator:
-    __slots__ = ("item_ids", "joint", "pair_support", "mass", "count", "support", "log_sizes")
+def value_table(column: Sequence[tuple[str, ...]]) -> tuple[dict, dict, int, float]:
+    """One feature's tables over items: each item's values, e.g. ``[("a",), ("b", "c"), ()]``.
 
-    def __init__(self):
-        self.item_ids: list[str] = []
-        self.joint = defaultdict(lambda: defaultdict(float))  # (f_i, f_j) -> (a, b) -> mass
-        self.pair_support = defaultdict(int)  # (f_i, f_j) -> items having both
-        self.mass = defaultdict(lambda: defaultdict(float))  # f -> value -> mass (1/|values| per item)
-        self.count = defaultdict(lambda: defaultdict(int))  # f -> value -> items having it
-        self.support = defaultdict(int)  # f -> items having it
-        self.log_sizes = defaultdict(float)  # f -> sum over items of log |values|
+    Returns:
+      ``(mass, count, support, sum of log sizes)``: ``mass[v]`` sums ``1 / |values|`` over the items
+      having ``v``; ``count[v]`` counts them; ``support`` counts items with any value.
+    """
+    count = collections.Counter(values[0] for values in column if len(values) == 1)
+    mass = {value: float(n) for value, n in count.items()}
+    support, log_sizes = sum(count.values()), 0.0
+    for values in column:
+        if len(values) > 1:
+            support += 1
+            log_sizes += math.log(len(values))
+            share = 1.0 / len(values)
+            for value in values:
+                mass[value] = mass.get(value, 0.0) + share
+                count[value] += 1
+    return mass, dict(count), support, log_sizes
 
-    def __reduce__(self):  # picklable despite the lambdas: rebuild from plain dicts
-        return _rebuild, ((self.item_ids, {k: dict(v) for k, v in self.joint.items()}, dict(self.pair_support),
-                           {k: dict(v) for k, v in self.mass.items()}, {k: dict(v) for k, v in self.count.items()},
-                           dict(self.support), dict(self.log_sizes)),)
 
+def joint_table(first: Sequence[tuple[str, ...]], second: Sequence[tuple[str, ...]]) -> tuple[dict, int]:
+    """The joint mass of two features over items (pairwise deletion: items lacking either are skipped).
 
-def _rebuild(state) -> _Accumulator:
-    accumulator = _Accumulator()
-    item_ids, joint, pair_support, mass, count, support, log_sizes = state
-    accumulator.item_ids = item_ids
-    for key, table in joint.items():
-        accumulator.joint[key].update(table)
-    accumulator.pair_support.update(pair_support)
-    for key, table in mass.items():
-        accumulator.mass[key].update(table)
-    for key, table in count.items():
-        accumulator.count[key].update(table)
-    accumulator.support.update(support)
-    accumulator.log_sizes.update(log_sizes)
-    return accumulator
+    An item with values ``A`` and ``B`` adds ``1 / (|A| |B|)`` to every ``(a, b)``; single-valued
+    pairs are counted in one ``Counter`` pass.
+
+    Returns:
+      ``({(a, b): mass}, number of items having both features)``.
+    """
+    single = collections.Counter((x[0], y[0]) for x, y in zip(first, second) if len(x) == 1 and len(y) == 1)
+    table = {cell: float(n) for cell, n in single.items()}
+    support = sum(single.values())
+    for values_i, values_j in zip(first, second):
+        if not values_i or not values_j or (len(values_i) == 1 and len(values_j) == 1):
+            continue
+        support += 1
+        share = 1.0 / (len(values_i) * len(values_j))
+        for a in values_i:
+            for b in values_j:
+                table[(a, b)] = table.get((a, b), 0.0) + share
+    return table, support
 
 
 class CorpusStatisticsFn(beam.CombineFn):
@@ -69,73 +80,45 @@ class CorpusStatisticsFn(beam.CombineFn):
         self._identifier = identifier
 
     def create_accumulator(self):
-        return _Accumulator()
+        return []  # (item_id, (values of each feature)) per item; the tables are built once at the end.
 
     def add_input(self, accumulator, item):
-        accumulator.item_ids.append(item.item_id)
         features = dict(item.features)
-        for name in self._names:
-            values = features.get(name, ())
-            if not values:
-                continue
-            accumulator.support[name] += 1
-            accumulator.log_sizes[name] += math.log(len(values))
-            share = 1.0 / len(values)
-            mass, count = accumulator.mass[name], accumulator.count[name]
-            for value in values:
-                mass[value] += share
-                count[value] += 1
-        for first, second in itertools.combinations(self._names, 2):
-            values_i, values_j = features.get(first, ()), features.get(second, ())
-            if not values_i or not values_j:
-                continue
-            accumulator.pair_support[(first, second)] += 1
-            share = 1.0 / (len(values_i) * len(values_j))
-            table = accumulator.joint[(first, second)]
-            for a in values_i:
-                for b in values_j:
-                    table[(a, b)] += share
+        accumulator.append((item.item_id, tuple(tuple(features.get(name, ())) for name in self._names)))
         return accumulator
 
     def merge_accumulators(self, accumulators):
         accumulators = iter(accumulators)
         merged = next(accumulators)
         for other in accumulators:
-            merged.item_ids.extend(other.item_ids)
-            for key, table in other.joint.items():
-                target = merged.joint[key]
-                for cell, mass in table.items():
-                    target[cell] += mass
-            for tables, others in ((merged.mass, other.mass), (merged.count, other.count)):
-                for key, table in others.items():
-                    target = tables[key]
-                    for value, amount in table.items():
-                        target[value] += amount
-            for totals, others in ((merged.pair_support, other.pair_support), (merged.support, other.support),
-                                   (merged.log_sizes, other.log_sizes)):
-                for key, amount in others.items():
-                    totals[key] += amount
+            merged.extend(other)
         return merged
 
     def extract_output(self, accumulator):
-        num_items = len(accumulator.item_ids)
-        feature_stats = {
-            name: {"entropy": entropy(accumulator.mass[name].values()), "support": accumulator.support[name],
-                   "mean_log_size": accumulator.log_sizes[name] / accumulator.support[name]
-                   if accumulator.support[name] else 0.0}
-            for name in self._names
-        }
+        item_ids = [item_id for item_id, _ in accumulator]
+        columns = dict(zip(self._names, zip(*(values for _, values in accumulator)))) if accumulator \
+            else {name: () for name in self._names}
+        num_items = len(item_ids)
+        feature_stats, vocab = {}, {}
+        for name in self._names:
+            mass, count, support, log_sizes = value_table(columns[name])
+            vocab[name] = sorted(count.items())
+            feature_stats[name] = {"entropy": entropy(mass.values()), "support": support,
+                                   "mean_log_size": log_sizes / support if support else 0.0}
         feature_stats[self._identifier] = {"entropy": math.log(num_items) if num_items else 0.0,
                                            "support": num_items, "mean_log_size": 0.0}
         pair_stats = {}
-        for pair, table in accumulator.joint.items():
+        for first, second in itertools.combinations(self._names, 2):
+            table, support = joint_table(columns[first], columns[second])
+            if not support:
+                continue
             mi, h_first, h_second = joint_statistics(table)
-            pair_stats[pair] = {"mi": mi, "entropy_first": h_first, "entropy_second": h_second,
-                                "support": accumulator.pair_support[pair]}
+            pair_stats[(first, second)] = {"mi": mi, "entropy_first": h_first, "entropy_second": h_second,
+                                           "support": support}
         names = (self._identifier,) + self._names
         pair_stats.update(identifier_pair_stats(self._identifier, names, feature_stats))
         return {
-            "item_ids": sorted(accumulator.item_ids),
-            "vocab": {name: sorted(accumulator.count[name].items()) for name in self._names},
+            "item_ids": sorted(item_ids),
+            "vocab": vocab,
             "mutual_information": assemble_matrix(names, pair_stats, feature_stats),
         }

@@ -244,7 +244,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.download",
         description="Fetch the project's real data sets from their official sources, verify SHA-256, "
-                    "and place them under the data root (movielens/ml-latest-small/, text/clinc150/).",
+                    "and place them under the data root (movielens/ml-latest-small/, text/clinc150/).", allow_abbrev=False,
     )
     parser.add_argument("datasets", nargs="+", choices=sorted(DATASETS), metavar="{" + ",".join(sorted(DATASETS)) + "}",
                         help="data set(s) to fetch")

@@ -69,6 +69,12 @@ class DeduplicateItems(beam.PTransform):
         )
 
 
+def unknown_item_dead_letter(source: str, record: NamedTuple) -> DeadLetter:
+    """The dead letter of a parsed record whose ``item_id`` is not in the catalogue."""
+    return DeadLetter(source, record.position, "unknown_item_id",
+                      f"item id {record.item_id!r} is not in the item catalogue", _as_json(record))
+
+
 class _KeepKnownDoFn(beam.DoFn):
     def __init__(self, source: str):
         self._source = source
@@ -81,10 +87,7 @@ class _KeepKnownDoFn(beam.DoFn):
             self._accepted += 1
             yield record
         else:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
-                self._source, record.position, "unknown_item_id",
-                f"item id {record.item_id!r} is not in the item catalogue", _as_json(record),
-            ))
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, unknown_item_dead_letter(self._source, record))
 
     def finish_bundle(self):
         if self._accepted:

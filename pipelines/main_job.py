@@ -296,7 +296,7 @@ def _free_port() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.main_job", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     parser.add_argument("--workdir", default="runs/main")
     parser.add_argument("--data_dir", default=None, help="data root (default: $SSL_DATA_DIR)")
     parser.add_argument("--schedule", choices=sorted(SCHEDULES), default="default")

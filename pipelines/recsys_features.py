@@ -26,11 +26,15 @@ import os
 import sys
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipelines.cli import DEFAULT_MAX_REJECT_FRACTION, parse_job_args, rejection_problem
 from pipelines.corpus_statistics import CorpusStatisticsFn
-from pipelines.feature_outputs import HEAD_FRACTION, WriteJson, head_tail, vocabulary_text, write_text
+from pipelines.feature_outputs import (
+    HEAD_FRACTION, WriteJson, WriteTFRecordBatches, WriteTFRecords, head_tail, vocabulary_text, write_text,
+)
+from pipelines.input_schema import check_input_columns
+from pipelines.interaction_batches import BATCH_LINES, ParseInteractionBatches
 from pipelines.item_corpus import BuildItemCorpus, CorpusItem, DeduplicateItems, KeepKnownItems
 from pipelines.movielens import DEFAULT_SUBDIR, movielens_input_spec
 from pipelines.sources import (
@@ -38,7 +42,7 @@ from pipelines.sources import (
     item_parser,
 )
 from pipelines.splits import (
-    HELDOUT_PAIRS_TAG, TRAIN_ITEMS_TAG, USER_COUNTS_TAG, BuildExamples, SplitProtocol, TimeCutoffs,
+    HELDOUT_PAIRS_TAG, TRAIN_ITEMS_TAG, USER_COUNTS_TAG, BuildExamples, SplitProtocol, SumCounts, TimeCutoffs,
 )
 from recsys_ssl import schema as fs
 from serving.env import data_root
@@ -90,18 +94,22 @@ def build_pipeline(pipeline: beam.Pipeline, spec: InputSpec, options: FeatureOpt
     )
     unique_items = parsed_items.records | "DeduplicateItems" >> DeduplicateItems(SOURCE_ITEMS)
     items = unique_items["items"]
-    known_ids = beam.pvalue.AsDict(items | "ItemIds" >> beam.Map(lambda i: (i.item_id, None)))
+    known_ids = beam.pvalue.AsSingleton(
+        items | "ItemIds" >> beam.Map(lambda i: i.item_id) | "AllItemIds" >> beam.combiners.ToList()
+        | "ItemIdSet" >> beam.Map(frozenset))
     counts.append(parsed_items[COUNTS_TAG])
     dead_letters += [parsed_items[DEAD_LETTER_TAG], unique_items[DEAD_LETTER_TAG]]
 
-    # 2. Interactions (and item events): parse, check item ids; bad rows are dead letters.
-    parsed_interactions = (
-        pipeline | "ReadInteractions" >> ReadSourceLines(SOURCE_INTERACTIONS, spec.interactions_path)
-        | "ParseInteractions" >> ParseRecords(interaction_parser(spec))
+    # 2. Interactions, in blocks of lines (the hot path; see pipelines/interaction_batches.py): parse and
+    #    check item ids into column batches; bad rows are dead letters. Item events, record by record.
+    interactions = (
+        pipeline | "ReadInteractions" >> ReadSourceLines(SOURCE_INTERACTIONS, spec.interactions_path, BATCH_LINES)
+        | "ParseInteractions" >> ParseInteractionBatches(
+            SOURCE_INTERACTIONS, interaction_parser(spec),
+            (spec.user_id_column, spec.item_id_column, spec.timestamp_column, spec.weight_column), known_ids)
     )
-    interactions = parsed_interactions.records | "KnownInteractions" >> KeepKnownItems(SOURCE_INTERACTIONS, known_ids)
-    counts += [parsed_interactions[COUNTS_TAG], interactions[COUNTS_TAG]]
-    dead_letters += [parsed_interactions[DEAD_LETTER_TAG], interactions[DEAD_LETTER_TAG]]
+    counts.append(interactions[COUNTS_TAG])
+    dead_letters.append(interactions[DEAD_LETTER_TAG])
     event_records = []
     for index, event_spec in enumerate(spec.item_events):
         parsed = (
@@ -119,11 +127,12 @@ def build_pipeline(pipeline: beam.Pipeline, spec: InputSpec, options: FeatureOpt
 
     # 3. Positive interactions, global time cutoffs, examples with histories and splits.
     min_rating = options.min_rating
-    positives = interactions.known
+    positives = interactions.batches
     if min_rating is not None:
-        positives = positives | "Positives" >> beam.Filter(lambda r: r.weight >= min_rating)
+        positives = (positives | "Positives" >> beam.Map(lambda b: b.select(b.weights >= min_rating))
+                     | "NonEmpty" >> beam.Filter(lambda b: b.size > 0))
     cutoffs = (
-        positives | "Timestamps" >> beam.Map(lambda r: r.timestamp)
+        positives | "Timestamps" >> beam.Map(lambda b: b.timestamps)
         | "TimeCutoffs" >> TimeCutoffs(options.eval_fraction, options.validation_fraction)
     )
     examples = positives | "BuildExamples" >> BuildExamples(
@@ -131,8 +140,7 @@ def build_pipeline(pipeline: beam.Pipeline, spec: InputSpec, options: FeatureOpt
         emit_heldout_pairs=has_events,
     )
     for split in fs.SPLITS:
-        _ = examples[split] | f"Write{split.title()}" >> beam.io.WriteToTFRecord(
-            f"{out}/{split}", file_name_suffix=fs.TFRECORD_SUFFIX, compression_type=CompressionTypes.GZIP)
+        _ = examples[split] | f"Write{split.title()}" >> WriteTFRecordBatches(f"{out}/{split}", fs.TFRECORD_SUFFIX)
 
     # 4. The item corpus: every catalogue item with its features (events before the eval period).
     if has_events:
@@ -145,18 +153,17 @@ def build_pipeline(pipeline: beam.Pipeline, spec: InputSpec, options: FeatureOpt
     _ = (
         corpus
         | "SerializeItems" >> beam.Map(lambda item: fs.item_to_proto(item.item_id, dict(item.features)))
-        | "WriteItems" >> beam.io.WriteToTFRecord(
-            f"{out}/{fs.ITEMS_PREFIX}", file_name_suffix=fs.TFRECORD_SUFFIX, compression_type=CompressionTypes.GZIP)
+        | "WriteItems" >> WriteTFRecords(f"{out}/{fs.ITEMS_PREFIX}", fs.TFRECORD_SUFFIX)
     )
 
     # 5. One pass of corpus statistics (vocabularies, MI), train frequencies, and the small files.
     corpus_stats = corpus | "CorpusStatistics" >> beam.CombineGlobally(
         CorpusStatisticsFn(feature_names, identifier=fs.ITEM_ID))
-    train_item_counts = beam.pvalue.AsDict(
-        examples[TRAIN_ITEMS_TAG] | "CountTrainItems" >> beam.combiners.Count.PerElement())
+    train_item_counts = beam.pvalue.AsSingleton(
+        examples[TRAIN_ITEMS_TAG] | "CountTrainItems" >> beam.CombineGlobally(SumCounts()))
     train_user_counts = beam.pvalue.AsList(
         examples[USER_COUNTS_TAG]
-        | "TrainUsers" >> beam.FlatMapTuple(lambda user, n: [(user, n["train"])] if n.get("train") else []))
+        | "TrainUsers" >> beam.FlatMap(lambda users: [(user, n["train"]) for user, n in users if n.get("train")]))
     _ = corpus_stats | "WriteCorpusFiles" >> beam.Map(
         write_corpus_files, out, train_item_counts=train_item_counts, train_user_counts=train_user_counts)
 
@@ -175,7 +182,7 @@ def build_pipeline(pipeline: beam.Pipeline, spec: InputSpec, options: FeatureOpt
     )
     split_totals = (
         examples[USER_COUNTS_TAG]
-        | "SplitUserCounts" >> beam.FlatMapTuple(lambda user, n: list(n.items()))
+        | "SplitUserCounts" >> beam.FlatMap(lambda users: [pair for _, n in users for pair in n.items()])
         | "SumSplitUsers" >> beam.CombineGlobally(_SplitTotals())
     )
     _ = (
@@ -235,6 +242,8 @@ def assemble_stats(options: FeatureOptions, item_ids: list[str], totals: dict, s
     """
     sources = {}
     read = {key.split(":", 1)[1]: n for key, n in totals.items() if key.startswith("read:")}
+    read.setdefault(SOURCE_INTERACTIONS, 0)  # An empty source is reported (and fails the job), not skipped.
+    read.setdefault(SOURCE_ITEMS, 0)
     accepted = {key.split(":", 1)[1]: n for key, n in totals.items() if key.startswith("accepted:")}
     accepted[SOURCE_ITEMS] = len(item_ids)  # unique catalogue items (duplicates are rejected)
     for source, read_count in sorted(read.items()):
@@ -270,8 +279,9 @@ def assemble_stats(options: FeatureOptions, item_ids: list[str], totals: dict, s
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.recsys_features",
-        description=__doc__.split("\n\n")[0] + " Unknown flags are passed to Beam as pipeline options.",
+        description=__doc__.split("\n\n")[0] + " Other flags must be Beam pipeline options.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("--input_format", choices=["movielens", "interactions"], default="movielens")
     parser.add_argument("--data_dir", default=None,
@@ -289,7 +299,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--min_rating", type=float, default=None,
                         help="keep interactions with weight >= this as positives (default: all)")
     parser.add_argument("--head_fraction", type=float, default=HEAD_FRACTION)
-    return parser.parse_known_args(argv)
+    parser.add_argument("--max_reject_fraction", type=float, default=DEFAULT_MAX_REJECT_FRACTION,
+                        help="fail (exit 1) when a source rejects all, or more than this fraction, of its rows")
+    args, beam_args = parse_job_args(parser, argv)
+    if not 0.0 <= args.max_reject_fraction <= 1.0:
+        parser.error(f"--max_reject_fraction must be in [0, 1], received {args.max_reject_fraction}")
+    return args, beam_args
 
 
 def resolve_input_spec(args: argparse.Namespace) -> InputSpec:
@@ -297,12 +312,16 @@ def resolve_input_spec(args: argparse.Namespace) -> InputSpec:
         data_dir = args.data_dir or (os.path.join(data_root(), DEFAULT_SUBDIR) if data_root() else None)
         if not data_dir:
             raise ValueError("--data_dir is required when $SSL_DATA_DIR is not set")
-        return movielens_input_spec(data_dir)
+        spec = movielens_input_spec(data_dir)
+        check_input_columns(spec, f"the MovieLens adapter ({data_dir})")
+        return spec
     schema_path = args.schema or (os.path.join(args.data_dir, "schema.json") if args.data_dir else None)
     if not schema_path or not os.path.isfile(schema_path):
         raise ValueError(f"--input_format interactions needs --schema FILE or --data_dir DIR with schema.json "
                          f"(received {schema_path!r})")
-    return InputSpec.from_schema_file(schema_path)
+    spec = InputSpec.from_schema_file(schema_path)
+    check_input_columns(spec, schema_path)
+    return spec
 
 
 def run(argv: list[str] | None = None) -> beam.runners.runner.PipelineResult:
@@ -348,16 +367,25 @@ def main(argv: list[str] | None = None) -> int:
     stats_path = os.path.join(args.output_dir, fs.STATS_FILE)
     for counter in result.metrics().query()["counters"]:
         logging.info("counter %s = %d", counter.key.metric.name, counter.committed or counter.attempted)
-    if os.path.isfile(stats_path):
-        with open(stats_path) as f:
-            stats = json.load(f)
-        for source, counts in stats["sources"].items():
-            logging.info("%s: read %d = accepted %d + rejected %d %s", source, counts["read"], counts["accepted"],
-                         counts["rejected"], counts["rejected_by_reason"] or "")
-        logging.info("examples: %s", {s: v["examples"] for s, v in stats["splits"].items()})
-        if not stats["reconciled"]:
-            logging.error("counts do not reconcile (read != accepted + rejected): see %s", stats_path)
-            return 1
+    if not os.path.isfile(stats_path):
+        logging.error("the pipeline finished without writing %s", stats_path)
+        return 1
+    with open(stats_path) as f:
+        stats = json.load(f)
+    for source, counts in stats["sources"].items():
+        logging.info("%s: read %d = accepted %d + rejected %d %s", source, counts["read"], counts["accepted"],
+                     counts["rejected"], counts["rejected_by_reason"] or "")
+    logging.info("examples: %s", {s: v["examples"] for s, v in stats["splits"].items()})
+    if not stats["reconciled"]:
+        logging.error("counts do not reconcile (read != accepted + rejected): see %s", stats_path)
+        return 1
+    problems = [rejection_problem(source, counts["read"], counts["rejected"], args.max_reject_fraction)
+                for source, counts in sorted(stats["sources"].items())]
+    problems = [p for p in problems if p]
+    if problems:
+        logging.error("%s; dead letters in %s", "; ".join(problems),
+                      os.path.join(args.output_dir, fs.DEAD_LETTER_DIR))
+        return 1
     return 0
 
 

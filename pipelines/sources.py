@@ -1,34 +1,18 @@
-"""Reading raw interaction logs and item catalogues into typed records, with dead letters.
+"""Parsing raw interaction logs and item catalogues into typed records, with dead letters.
 
-The generic input format (``--input_format interactions``) is a directory with a ``schema.json``
-that declares three kinds of source (paths relative to the schema file; globs allowed):
-
-```json
-{
-  "interactions": {"path": "interactions.csv", "user_id": "user_id", "item_id": "item_id",
-                   "timestamp": "timestamp", "weight": "weight"},
-  "items": {"path": "items.jsonl", "item_id": "item_id",
-            "features": [{"name": "category", "column": "category", "multivalent": false},
-                         {"name": "tags", "column": "tags", "multivalent": true, "separator": "|"}]},
-  "item_events": [{"path": "tags.csv", "item_id": "movieId", "value": "tag",
-                   "timestamp": "timestamp", "user_id": "userId", "feature": "tags"}]
-}
-```
-
-Files are CSV (header row, RFC 4180 quoting within a line) or JSONL (one object per line), by
-extension. ``weight`` and ``item_events`` are optional; an item event is a timestamped value of a
-multivalent item feature (MovieLens tags). Every line becomes either a record or a
-:class:`DeadLetter` naming the source, ``path@byte_offset`` position and reason, so for every source
-``read = accepted + rejected``.
+The input format is declared by ``schema.json`` (:mod:`pipelines.input_schema`) and read line by
+line (CSV, JSONL) or row by row (Parquet) by :mod:`pipelines.readers`. Every record becomes either
+a typed record or a :class:`DeadLetter` naming the source, position (``path@byte_offset``, or
+``path@row_index`` for Parquet) and reason, so for every source ``read = accepted + rejected``.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import datetime
 import json
 import math
-import os
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
@@ -37,10 +21,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 from apache_beam.utils import timestamp
 from apache_beam.utils.windowed_value import WindowedValue
-from apache_beam.io import filebasedsource
-from apache_beam.io.filesystem import CompressionTypes
 
-from recsys_ssl.schema import RESERVED_NAMES, SchemaError
+from pipelines.input_schema import InputSpec, ItemFeatureColumn  # noqa: F401  (re-exported)
+from pipelines.readers import ReadSourceLines, Unreadable  # noqa: F401  (ReadSourceLines re-exported)
 
 DEAD_LETTER_TAG = "dead_letter"
 MISSING_VALUES = frozenset({"", "(no genres listed)"})
@@ -68,15 +51,19 @@ class DeadLetter(NamedTuple):
 
 
 class RawLine(NamedTuple):
+    """One input record before parsing: a CSV / JSONL line, or a Parquet row (``row`` set)."""
+
     source: str
     path: str
-    offset: int  # byte offset of the line's first byte in the file
+    offset: int  # byte offset of the line's first byte in the file; for Parquet, the 0-based row index
     header: tuple[str, ...] | None  # CSV only
-    data: bytes
+    data: bytes  # the line (empty for Parquet)
+    row: dict | None = None  # Parquet only: the row's values (or readers.Unreadable for the rest of a bad file)
 
     @property
     def position(self) -> str:
-        """``path@byte_offset`` of the line start (``tail -c +$((offset + 1)) path | head -1`` shows it)."""
+        """``path@byte_offset`` of the line start (``tail -c +$((offset + 1)) path | head -1`` shows
+        it); ``path@row_index`` for Parquet rows."""
         return f"{self.path}@{self.offset}"
 
 
@@ -103,155 +90,30 @@ class ItemEvent(NamedTuple):
     position: str
 
 
-@dataclasses.dataclass(frozen=True)
-class ItemFeatureColumn:
-    """How one item feature is read from the items file."""
-
-    name: str
-    column: str
-    multivalent: bool = False
-    separator: str = "|"
-    lowercase: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class InputSpec:
-    """Everything the feature pipeline needs to read one data set.
-
-    Attributes:
-      interactions: glob, and the columns of user id, item id, timestamp and (optional) weight.
-      items: glob and item id column of the item catalogue; ``item_features`` its feature columns.
-      item_events: timestamped values of multivalent item features (e.g. tags).
-      item_row_fn: optional adapter applied to each raw item row (a ``{column: text}`` dict)
-        before feature extraction; MovieLens derives year and title words this way.
-    """
-
-    interactions_path: str
-    user_id_column: str
-    item_id_column: str
-    timestamp_column: str
-    weight_column: str | None
-    items_path: str
-    items_id_column: str
-    item_features: tuple[ItemFeatureColumn, ...]
-    item_events: tuple[dict, ...] = ()
-    item_row_fn: Callable[[dict], dict] | None = None
-
-    def __post_init__(self):
-        names = [f.name for f in self.item_features]
-        if len(set(names)) != len(names) or "item_id" in names or RESERVED_NAMES.intersection(names):
-            raise SchemaError(f"item feature names must be unique and not reserved, received {names}")
-        for event in self.item_events:
-            missing = {"path", "item_id", "value", "timestamp", "feature"} - set(event)
-            if missing:
-                raise SchemaError(f"item_events entry {event} lacks {sorted(missing)}")
-            feature = next((f for f in self.item_features if f.name == event["feature"]), None)
-            if feature is None or not feature.multivalent:
-                raise SchemaError(
-                    f"item event feature {event['feature']!r} must be declared as a multivalent item feature"
-                )
-
-    @classmethod
-    def from_schema_file(cls, path: str) -> "InputSpec":
-        """Reads the generic format's ``schema.json`` (see the module docstring)."""
-        with open(path) as f:
-            raw = json.load(f)
-        base = os.path.dirname(os.path.abspath(path))
-        try:
-            inter, items = raw["interactions"], raw["items"]
-            events = tuple(
-                {**e, "path": os.path.join(base, e["path"])} for e in raw.get("item_events", [])
-            )
-            return cls(
-                interactions_path=os.path.join(base, inter["path"]),
-                user_id_column=inter.get("user_id", "user_id"),
-                item_id_column=inter.get("item_id", "item_id"),
-                timestamp_column=inter.get("timestamp", "timestamp"),
-                weight_column=inter.get("weight"),
-                items_path=os.path.join(base, items["path"]),
-                items_id_column=items.get("item_id", "item_id"),
-                item_features=tuple(
-                    ItemFeatureColumn(
-                        name=f["name"], column=f.get("column", f["name"]),
-                        multivalent=bool(f.get("multivalent", False)),
-                        separator=f.get("separator", "|"), lowercase=bool(f.get("lowercase", False)),
-                    )
-                    for f in items["features"]
-                ),
-                item_events=events,
-            )
-        except (KeyError, TypeError) as error:
-            raise SchemaError(f"{path}: malformed input schema ({error!r}); see pipelines/sources.py") from error
-
-
-def _lossy(data: bytes) -> str:
-    return data.decode("utf-8", errors="replace")
-
-
-class _LinesWithOffsets(filebasedsource.FileBasedSource):
-    """A splittable source of ``(path, byte offset, CSV header or None, line bytes)``.
-
-    Splitting follows Beam's text source: a split starting inside a line begins at the next line,
-    so every line is read exactly once, by the split its first byte belongs to. CSV files (by
-    extension) read their header line from the file start in every split and skip it.
-    """
-
-    def __init__(self, pattern: str):
-        super().__init__(pattern, compression_type=CompressionTypes.UNCOMPRESSED, splittable=True)
-
-    def read_records(self, file_name, offset_range_tracker):
-        is_csv = file_name.lower().endswith(".csv")
-        start = offset_range_tracker.start_position()
-        with self.open_file(file_name) as f:
-            header = None
-            position = 0
-            if is_csv:
-                first = f.readline()
-                header = tuple(next(csv.reader([_lossy(first.rstrip(b"\r\n")).lstrip("\ufeff")]), []))
-                position = len(first)
-            if start > position:
-                f.seek(start - 1)
-                position = start - 1 + len(f.readline())  # finish the line that straddles the split start
-            else:
-                f.seek(position)
-            while offset_range_tracker.try_claim(position):
-                line = f.readline()
-                if not line:
-                    break
-                data = line.rstrip(b"\r\n")
-                if data.strip():
-                    yield file_name, position, header, data
-                position += len(line)
-
-
-class ReadSourceLines(beam.PTransform):
-    """Reads every non-empty line of the files matching ``pattern`` as :class:`RawLine`.
-
-    The read is splittable (large files are read by all workers in parallel, no shuffle); each
-    line carries its ``path@byte_offset`` position for dead letters.
-    """
-
-    def __init__(self, source: str, pattern: str):
-        super().__init__()
-        self._source, self._pattern = source, pattern
-
-    def expand(self, pbegin):
-        source = self._source
-        return (
-            pbegin
-            | "Read" >> beam.io.Read(_LinesWithOffsets(self._pattern))
-            | "Lines" >> beam.MapTuple(lambda path, offset, header, data: RawLine(source, path, offset, header, data))
-        )
+def raw_text(line: RawLine) -> str:
+    """The record as text for a dead letter: the line (lossy-decoded), or a Parquet row as JSON."""
+    if isinstance(line.row, Unreadable):
+        return ""
+    if line.row is not None:
+        return json.dumps(line.row, ensure_ascii=False, default=str)
+    return line.data.decode("utf-8", errors="replace")
 
 
 def parse_row(line: RawLine) -> dict:
     """Decodes a raw line into a ``{column: value}`` dict. Raises RowError with the reason."""
+    if isinstance(line.row, Unreadable):
+        raise RowError("unreadable_file", line.row.reason)
+    if line.row is not None:
+        return dict(line.row)
     try:
         text = line.data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise RowError("undecodable_bytes", f"undecodable bytes (not UTF-8) at byte {error.start}") from None
     if line.header is not None:
-        fields = next(csv.reader([text]))
+        try:
+            fields = next(csv.reader([text]), [])
+        except csv.Error as error:  # A NUL byte, or a carriage return inside an unquoted field.
+            raise RowError("invalid_csv", f"unparseable CSV line: {error}") from None
         if len(fields) != len(line.header):
             raise RowError(
                 "wrong_column_count", f"expected {len(line.header)} columns {list(line.header)}, received {len(fields)}"
@@ -263,6 +125,12 @@ def parse_row(line: RawLine) -> dict:
         raise RowError("invalid_json", f"invalid JSON: {error.msg}") from None
     if not isinstance(row, dict):
         raise RowError("invalid_json", f"expected a JSON object per line, received {type(row).__name__}")
+    if "\\u" in text:  # Escapes may encode lone surrogates, which no UTF-8 output can hold.
+        try:
+            json.dumps(row, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise RowError("invalid_unicode", f"a JSON string holds a lone surrogate escape "
+                           f"({ascii(error.object[error.start:error.end])}), which is not valid Unicode") from None
     return row
 
 
@@ -290,6 +158,11 @@ def _finite_number(row: Mapping, column: str, what: str) -> float:
 
 
 def _parse_timestamp(row: Mapping, column: str) -> int:
+    value = row.get(column)
+    if isinstance(value, datetime.datetime):  # Parquet timestamp columns; naive ones are taken as UTC.
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=datetime.timezone.utc)
+        return int(value.timestamp())
     return int(_finite_number(row, column, "timestamp"))
 
 
@@ -333,7 +206,7 @@ class _ParseDoFn(beam.DoFn):
             yield self._parse_fn(line, parse_row(line))
         except RowError as error:
             yield beam.pvalue.TaggedOutput(
-                DEAD_LETTER_TAG, DeadLetter(line.source, line.position, error.kind, str(error), _lossy(line.data))
+                DEAD_LETTER_TAG, DeadLetter(line.source, line.position, error.kind, str(error), raw_text(line))
             )
 
     def finish_bundle(self):

@@ -20,10 +20,14 @@ from __future__ import annotations
 
 import bisect
 import enum
+import itertools
+import zlib
 from collections.abc import Iterable, Sequence
 
 import apache_beam as beam
+import numpy as np
 
+from pipelines.interaction_batches import InteractionBatch
 from recsys_ssl.schema import SPLITS, example_to_proto
 
 
@@ -130,30 +134,38 @@ def compressed_histogram(coarse: Iterable[tuple[int, int]], fine: Iterable[tuple
 
 
 class TimeCutoffs(beam.PTransform):
-    """Timestamps (ints) -> singleton ``(validation_start, eval_start)`` of the ``time`` protocol.
+    """Batches of timestamps ([n] int64 arrays) -> singleton ``(validation_start, eval_start)`` of
+    the ``time`` protocol.
 
     Exact, in two cheap passes: a histogram of days, then a histogram of the exact timestamps of
-    the few days that contain the cutoffs (:func:`candidate_buckets`).
+    the few days that contain the cutoffs (:func:`candidate_buckets`); each batch contributes its
+    ``np.unique`` counts.
     """
 
     def __init__(self, eval_fraction: float, validation_fraction: float):
         super().__init__()
         self._eval_fraction, self._validation_fraction = eval_fraction, validation_fraction
 
-    def expand(self, timestamps):
+    def expand(self, timestamp_batches):
         e, v = self._eval_fraction, self._validation_fraction
+
+        def counts(values: np.ndarray):
+            keys, numbers = np.unique(values, return_counts=True)
+            return zip(keys.tolist(), numbers.tolist())
+
         coarse = (
-            timestamps
-            | "Days" >> beam.Map(lambda t: t // BUCKET_SECONDS)
-            | "CountDays" >> beam.combiners.Count.PerElement()
+            timestamp_batches
+            | "CountDaysInBatch" >> beam.FlatMap(lambda times: counts(times // BUCKET_SECONDS))
+            | "SumDays" >> beam.CombinePerKey(sum)
             | "DayList" >> beam.combiners.ToList()
         )
         candidates = coarse | "Candidates" >> beam.Map(lambda c: candidate_buckets(c, e, v))
         fine = (
-            timestamps
-            | "InCandidateDays" >> beam.Filter(lambda t, days: t // BUCKET_SECONDS in days,
-                                               days=beam.pvalue.AsSingleton(candidates))
-            | "CountTimes" >> beam.combiners.Count.PerElement()
+            timestamp_batches
+            | "CountCandidateTimes" >> beam.FlatMap(
+                lambda times, days: counts(times[np.isin(times // BUCKET_SECONDS, sorted(days))]),
+                days=beam.pvalue.AsSingleton(candidates))
+            | "SumTimes" >> beam.CombinePerKey(sum)
             | "TimeList" >> beam.combiners.ToList()
         )
         return (
@@ -194,18 +206,29 @@ def histories(timestamps: Sequence[int], item_ids: Sequence[str], history_length
 
 
 USER_COUNTS_TAG, TRAIN_ITEMS_TAG, HELDOUT_PAIRS_TAG = "user_counts", "train_items", "heldout_pairs"
+NUM_USER_BUCKETS = 64  # Users are hashed into this many groups; each group is one unit of work.
+
+
+def user_bucket(user_id: str) -> int:
+    """A user's group: a hash that is the same in every worker process (unlike ``hash``)."""
+    return zlib.crc32(user_id.encode("utf-8")) % NUM_USER_BUCKETS
 
 
 class BuildExamples(beam.PTransform):
     """Per user: time-ordered histories and split assignment; serialised tf.Examples.
 
-    Input: :class:`pipelines.sources.Interaction` records (already validated). Outputs (tagged):
+    Input: :class:`pipelines.interaction_batches.InteractionBatch` es (validated interactions).
+    Users are hashed into :data:`NUM_USER_BUCKETS` groups; each batch is cut into one piece per
+    group, the pieces of a group are brought together (one GroupByKey over a few thousand
+    elements, not one per interaction), and each group's users are processed in turn. Outputs
+    (tagged), one element per group and kind:
 
-    - ``train``, ``validation``, ``eval``: the serialized tf.Examples of each split;
-    - ``user_counts``: one ``(user_id, {split: number of examples})`` per user;
-    - ``train_items``: the item id of every train example;
-    - ``heldout_pairs``: ``(user_id, item_id)`` of every validation / eval example (only when
-      ``emit_heldout_pairs``; used to keep a user's own held-out interactions out of item features).
+    - ``train``, ``validation``, ``eval``: lists of serialized tf.Examples of each split;
+    - ``user_counts``: a list of ``(user_id, {split: number of examples})``, one per user;
+    - ``train_items``: a ``{item_id: number of train examples}`` dict;
+    - ``heldout_pairs``: ``(user_id, item_id)`` of every validation / eval example, one element
+      each (only when ``emit_heldout_pairs``; used to keep a user's own held-out interactions out
+      of item features).
 
     Args:
       protocol: the split protocol.
@@ -225,14 +248,13 @@ class BuildExamples(beam.PTransform):
         self._cutoffs = cutoffs
         self._emit_heldout_pairs = emit_heldout_pairs
 
-    def expand(self, interactions):
+    def expand(self, batches):
         protocol, history_length = self._protocol, self._history_length
         eval_fraction, validation_fraction = self._eval_fraction, self._validation_fraction
         emit_heldout_pairs = self._emit_heldout_pairs
 
-        def user_examples(user_id, records, cutoffs=None):
-            # (timestamp, item_id, weight): time order, deterministic ties.
-            records = sorted(records, key=lambda r: (r[0], r[1], -1.0 if r[2] is None else r[2]))
+        def user_examples(user_id, records, cutoffs):
+            """``records``: the user's ``(timestamp, item_id, weight)``, sorted. Yields (split, example, item)."""
             timestamps = [r[0] for r in records]
             item_ids = [r[1] for r in records]
             if protocol is SplitProtocol.TIME:
@@ -241,21 +263,69 @@ class BuildExamples(beam.PTransform):
                           for t in timestamps]
             else:
                 splits = user_time_splits(len(records), eval_fraction, validation_fraction)
-            counts = {}
             for (timestamp, item_id, weight), split, history in zip(
                     records, splits, histories(timestamps, item_ids, history_length)):
-                counts[split] = counts.get(split, 0) + 1
-                yield beam.pvalue.TaggedOutput(split, example_to_proto(user_id, history, item_id, timestamp, weight))
-                if split == "train":
-                    yield beam.pvalue.TaggedOutput(TRAIN_ITEMS_TAG, item_id)
-                elif emit_heldout_pairs:
-                    yield beam.pvalue.TaggedOutput(HELDOUT_PAIRS_TAG, (user_id, item_id))
-            yield beam.pvalue.TaggedOutput(USER_COUNTS_TAG, (user_id, counts))
+                yield split, example_to_proto(user_id, history, item_id, timestamp, weight), item_id
+
+        def group_examples(bucket, pieces, cutoffs=None):
+            batch = InteractionBatch.concatenate(list(pieces))
+            weights = [None] * batch.size if batch.weights is None else batch.weights.tolist()
+            # (user, timestamp, item, weight): time order, deterministic ties.
+            rows = sorted(zip(batch.user_ids.tolist(), batch.timestamps.tolist(), batch.item_ids.tolist(), weights),
+                          key=lambda r: (r[0], r[1], r[2], -1.0 if r[3] is None else r[3]))
+            examples = {split: [] for split in SPLITS}
+            train_items: dict[str, int] = {}
+            user_counts = []
+            for user_id, user_rows in itertools.groupby(rows, key=lambda r: r[0]):
+                counts = {}
+                for split, example, item_id in user_examples(user_id, [r[1:] for r in user_rows], cutoffs):
+                    counts[split] = counts.get(split, 0) + 1
+                    examples[split].append(example)
+                    if split == "train":
+                        train_items[item_id] = train_items.get(item_id, 0) + 1
+                    elif emit_heldout_pairs:
+                        yield beam.pvalue.TaggedOutput(HELDOUT_PAIRS_TAG, (user_id, item_id))
+                user_counts.append((user_id, counts))
+            for split, serialized in examples.items():
+                if serialized:
+                    yield beam.pvalue.TaggedOutput(split, serialized)
+            yield beam.pvalue.TaggedOutput(TRAIN_ITEMS_TAG, train_items)
+            yield beam.pvalue.TaggedOutput(USER_COUNTS_TAG, user_counts)
+
+        def pieces_by_group(batch: InteractionBatch):
+            groups = np.fromiter((user_bucket(u) for u in batch.user_ids), np.int64, batch.size)
+            order = np.argsort(groups, kind="stable")
+            bounds = np.flatnonzero(np.diff(groups[order])) + 1
+            for index in np.split(order, bounds):
+                if len(index):
+                    yield int(groups[index[0]]), batch.select(index)
 
         return (
-            interactions
-            | "KeyByUser" >> beam.Map(lambda r: (r.user_id, (r.timestamp, r.item_id, r.weight)))
-            | "GroupByUser" >> beam.GroupByKey()
-            | "UserExamples" >> beam.FlatMapTuple(user_examples, cutoffs=beam.pvalue.AsSingleton(self._cutoffs))
+            batches
+            | "PiecesByUserGroup" >> beam.FlatMap(pieces_by_group)
+            | "GroupByUserGroup" >> beam.GroupByKey()
+            | "GroupExamples" >> beam.FlatMapTuple(group_examples, cutoffs=beam.pvalue.AsSingleton(self._cutoffs))
             .with_outputs(*SPLITS, USER_COUNTS_TAG, TRAIN_ITEMS_TAG, HELDOUT_PAIRS_TAG)
         )
+
+
+class SumCounts(beam.CombineFn):
+    """``{key: count}`` dicts -> their sum (train item frequencies from :class:`BuildExamples`)."""
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, total, counts):
+        for key, count in counts.items():
+            total[key] = total.get(key, 0) + count
+        return total
+
+    def merge_accumulators(self, accumulators):
+        accumulators = iter(accumulators)
+        total = next(accumulators)
+        for other in accumulators:
+            self.add_input(total, other)
+        return total
+
+    def extract_output(self, total):
+        return total

@@ -4,7 +4,9 @@
 writes ``DIR/schema.json``, ``DIR/items.jsonl`` (every item, with its features),
 ``DIR/interactions.csv`` (or ``interactions-SSSSS-of-NNNNN.csv`` shards; columns user_id, item_id,
 timestamp, weight; rows in time order) and ``DIR/generation.json`` (resolved config and realised
-statistics). Output is a pure function of the config: the same seed gives byte-identical files.
+statistics); ``--format parquet`` writes ``items.parquet`` and ``interactions*.parquet`` with the
+same rows instead (:mod:`pipelines.synthetic_output`). Output is a pure function of the config:
+the same seed gives identical rows (byte-identical CSV/JSONL files).
 
 Generative story (what CFM should find, and what it should not):
 
@@ -66,7 +68,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipelines.synthetic_output import (GeneratedFiles, add_config_flags, check_output_dir, ids,
+from pipelines.synthetic_output import (FORMATS, GeneratedFiles, add_config_flags, check_output_dir, ids,
                                         measure_dependence, schema, write_dataset)
 
 logger = logging.getLogger(__name__)
@@ -111,7 +113,8 @@ class SyntheticConfig:
     start_timestamp: int = _field(1_546_300_800, "earliest timestamp, seconds (2019-01-01 UTC)")
     end_timestamp: int = _field(1_704_067_200, "latest timestamp, seconds (2024-01-01 UTC)")
     with_weights: bool = _field(True, "write a 1-5 rating as the weight column")
-    num_shards: int = _field(1, "number of interaction CSV files")
+    num_shards: int = _field(1, "number of interaction files")
+    format: str = _field("csv", "'csv' (interactions CSV + items JSONL) or 'parquet' (both Parquet)")
     overwrite: bool = _field(False, "replace an earlier generator output in output_dir")
 
     def __post_init__(self):
@@ -134,6 +137,8 @@ class SyntheticConfig:
                              f"({self.num_users}): every user has at least one interaction")
         if self.tags_per_topic > self.num_tags:
             raise ValueError(f"tags_per_topic ({self.tags_per_topic}) exceeds num_tags ({self.num_tags})")
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, received {self.format!r}")
         if self.preference_level not in PREFERENCE_LEVELS:
             raise ValueError(f"preference_level must be one of {PREFERENCE_LEVELS}, received {self.preference_level!r}")
         if self.max_topics_per_user > self.num_preference_groups:
@@ -303,7 +308,8 @@ def sample_timestamps(user: np.ndarray, user_start: np.ndarray, counts: np.ndarr
     return first[user] + offsets
 
 
-def _item_lines(config: SyntheticConfig, items: dict[str, np.ndarray], item_ids: list[str]):
+def _item_rows(config: SyntheticConfig, items: dict[str, np.ndarray], item_ids: list[str]):
+    """One ``{column: value}`` dict per item (feature values as strings, ``tags`` a list)."""
     c = config
     cat_width = len(str(c.num_categories - 1))
     categories = [f"cat{i:0{cat_width}d}" for i in range(c.num_categories)]
@@ -315,11 +321,11 @@ def _item_lines(config: SyntheticConfig, items: dict[str, np.ndarray], item_ids:
                   items["tags"].tolist(), items["price_bucket"].tolist(), items["language"].tolist(),
                   items["year"].tolist())
     for item_id, cat, sub, brand, tags, price, language, year in columns:
-        yield json.dumps({
+        yield {
             "item_id": item_id, "category": categories[cat], "subcategory": subcategories[sub],
             "brand": brands[brand], "tags": [tag_names[t] for t in tags if t >= 0],
             "price_bucket": PRICE_BUCKETS[price], "language": LANGUAGES[language], "year": str(year),
-        }) + "\n"
+        }
 
 
 def _stats(config: SyntheticConfig, items: dict[str, np.ndarray], inter: dict[str, np.ndarray]) -> dict:
@@ -353,8 +359,8 @@ def generate(config: SyntheticConfig) -> GeneratedFiles:
     logger.info("sampled %d items and %d interactions in %.1fs", config.num_items, config.num_interactions,
                 time.perf_counter() - started)
     stats = _stats(config, items, inter)
-    files = write_dataset(config, _item_lines(config, items, ids("i", config.num_items, 7)), inter, stats,
-                          schema(ITEM_FEATURES, ("tags",), config.with_weights, ""))
+    files = write_dataset(config, _item_rows(config, items, ids("i", config.num_items, 7)), inter, stats,
+                          schema(ITEM_FEATURES, ("tags",), config.with_weights))
     logger.info("wrote %s in %.1fs: %s", config.output_dir, time.perf_counter() - started, stats)
     return files
 

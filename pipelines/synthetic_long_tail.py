@@ -57,15 +57,14 @@ match its partner through that correlated pair alone (the shortcut CFM removes).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 
 import numpy as np
 
 from pipelines.synthetic import sample_timestamps
-from pipelines.synthetic_output import (GeneratedFiles, check_output_dir, ids, measure_dependence, schema,
-                                        write_dataset)
+from pipelines.synthetic_output import (FORMATS, GeneratedFiles, check_output_dir, ids, measure_dependence,
+                                        schema, write_dataset)
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +105,8 @@ class LongTailConfig:
     start_timestamp: int = _field(1_546_300_800, "earliest timestamp, seconds (2019-01-01 UTC)")
     end_timestamp: int = _field(1_704_067_200, "latest timestamp, seconds (2024-01-01 UTC)")
     with_weights: bool = _field(True, "write a 1-5 rating as the weight column")
-    num_shards: int = _field(1, "number of interaction CSV files")
+    num_shards: int = _field(1, "number of interaction files")
+    format: str = _field("csv", "'csv' (interactions CSV + items JSONL) or 'parquet' (both Parquet)")
     overwrite: bool = _field(False, "replace an earlier generator output in output_dir")
 
     def __post_init__(self):
@@ -126,6 +126,8 @@ class LongTailConfig:
         for name in ("zipf_exponent", "appeal_exponent", "tag_affinity"):
             if not 0.0 <= getattr(self, name) <= 5.0:
                 raise ValueError(f"{name} must be in [0, 5], received {getattr(self, name)}")
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, received {self.format!r}")
         if self.num_interactions < self.num_users:
             raise ValueError(f"num_interactions ({self.num_interactions}) must be >= num_users ({self.num_users})")
         if self.num_items < self.num_categories * self.brands_per_category:
@@ -298,7 +300,7 @@ def sample_interactions(config: LongTailConfig, items: dict[str, np.ndarray],
             "cold_release": (float(low), float(high))}
 
 
-def _item_lines(config: LongTailConfig, items: dict[str, np.ndarray], item_ids: list[str]):
+def _item_rows(config: LongTailConfig, items: dict[str, np.ndarray], item_ids: list[str]):
     brands = ids("brand", config.num_categories * config.brands_per_category, 4)
     series_names = ids("series", int(items["series"].max()) + 1, 5)
     tag_names = ids("tag", config.num_categories * config.tags_per_category, 4)
@@ -306,11 +308,11 @@ def _item_lines(config: LongTailConfig, items: dict[str, np.ndarray], item_ids: 
     columns = zip(item_ids, items["category"].tolist(), items["brand"].tolist(), items["series"].tolist(),
                   items["tags"].tolist(), items["price_bucket"].tolist(), items["language"].tolist())
     for item_id, category, brand, series, tags, price, language in columns:
-        yield json.dumps({
+        yield {
             "item_id": item_id, "category": f"cat{category:0{cat_width}d}", "brand": brands[brand],
             "series": series_names[series], "tags": [tag_names[t] for t in tags if t >= 0],
             "price_bucket": PRICE_BUCKETS[price], "language": LANGUAGES[language],
-        }) + "\n"
+        }
 
 
 def _stats(config: LongTailConfig, items: dict[str, np.ndarray], inter: dict[str, np.ndarray]) -> dict:
@@ -349,7 +351,7 @@ def generate(config: LongTailConfig) -> GeneratedFiles:
     logger.info("sampled %d items and %d interactions in %.1fs", config.num_items, config.num_interactions,
                 time.perf_counter() - started)
     stats = _stats(config, items, inter)
-    files = write_dataset(config, _item_lines(config, items, ids("i", config.num_items, 7)), inter, stats,
-                          schema(ITEM_FEATURES, MULTIVALENT, config.with_weights, ""), {"regime": REGIME})
+    files = write_dataset(config, _item_rows(config, items, ids("i", config.num_items, 7)), inter, stats,
+                          schema(ITEM_FEATURES, MULTIVALENT, config.with_weights), {"regime": REGIME})
     logger.info("wrote %s in %.1fs: %s", config.output_dir, time.perf_counter() - started, stats)
     return files

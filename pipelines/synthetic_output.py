@@ -1,9 +1,17 @@
 """Writing a synthetic data set in the feature pipeline's generic input format (every regime).
 
 A regime (``pipelines.synthetic``'s default story, ``pipelines.synthetic_long_tail``) samples an
-item table and interactions; this module writes ``schema.json``, ``items.jsonl``,
-``interactions*.csv`` and ``generation.json`` atomically, measures the realised feature
-dependence, and builds a regime's command line from its config dataclass.
+item table and interactions; this module writes them atomically with ``schema.json`` and
+``generation.json``, measures the realised feature dependence, and builds a regime's command
+line from its config dataclass. Two formats (``--format``), the same rows and schema fields:
+
+- ``csv`` (default): ``items.jsonl`` (one JSON object per item, multivalent features as lists)
+  and ``interactions.csv`` (or ``interactions-SSSSS-of-NNNNN.csv`` shards; header
+  ``user_id,item_id,timestamp[,weight]``);
+- ``parquet``: ``items.parquet`` (multivalent features as list<string> columns) and
+  ``interactions.parquet`` (or shards; ``timestamp`` and ``weight`` int64).
+
+Item ids are ``i`` + 7 digits, user ids ``u`` + 6 digits; feature values are strings.
 """
 
 from __future__ import annotations
@@ -22,7 +30,9 @@ from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_FILE, ITEMS_FILE, SUMMARY_FILE = "schema.json", "items.jsonl", "generation.json"
+SCHEMA_FILE, SUMMARY_FILE = "schema.json", "generation.json"
+FORMATS = ("csv", "parquet")
+ITEMS_FILES = {"csv": "items.jsonl", "parquet": "items.parquet"}
 _WRITE_CHUNK = 200_000
 
 
@@ -89,17 +99,16 @@ def measure_dependence(items: dict[str, np.ndarray], features: Sequence[str],
     return result
 
 
-def schema(features: Sequence[str], multivalent: Sequence[str], with_weights: bool,
-           interactions_path: str) -> dict:
-    """The generic format's ``schema.json`` (multivalent values in ``items.jsonl`` are JSON lists)."""
-    interactions = {"path": interactions_path, "user_id": "user_id", "item_id": "item_id", "timestamp": "timestamp"}
+def schema(features: Sequence[str], multivalent: Sequence[str], with_weights: bool) -> dict:
+    """The generic format's ``schema.json`` (file paths are filled in by :func:`write_dataset`)."""
+    interactions = {"path": "", "user_id": "user_id", "item_id": "item_id", "timestamp": "timestamp"}
     if with_weights:
         interactions["weight"] = "weight"
     columns = [{"name": name, "column": name, "multivalent": name in multivalent} for name in features]
     for column in columns:
         if column["multivalent"]:
             column["separator"] = "|"
-    return {"interactions": interactions, "items": {"path": ITEMS_FILE, "item_id": "item_id", "features": columns},
+    return {"interactions": interactions, "items": {"path": "", "item_id": "item_id", "features": columns},
             "item_events": []}
 
 
@@ -124,13 +133,48 @@ def check_output_dir(output_dir: str, overwrite: bool) -> str:
     return output_dir
 
 
-def shard_names(num_shards: int) -> list[str]:
+def shard_names(num_shards: int, extension: str = "csv") -> list[str]:
     if num_shards == 1:
-        return ["interactions.csv"]
-    return [f"interactions-{i:05d}-of-{num_shards:05d}.csv" for i in range(num_shards)]
+        return [f"interactions.{extension}"]
+    return [f"interactions-{i:05d}-of-{num_shards:05d}.{extension}" for i in range(num_shards)]
 
 
-def write_dataset(config, item_lines: Iterable[str], inter: dict[str, np.ndarray], stats: dict,
+def _write_tables(config, item_rows: Iterable[dict], inter: dict[str, np.ndarray], directory: str) -> list[str]:
+    """Writes the items and interaction files of ``config.format``; returns the interaction file names."""
+    extension = "csv" if config.format == "csv" else "parquet"
+    item_ids, user_ids = ids("i", config.num_items, 7), ids("u", config.num_users, 6)
+    names = shard_names(config.num_shards, extension)
+    bounds = np.linspace(0, config.num_interactions, config.num_shards + 1).astype(np.int64)
+    items_path = os.path.join(directory, ITEMS_FILES[config.format])
+    if config.format == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(list(item_rows)), items_path)
+        user_array, item_array = np.asarray(user_ids, dtype=object), np.asarray(item_ids, dtype=object)
+        for name, lo, hi in zip(names, bounds[:-1], bounds[1:]):
+            columns = {"user_id": pa.array(user_array[inter["user"][lo:hi]], pa.string()),
+                       "item_id": pa.array(item_array[inter["item"][lo:hi]], pa.string()),
+                       "timestamp": pa.array(inter["timestamp"][lo:hi], pa.int64())}
+            if config.with_weights:
+                columns["weight"] = pa.array(inter["weight"][lo:hi], pa.int64())
+            pq.write_table(pa.table(columns), os.path.join(directory, name), row_group_size=100_000)
+        return names
+    write_lines(items_path, "", (json.dumps(row) + "\n" for row in item_rows), config.num_items,
+                ITEMS_FILES[config.format])
+    header = "user_id,item_id,timestamp" + (",weight\n" if config.with_weights else "\n")
+    for name, lo, hi in zip(names, bounds[:-1], bounds[1:]):
+        columns = [inter["user"][lo:hi].tolist(), inter["item"][lo:hi].tolist(), inter["timestamp"][lo:hi].tolist()]
+        if config.with_weights:
+            lines = (f"{user_ids[u]},{item_ids[i]},{t},{w}\n"
+                     for u, i, t, w in zip(*columns, inter["weight"][lo:hi].tolist()))
+        else:
+            lines = (f"{user_ids[u]},{item_ids[i]},{t}\n" for u, i, t in zip(*columns))
+        write_lines(os.path.join(directory, name), header, lines, int(hi - lo), name)
+    return names
+
+
+def write_dataset(config, item_rows: Iterable[dict], inter: dict[str, np.ndarray], stats: dict,
                   dataset_schema: dict, summary: dict | None = None) -> GeneratedFiles:
     """Writes one generated data set into ``config.output_dir``.
 
@@ -140,34 +184,24 @@ def write_dataset(config, item_lines: Iterable[str], inter: dict[str, np.ndarray
 
     Args:
       config: the regime's config dataclass (``output_dir``, ``overwrite``, ``num_users``,
-        ``num_items``, ``num_interactions``, ``num_shards``, ``with_weights``).
-      item_lines: one JSON line per item (``items.jsonl``), item ids ``i0000000``...
+        ``num_items``, ``num_interactions``, ``num_shards``, ``with_weights``, ``format``).
+      item_rows: one ``{column: value}`` dict per item, in item-id order (``i0000000``...):
+        feature values as strings, multivalent ones as lists.
       inter: ``user``, ``item``, ``timestamp`` and ``weight`` int64 [num_interactions], time-ordered.
       stats: realised statistics (``generation.json``).
-      dataset_schema: :func:`schema`'s document, with ``interactions.path`` set by this function.
+      dataset_schema: :func:`schema`'s document (this function sets the file paths).
       summary: extra top-level entries of ``generation.json``.
     """
     output_dir = check_output_dir(config.output_dir, config.overwrite)
     schema_path = os.path.join(output_dir, SCHEMA_FILE)
     os.makedirs(output_dir, exist_ok=True)
-    names = shard_names(config.num_shards)
     staging = tempfile.mkdtemp(prefix=".tmp-synthetic-", dir=output_dir)
+    items_name = ITEMS_FILES[config.format]
     try:
-        item_ids, user_ids = ids("i", config.num_items, 7), ids("u", config.num_users, 6)
-        write_lines(os.path.join(staging, ITEMS_FILE), "", item_lines, config.num_items, ITEMS_FILE)
-        header = "user_id,item_id,timestamp" + (",weight\n" if config.with_weights else "\n")
-        bounds = np.linspace(0, config.num_interactions, config.num_shards + 1).astype(np.int64)
-        for name, lo, hi in zip(names, bounds[:-1], bounds[1:]):
-            columns = [inter["user"][lo:hi].tolist(), inter["item"][lo:hi].tolist(), inter["timestamp"][lo:hi].tolist()]
-            if config.with_weights:
-                lines = (f"{user_ids[u]},{item_ids[i]},{t},{w}\n"
-                         for u, i, t, w in zip(*columns, inter["weight"][lo:hi].tolist()))
-            else:
-                lines = (f"{user_ids[u]},{item_ids[i]},{t}\n" for u, i, t in zip(*columns))
-            write_lines(os.path.join(staging, name), header, lines, int(hi - lo), name)
-        dataset_schema = dict(dataset_schema)
-        dataset_schema["interactions"] = {**dataset_schema["interactions"],
-                                          "path": names[0] if config.num_shards == 1 else "interactions-*-of-*.csv"}
+        names = _write_tables(config, item_rows, inter, staging)
+        pattern = names[0] if config.num_shards == 1 else "interactions-*-of-*." + names[0].rsplit(".", 1)[1]
+        dataset_schema = {**dataset_schema, "interactions": {**dataset_schema["interactions"], "path": pattern},
+                          "items": {**dataset_schema["items"], "path": items_name}}
         with open(os.path.join(staging, SUMMARY_FILE), "w") as f:
             json.dump({"config": dataclasses.asdict(config), **(summary or {}), "stats": stats}, f, indent=2)
         with open(os.path.join(staging, SCHEMA_FILE), "w") as f:
@@ -175,13 +209,13 @@ def write_dataset(config, item_lines: Iterable[str], inter: dict[str, np.ndarray
         if os.path.exists(schema_path):  # overwrite: retire the earlier output, schema first
             os.remove(schema_path)
             for name in os.listdir(output_dir):
-                if name.startswith("interactions") and name.endswith(".csv"):
+                if name.startswith(("interactions", "items.")) and name.endswith((".csv", ".jsonl", ".parquet")):
                     os.remove(os.path.join(output_dir, name))
-        for name in [ITEMS_FILE, *names, SUMMARY_FILE, SCHEMA_FILE]:
+        for name in [items_name, *names, SUMMARY_FILE, SCHEMA_FILE]:
             os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return GeneratedFiles(schema=schema_path, items=os.path.join(output_dir, ITEMS_FILE),
+    return GeneratedFiles(schema=schema_path, items=os.path.join(output_dir, items_name),
                           interactions=tuple(os.path.join(output_dir, n) for n in names),
                           summary=os.path.join(output_dir, SUMMARY_FILE), stats=stats)
 

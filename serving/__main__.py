@@ -8,19 +8,25 @@ Flags are named like tensorflow_model_server's, so existing launch scripts carry
         --enable_batching --batching_parameters_file=batching.config
 
 Differences from tensorflow_model_server: both servers bind 127.0.0.1 unless ``--host`` says
-otherwise; ``--max_request_bytes`` bounds request bodies; SavedModels with ScaNN ops load.
+otherwise (and warn that the APIs are unauthenticated when it does); ``--max_request_bytes`` bounds
+request bodies, ``--max_tensor_elements`` gRPC tensors; REST reads time out and connections are
+capped; the gRPC reload RPC is off unless ``--enable_reload_config_rpc``; SavedModels with ScaNN
+ops load.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import logging
 import sys
 
 import serving  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
 from serving.batching_config import BatchingOptions, load_batching_parameters_file
+from serving.metrics import MonitoringOptions, load_monitoring_config_file
 from serving.model_config import ModelConfigError, load_model_config_file, single_model_config
+from serving.tensor_proto import DEFAULT_MAX_TENSOR_ELEMENTS
 
 logger = logging.getLogger("serving")
 
@@ -41,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve SavedModels (including ScaNN retrieval exports) over TF Serving's REST "
         "and gRPC APIs. Give either --model_name/--model_base_path or --model_config_file.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
     )
     models = parser.add_argument_group("models")
     models.add_argument("--model_name", default="default", help="name to serve a single model under")
@@ -65,6 +72,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="per-request timeout (queue + model call); also caps gRPC deadlines; 0 = none")
     net.add_argument("--max_request_bytes", type=int, default=16 * 1024 * 1024,
                      help="largest REST body / gRPC message accepted (413 / RESOURCE_EXHAUSTED beyond)")
+    net.add_argument("--max_tensor_elements", type=int, default=DEFAULT_MAX_TENSOR_ELEMENTS,
+                     help="largest element count of one gRPC request tensor (its declared shape must also "
+                     "match the values it carries)")
+    net.add_argument("--rest_header_read_timeout_seconds", type=float, default=30.0,
+                     help="close a REST connection that has not sent a complete request head this long after "
+                     "opening or after its previous response (also the keep-alive idle timeout)")
+    net.add_argument("--rest_body_read_timeout_seconds", type=float, default=60.0,
+                     help="answer 408 when a request body has not arrived this long after its head")
+    net.add_argument("--rest_max_connections", type=int, default=1000,
+                     help="open REST connections at once; more are answered 503 and closed")
+    net.add_argument("--enable_reload_config_rpc", action="store_true",
+                     help="allow gRPC ModelService.HandleReloadConfigRequest (unauthenticated: anyone who can "
+                     "reach the gRPC port can then replace the served models)")
+    net.add_argument("--monitoring_config_file",
+                     help="text-format MonitoringConfig; prometheus_config { enable: true } serves Prometheus "
+                     "metrics on the REST port (path default /monitoring/prometheus/metrics)")
     batching = parser.add_argument_group("batching")
     batching.add_argument("--enable_batching", type=_bool, nargs="?", const=True, default=True,
                           help="merge concurrent predict requests into one model call")
@@ -89,7 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _warn_if_exposed(args.host, args.enable_reload_config_rpc)
     try:
+        monitoring = load_monitoring_config_file(args.monitoring_config_file) if args.monitoring_config_file \
+            else MonitoringOptions()
         if args.model_config_file:
             configs = load_model_config_file(args.model_config_file)
         elif args.model_base_path:
@@ -113,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
             rest_api_timeout_in_ms=args.rest_api_timeout_in_ms, max_request_bytes=args.max_request_bytes,
             max_load_attempts=args.max_num_load_retries + 1, version_settle_seconds=args.version_settle_seconds,
             enable_model_warmup=args.enable_model_warmup,
-            batching=batching,
+            batching=batching, max_tensor_elements=args.max_tensor_elements,
+            rest_header_read_timeout_seconds=args.rest_header_read_timeout_seconds,
+            rest_body_read_timeout_seconds=args.rest_body_read_timeout_seconds,
+            rest_max_connections=args.rest_max_connections, enable_reload_config_rpc=args.enable_reload_config_rpc,
+            monitoring=monitoring,
         )
     except (ModelConfigError, ValueError) as error:
         logger.error("%s", error)
@@ -126,6 +156,19 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("cannot start the server: %s", error)
         return 1
     return 0
+
+
+def _warn_if_exposed(host: str, reload: bool) -> None:
+    """Warns when the server listens beyond loopback: its APIs have no authentication or TLS."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        logger.warning(
+            "--host %s: the REST and gRPC APIs are unauthenticated and unencrypted; anyone who can reach "
+            "these ports can call predict, read model metadata%s. Put the server behind an authenticating "
+            "proxy or a firewall.", host, ", replace the served models (--enable_reload_config_rpc)" if reload else "")
 
 
 def _configure_tensorflow(intra: int, inter: int) -> None:

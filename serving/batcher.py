@@ -25,7 +25,7 @@ import grpc
 import numpy as np
 
 from serving.batching_config import BatchingOptions
-from serving.errors import ServingError
+from serving.errors import ServingError, invalid_argument
 from serving.servable import Servable
 
 
@@ -61,10 +61,12 @@ class Batcher:
       signature_name: the signature every request of this batcher calls.
       options: batch size, timeout, parallelism, queue bound, padding.
       executor: the thread pool model calls run in (never the event loop).
+      on_batch: optional callback ``(rows)`` after each successful model call.
     """
 
     def __init__(self, servable: Servable, signature_name: str, options: BatchingOptions,
-                 executor: concurrent.futures.Executor):
+                 executor: concurrent.futures.Executor, on_batch=None):
+        self._on_batch = on_batch
         self._servable = servable
         self._signature_name = signature_name
         self._options = options
@@ -82,11 +84,18 @@ class Batcher:
         started yet.
 
         Raises:
-          ServingError: UNAVAILABLE when the queue is full (``max_enqueued_batches``).
+          ServingError: INVALID_ARGUMENT when the request alone has more rows than the queue holds
+            (it could never run: retrying cannot help); UNAVAILABLE when the queue is full
+            (``max_enqueued_batches``) with other requests.
         """
         loop = asyncio.get_running_loop()
         rows = _mergeable_rows(inputs) if self._options.enabled else 0
         limit = self._options.max_enqueued_batches * self._options.max_batch_size
+        if rows > limit:
+            raise invalid_argument(
+                f"the request has {rows} rows, more than this server's batch queue holds ({limit} rows = "
+                "max_enqueued_batches x max_batch_size); split it into smaller requests"
+            )
         if self._queued_rows + max(rows, 1) > limit:
             raise ServingError(
                 grpc.StatusCode.UNAVAILABLE,
@@ -178,6 +187,8 @@ class Batcher:
                 await self._run([task])
             return
         total_rows = sum(max(t.rows, 1) for t in batch)
+        if self._on_batch is not None:
+            self._on_batch(total_rows)
         for task, part in zip(batch, parts):
             if not task.future.done():
                 task.future.set_result((part, Timing(started - task.enqueued_at, model_seconds, total_rows)))

@@ -3,7 +3,12 @@
 - ``tensorflow.serving.PredictionService``: ``Predict`` and ``GetModelMetadata`` (``Classify``,
   ``Regress`` and ``MultiInference`` answer UNIMPLEMENTED).
 - ``tensorflow.serving.ModelService``: ``GetModelStatus``, and ``HandleReloadConfigRequest``
-  (replaces the served models with the request's ``ModelServerConfig``, as TF Serving does).
+  (replaces the served models with the request's ``ModelServerConfig``, as TF Serving does;
+  opt-in with ``--enable_reload_config_rpc``, PERMISSION_DENIED otherwise; an empty model list
+  is refused, as the config-file loader refuses it).
+
+Request tensors are decoded in a thread pool with their declared sizes checked first
+(:mod:`serving.tensor_proto`).
 
 Existing clients (``prediction_service_pb2_grpc.PredictionServiceStub`` etc.) work unchanged.
 Errors abort the call with TF Serving's status codes and a message naming the problem.
@@ -12,6 +17,7 @@ Errors abort the call with TF Serving's status codes and a message naming the pr
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 
@@ -24,14 +30,17 @@ from tensorflow_serving.apis import (
     predict_pb2,
     prediction_service_pb2_grpc,
 )
+from tensorflow.core.framework import types_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
+from serving import tensor_proto
 from serving.errors import ServingError, invalid_argument
 from serving.manager import ModelManager
-from serving.model_config import ModelConfigError, validate
+from serving.model_config import ModelConfigError, server_config_models
 from serving.predictor import Predictor, select_outputs
 from serving.responses import model_metadata, model_spec, model_status
 from serving.signature import DEFAULT_SIGNATURE
+from serving.tensor_proto import DEFAULT_MAX_TENSOR_ELEMENTS
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +61,12 @@ async def _abort(context: grpc.aio.ServicerContext, error: ServingError):
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """``Predict`` and ``GetModelMetadata`` over the shared manager and predictor."""
 
-    def __init__(self, manager: ModelManager, predictor: Predictor):
+    def __init__(self, manager: ModelManager, predictor: Predictor, decode_executor: concurrent.futures.Executor,
+                 max_tensor_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS):
         self._manager = manager
         self._predictor = predictor
+        self._decode_executor = decode_executor
+        self._max_tensor_elements = max_tensor_elements
 
     async def Predict(self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext):
         started = time.perf_counter()
@@ -65,22 +77,13 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             known = signature_name if signature_name in servable.signatures else "(unknown)"
             key = ("grpc", servable.name, servable.version, known)
             signature = servable.signature(signature_name)
-            inputs = {}
-            for name, proto in request.inputs.items():
-                if name in signature.inputs and proto.dtype != signature.inputs[name].dtype:
-                    expected = signature.inputs[name]
-                    raise invalid_argument(
-                        f"input {name!r} expects {expected.dtype_name}, received a tensor of "
-                        f"{tf.dtypes.as_dtype(proto.dtype).name if proto.dtype else 'DT_INVALID'}"
-                    )
-                inputs[name] = _to_ndarray(name, proto)
+            inputs = await asyncio.get_running_loop().run_in_executor(
+                self._decode_executor, _decode_inputs, request, signature, self._max_tensor_elements)
             remaining = context.time_remaining()
             result = await self._predictor.predict(servable, signature_name, inputs, remaining)
             outputs = select_outputs(result.outputs, list(request.output_filter))
-            response = predict_pb2.PredictResponse()
-            response.model_spec.CopyFrom(model_spec(servable, signature_name))
-            for name, value in outputs.items():
-                response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
+            response = await asyncio.get_running_loop().run_in_executor(
+                self._decode_executor, _encode_response, outputs, model_spec(servable, signature_name))
         except ServingError as error:
             if key is not None:
                 self._predictor.stats.record_error(key, error.code.name)
@@ -101,18 +104,33 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             await _abort(context, error)
 
 
-def _to_ndarray(name: str, proto) -> np.ndarray:
-    try:
-        return tf.make_ndarray(proto)
-    except Exception as error:  # noqa: BLE001 - malformed TensorProtos raise various types.
-        raise invalid_argument(f"input {name!r} is not a valid TensorProto: {error}") from None
+def _decode_inputs(request: predict_pb2.PredictRequest, signature, max_elements: int) -> dict[str, np.ndarray]:
+    """The request's tensors as arrays (dtype and size checks first; see :mod:`serving.tensor_proto`)."""
+    inputs = {}
+    for name, proto in request.inputs.items():
+        if name in signature.inputs and proto.dtype != signature.inputs[name].dtype:
+            expected = signature.inputs[name]
+            received = types_pb2.DataType.Name(proto.dtype) if proto.dtype in types_pb2.DataType.values() else proto.dtype
+            raise invalid_argument(f"input {name!r} expects {expected.dtype_name}, received a tensor of {received}")
+        inputs[name] = tensor_proto.to_ndarray(name, proto, max_elements)
+    return inputs
+
+
+def _encode_response(outputs: dict[str, np.ndarray], spec) -> predict_pb2.PredictResponse:
+    response = predict_pb2.PredictResponse()
+    response.model_spec.CopyFrom(spec)
+    for name, value in outputs.items():
+        response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
+    return response
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    """``GetModelStatus`` and ``HandleReloadConfigRequest``."""
+    """``GetModelStatus``, and ``HandleReloadConfigRequest`` when ``allow_reload`` (off by default:
+    the call is unauthenticated and replaces every served model)."""
 
-    def __init__(self, manager: ModelManager):
+    def __init__(self, manager: ModelManager, allow_reload: bool = False):
         self._manager = manager
+        self._allow_reload = allow_reload
 
     async def GetModelStatus(self, request, context: grpc.aio.ServicerContext):
         try:
@@ -122,13 +140,15 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 
     async def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest,
                                         context: grpc.aio.ServicerContext):
+        if not self._allow_reload:
+            await _abort(context, ServingError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "HandleReloadConfigRequest is disabled on this server: it is unauthenticated and replaces "
+                "every served model; start the server with --enable_reload_config_rpc to allow it"))
         config: model_server_config_pb2.ModelServerConfig = request.config
         response = model_management_pb2.ReloadConfigResponse()
         try:
-            if config.WhichOneof("config") != "model_config_list":
-                raise ModelConfigError("only model_config_list configs are supported")
-            configs = list(config.model_config_list.config)
-            validate(configs, source="ReloadConfigRequest")
+            configs = server_config_models(config, source="ReloadConfigRequest")
         except ModelConfigError as error:
             await _abort(context, invalid_argument(str(error)))
         await asyncio.to_thread(self._manager.reconfigure, configs)
@@ -136,9 +156,19 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
 
-def add_services(server: grpc.aio.Server, manager: ModelManager, predictor: Predictor) -> None:
-    """Registers both TF Serving services on ``server``."""
+def add_services(server: grpc.aio.Server, manager: ModelManager, predictor: Predictor,
+                 decode_executor: concurrent.futures.Executor, max_tensor_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS,
+                 allow_reload: bool = False) -> None:
+    """Registers both TF Serving services on ``server``.
+
+    Args:
+      server: the grpc.aio server.
+      manager, predictor: shared with the REST API.
+      decode_executor: threads that turn request tensors into arrays (off the event loop).
+      max_tensor_elements: the largest element count accepted per request tensor.
+      allow_reload: whether ``HandleReloadConfigRequest`` may replace the served models.
+    """
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(manager, predictor), server
+        PredictionServicer(manager, predictor, decode_executor, max_tensor_elements), server
     )
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager, allow_reload), server)

@@ -32,6 +32,7 @@ from serving.errors import invalid_argument
 from serving.signature import DEFAULT_SIGNATURE, SignatureSpec, TensorSpec
 
 BYTES_SUFFIX = "_bytes"
+MAX_RANK = 32  # Deepest list nesting accepted for one input (numpy allows 64 dimensions).
 Format = Literal["row", "columnar"]
 
 
@@ -48,13 +49,18 @@ def parse_predict_body(body: bytes) -> PredictBody:
     """Parses a ``:predict`` body's JSON envelope.
 
     Raises:
-      ServingError: INVALID_ARGUMENT for malformed JSON, a non-object body, neither or both of
+      ServingError: INVALID_ARGUMENT for malformed JSON (also nesting deeper than the parser's
+        recursion limit and integers over 4,300 digits), a non-object body, neither or both of
         ``instances``/``inputs``, or a non-string ``signature_name``.
     """
     try:
         document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise invalid_argument(f"JSON Parse error: {error}") from None
+    except RecursionError:
+        raise invalid_argument("JSON Parse error: the document is nested too deeply") from None
+    except ValueError as error:  # Integers longer than sys.get_int_max_str_digits() digits.
+        raise invalid_argument(f"JSON Parse error: {str(error).split(';')[0]}") from None
     if not isinstance(document, dict):
         raise invalid_argument(
             f"the request body must be a JSON object, received JSON {type(document).__name__}"
@@ -150,9 +156,11 @@ def to_array(value: Any, spec: TensorSpec, context: str = "inputs") -> np.ndarra
     """Converts one JSON value (nested lists of scalars) into an array of ``spec``'s dtype.
 
     Raises:
-      ServingError: INVALID_ARGUMENT for ragged lists, values of the wrong JSON type, ``b64``
+      ServingError: INVALID_ARGUMENT for ragged lists, lists nested deeper than ``MAX_RANK``,
+        values of the wrong JSON type, strings with lone surrogates (``"\\ud800"``), ``b64``
         objects for non-string inputs, bad base64, or integers out of the dtype's range.
     """
+    _check_depth(value, spec.name, context)
     if spec.dtype == types_pb2.DT_STRING:
         flat: list[bytes] = []
         shape = _walk_strings(value, spec.name, flat, depth=0)
@@ -195,7 +203,21 @@ def to_array(value: Any, spec: TensorSpec, context: str = "inputs") -> np.ndarra
     return raw.astype(target)
 
 
+def _check_depth(value: Any, name: str, context: str) -> None:
+    depth = 0
+    while isinstance(value, list) and value:
+        value, depth = value[0], depth + 1
+        if depth > MAX_RANK:
+            raise invalid_argument(
+                f"{context}: input {name!r} is nested more than {MAX_RANK} lists deep; tensors of "
+                f"rank above {MAX_RANK} are not accepted"
+            )
+
+
 def _walk_strings(value: Any, name: str, out: list[bytes], depth: int) -> tuple[int, ...]:
+    if depth > MAX_RANK:
+        raise invalid_argument(f"input {name!r} is nested more than {MAX_RANK} lists deep; tensors of "
+                               f"rank above {MAX_RANK} are not accepted")
     if isinstance(value, list):
         shapes = {_walk_strings(item, name, out, depth + 1) for item in value}
         if len(shapes) > 1:
@@ -205,7 +227,13 @@ def _walk_strings(value: Any, name: str, out: list[bytes], depth: int) -> tuple[
             )
         return (len(value),) + (shapes.pop() if shapes else ())
     if isinstance(value, str):
-        out.append(value.encode("utf-8"))
+        try:
+            out.append(value.encode("utf-8"))
+        except UnicodeEncodeError as error:
+            raise invalid_argument(
+                f"input {name!r}: a string holds a lone surrogate ({ascii(value[error.start:error.end])}) at "
+                f"character {error.start}, which is not valid Unicode; send UTF-8 text or {{\"b64\": ...}}"
+            ) from None
         return ()
     if _is_b64(value):
         encoded = value["b64"]

@@ -51,11 +51,23 @@ def parse_model_config_text(text: str, source: str = "<string>") -> list[ModelCo
         text_format.Parse(text, server_config)
     except text_format.ParseError as error:
         raise ModelConfigError(f"{source}: not a text-format ModelServerConfig: {error}") from None
+    return server_config_models(server_config, source)
+
+
+def server_config_models(server_config: model_server_config_pb2.ModelServerConfig,
+                         source: str = "config") -> list[ModelConfig]:
+    """The validated model configs of a ``ModelServerConfig`` (from a file or a reload request).
+
+    Raises:
+      ModelConfigError: a ``custom_model_config``, no ``model_config_list`` entries (an empty
+        list would unload every model), or an invalid entry (see :func:`validate`).
+    """
     if server_config.WhichOneof("config") == "custom_model_config":
         raise ModelConfigError(f"{source}: custom_model_config is not supported; use model_config_list")
     configs = list(server_config.model_config_list.config)
     if not configs:
-        raise ModelConfigError(f"{source}: model_config_list has no config entries")
+        raise ModelConfigError(f"{source}: model_config_list has no config entries (that would unload "
+                               "every model); list the models to serve")
     validate(configs, source)
     return configs
 

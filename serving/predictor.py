@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 
 import grpc
@@ -69,7 +70,8 @@ class Predictor:
         arrays = spec.validate(inputs)
         batcher = servable.batchers.get(signature_name)
         if batcher is None:
-            batcher = Batcher(servable, signature_name, self.batching, self.executor)
+            on_batch = functools.partial(self.stats.record_batch, servable.name, servable.version, signature_name)
+            batcher = Batcher(servable, signature_name, self.batching, self.executor, on_batch)
             servable.batchers[signature_name] = batcher
         timeout = self._effective_timeout(timeout_seconds)
         future = batcher.submit(arrays)
@@ -80,13 +82,19 @@ class Predictor:
             raise ServingError(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"predict on model {servable.name!r} version {servable.version} did not finish "
-                f"within the request timeout of {timeout * 1e3:.0f} ms",
+                f"within the request timeout of {format_ms(timeout)} ms",
             ) from None
         return PredictResult(outputs, timing)
 
     def _effective_timeout(self, requested: float | None) -> float | None:
         candidates = [t for t in (self.timeout_seconds, requested) if t is not None and t > 0]
         return min(candidates) if candidates else None
+
+
+def format_ms(seconds: float) -> str:
+    """Milliseconds for messages: ``3000``, ``12``, ``1``, ``0.4`` (never ``0`` for a positive time)."""
+    milliseconds = seconds * 1e3
+    return f"{milliseconds:.0f}" if milliseconds >= 10 else f"{milliseconds:.2g}"
 
 
 def select_outputs(outputs: dict[str, np.ndarray], output_filter: list[str]) -> dict[str, np.ndarray]:

@@ -7,13 +7,20 @@ Endpoints (paths matched case-insensitively with TF Serving's own regular expres
 - ``POST /v1/models/NAME[/versions/N|/labels/L]:predict``: row (``instances``) or columnar
   (``inputs``) predict; see :mod:`serving.json_codec`.
 - ``GET /monitoring/stats``: this server's request statistics (not part of TF Serving's API).
+- ``GET /monitoring/prometheus/metrics`` (or the configured path): Prometheus metrics, when
+  ``--monitoring_config_file`` enables them (see :mod:`serving.metrics`).
 
 Every error is ``{"error": "<message>"}`` with TF Serving's HTTP status for its code (400 invalid
-argument, 404 unknown model / version / label, 504 timeout, ...); an oversize body is 413.
+argument, 404 unknown model / version / label, 504 timeout, ...); an oversize body is 413, a body
+that does not arrive within ``--rest_body_read_timeout_seconds`` is 408. JSON parsing, conversion
+to arrays and response rendering run in a thread pool, never on the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import dataclasses
 import json
 import logging
 import re
@@ -23,7 +30,7 @@ from urllib.parse import unquote
 import grpc
 from aiohttp import web
 
-from serving import json_codec
+from serving import json_codec, metrics
 from serving.errors import ServingError, invalid_argument
 from serving.manager import ModelManager
 from serving.predictor import Predictor
@@ -42,24 +49,47 @@ STATS_PATH = "/monitoring/stats"
 JSON_TYPE = "application/json"
 
 
-def create_app(manager: ModelManager, predictor: Predictor, max_body_bytes: int) -> web.Application:
-    """Builds the aiohttp application (serve it with ``web.AppRunner``)."""
-    handler = _RestHandler(manager, predictor, max_body_bytes)
-    app = web.Application(client_max_size=max_body_bytes)
+@dataclasses.dataclass(frozen=True)
+class RestOptions:
+    """What the REST handlers need besides the manager and the predictor.
+
+    Attributes:
+      max_body_bytes: largest request body (413 beyond).
+      body_timeout: seconds to receive a request body once its head arrived (408 beyond).
+      decode_executor: threads that parse JSON and render responses (never the event loop).
+      metrics: the Prometheus metrics (``None``: the endpoint answers 404).
+      metrics_path: where they are served.
+    """
+
+    max_body_bytes: int
+    body_timeout: float
+    decode_executor: concurrent.futures.Executor
+    metrics: object | None = None
+    metrics_path: str = ""
+
+
+def create_app(manager: ModelManager, predictor: Predictor, options: RestOptions) -> web.Application:
+    """Builds the aiohttp application (serve it with ``web.AppRunner`` and a
+    :class:`serving.http_server.LimitedSite`)."""
+    handler = _RestHandler(manager, predictor, options)
+    app = web.Application(client_max_size=options.max_body_bytes)
     app.router.add_route("*", "/{tail:.*}", handler.dispatch)
     return app
 
 
 def _error_response(error: ServingError) -> web.Response:
-    return web.Response(status=error.http_status, text=json.dumps({"error": error.message}),
-                        content_type=JSON_TYPE)
+    response = web.Response(status=error.http_status, text=json.dumps({"error": error.message}),
+                            content_type=JSON_TYPE)
+    if error.http_status == 408:
+        response.force_close()
+    return response
 
 
 class _RestHandler:
-    def __init__(self, manager: ModelManager, predictor: Predictor, max_body_bytes: int):
+    def __init__(self, manager: ModelManager, predictor: Predictor, options: RestOptions):
         self._manager = manager
         self._predictor = predictor
-        self._max_body_bytes = max_body_bytes
+        self._options = options
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -68,6 +98,10 @@ class _RestHandler:
             if error.http_status >= 500:
                 logger.warning("%s %s -> %d: %s", request.method, request.path, error.http_status, error)
             return _error_response(error)
+        except ConnectionError as error:  # The client went away mid-request: nothing to answer.
+            logger.info("client %s disconnected during %s %s (%s)", request.remote, request.method, request.path,
+                        type(error).__name__)
+            return _error_response(ServingError(grpc.StatusCode.CANCELLED, "client disconnected"))
         except Exception as error:  # noqa: BLE001 - never let a request take the server down.
             logger.exception("unexpected error serving %s %s", request.method, request.path)
             return _error_response(ServingError(grpc.StatusCode.INTERNAL, f"internal error: {error}"))
@@ -76,6 +110,12 @@ class _RestHandler:
         path = request.rel_url.raw_path
         if request.method == "GET" and path.rstrip("/") == STATS_PATH:
             return web.Response(text=json.dumps(self._predictor.stats.summary()), content_type=JSON_TYPE)
+        if request.method == "GET" and path.rstrip("/") in (self._options.metrics_path, metrics.DEFAULT_PATH):
+            if self._options.metrics is None or path.rstrip("/") != self._options.metrics_path:
+                raise ServingError(grpc.StatusCode.NOT_FOUND, "Prometheus metrics are off; enable them with "
+                                   "--monitoring_config_file (prometheus_config { enable: true })")
+            return web.Response(body=self._options.metrics.render(),
+                                headers={"Content-Type": self._options.metrics.content_type})
         if request.method == "POST":
             match = PREDICT_PATH.fullmatch(path)
             if match:
@@ -104,14 +144,17 @@ class _RestHandler:
                                f"':{method}' is not implemented by this server; use ':predict'")
         body = await self._read_body(request)
         servable = self._manager.resolve(name, version, label)
-        parsed = json_codec.parse_predict_body(body)
+        loop = asyncio.get_running_loop()
+        decode = self._options.decode_executor
+        parsed = await loop.run_in_executor(decode, json_codec.parse_predict_body, body)
+        del body
         known = parsed.signature_name if parsed.signature_name in servable.signatures else "(unknown)"
         key = ("rest", servable.name, servable.version, known)
         try:
             signature = servable.signature(parsed.signature_name)
-            arrays = json_codec.request_arrays(parsed, signature)
+            arrays = await loop.run_in_executor(decode, json_codec.request_arrays, parsed, signature)
             result = await self._predictor.predict(servable, parsed.signature_name, arrays)
-            text = json_codec.render_response(result.outputs, parsed.format)
+            text = await loop.run_in_executor(decode, json_codec.render_response, result.outputs, parsed.format)
         except ServingError as error:
             self._predictor.stats.record_error(key, error.code.name)
             raise
@@ -125,19 +168,27 @@ class _RestHandler:
         return web.Response(text=text, content_type=JSON_TYPE, headers=headers)
 
     async def _read_body(self, request: web.Request) -> bytes:
+        limit, timeout = self._options.max_body_bytes, self._options.body_timeout
         too_large = ServingError(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"request body exceeds the limit of {self._max_body_bytes} bytes "
+            f"request body exceeds the limit of {limit} bytes "
             f"(received Content-Length {request.content_length}); raise --max_request_bytes or send "
             "smaller batches",
             http_status=413,
         )
-        if request.content_length is not None and request.content_length > self._max_body_bytes:
+        if request.content_length is not None and request.content_length > limit:
             raise too_large
         try:
-            return await request.read()
+            async with asyncio.timeout(timeout):
+                return await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise too_large from None
+        except TimeoutError:
+            raise ServingError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the request body did not arrive within {timeout:g} s (--rest_body_read_timeout_seconds)",
+                http_status=408,
+            ) from None
 
 
 def _model_ref(name: str, version: str | None, label: str | None) -> tuple[str, int | None, str | None]:

@@ -14,18 +14,22 @@ import functools
 import logging
 import os
 import signal
+import socket
 
 import grpc
 from aiohttp import web
 
 from serving.batching_config import BatchingOptions
 from serving.grpc_service import add_services
+from serving.http_server import LimitedSite, fit_connection_cap
 from serving.manager import ModelManager
+from serving.metrics import MonitoringOptions, PrometheusMetrics
 from serving.model_config import ModelConfig, ModelConfigError, load_model_config_file
 from serving.predictor import Predictor
-from serving.rest import create_app
+from serving.rest import RestOptions, create_app
 from serving.servable import load_servable
 from serving.stats import RequestStats
+from serving.tensor_proto import DEFAULT_MAX_TENSOR_ELEMENTS
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +55,14 @@ class ServerOptions:
       enable_model_warmup: replay ``assets.extra/tf_serving_warmup_requests`` when loading.
       grpc_shutdown_grace_seconds: how long in-flight calls may finish on shutdown.
       batching: request batching options.
+      max_tensor_elements: the largest element count of one gRPC request tensor (checked against
+        the declared shape before anything is allocated).
+      rest_header_read_timeout_seconds: a REST connection must send a complete request head within
+        this long of opening or of its previous response (also the keep-alive idle timeout).
+      rest_body_read_timeout_seconds: a request body must arrive within this long (408 beyond).
+      rest_max_connections: open REST connections at once; more get 503 and are closed.
+      enable_reload_config_rpc: allow gRPC ``HandleReloadConfigRequest`` (unauthenticated).
+      monitoring: Prometheus endpoint options (``--monitoring_config_file``).
     """
 
     host: str = "127.0.0.1"
@@ -65,8 +77,20 @@ class ServerOptions:
     enable_model_warmup: bool = True
     grpc_shutdown_grace_seconds: float = 5.0
     batching: BatchingOptions = dataclasses.field(default_factory=BatchingOptions)
+    max_tensor_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS
+    rest_header_read_timeout_seconds: float = 30.0
+    rest_body_read_timeout_seconds: float = 60.0
+    rest_max_connections: int = 1000
+    enable_reload_config_rpc: bool = False
+    monitoring: MonitoringOptions = dataclasses.field(default_factory=MonitoringOptions)
 
     def __post_init__(self):
+        for name in ("rest_header_read_timeout_seconds", "rest_body_read_timeout_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name} must be > 0, received {getattr(self, name)}")
+        for name in ("rest_max_connections", "max_tensor_elements"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, received {getattr(self, name)}")
         if self.port == 0 and self.rest_api_port == 0:
             raise ValueError("both --port and --rest_api_port are 0: enable gRPC, REST or both")
         for name in ("port", "rest_api_port"):
@@ -94,10 +118,12 @@ class ModelServer:
         loader = functools.partial(load_servable, warm_up=options.enable_model_warmup)
         self.manager = ModelManager(configs, options.file_system_poll_wait_seconds,
                                     options.max_load_attempts, loader, options.version_settle_seconds)
-        self.stats = RequestStats()
+        self.metrics = PrometheusMetrics(self.manager) if options.monitoring.prometheus_enabled else None
+        self.stats = RequestStats(self.metrics)
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=options.batching.num_batch_threads, thread_name_prefix="model-call"
         )
+        self._decode_executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
         timeout = options.rest_api_timeout_in_ms / 1e3 if options.rest_api_timeout_in_ms else None
         self.predictor = Predictor(options.batching, self._executor, self.stats, timeout)
         self._grpc_server: grpc.aio.Server | None = None
@@ -105,12 +131,12 @@ class ModelServer:
         self._config_task: asyncio.Task | None = None
 
     async def start(self) -> None:
-        """Loads the initial versions (blocking this coroutine, not the loop), then binds both APIs.
+        """Binds the gRPC port and checks the REST port, loads the initial versions (blocking this
+        coroutine, not the loop), then starts serving both APIs.
 
         Raises:
-          OSError: a port cannot be bound (e.g. already in use).
+          OSError: a port cannot be bound (e.g. already in use), before any model is loaded.
         """
-        await asyncio.to_thread(self.manager.start)
         opts = self.options
         if opts.port:
             self._grpc_server = grpc.aio.server(options=[
@@ -118,19 +144,33 @@ class ModelServer:
                 ("grpc.max_send_message_length", -1),
                 ("grpc.so_reuseport", 0),
             ])
-            add_services(self._grpc_server, self.manager, self.predictor)
+            add_services(self._grpc_server, self.manager, self.predictor, self._decode_executor,
+                         opts.max_tensor_elements, opts.enable_reload_config_rpc)
             address = f"{opts.host}:{opts.port}"
-            if self._grpc_server.add_insecure_port(address) == 0:
-                raise OSError(f"cannot bind gRPC to {address}")
-            await self._grpc_server.start()
-            logger.info("Running gRPC ModelServer at %s ...", address)
+            try:
+                bound = self._grpc_server.add_insecure_port(address)
+            except RuntimeError:  # Newer grpcio raises instead of returning 0.
+                bound = 0
+            if bound == 0:
+                raise OSError(f"cannot bind gRPC to {address}: the port is in use or the address is not available")
         if opts.rest_api_port:
-            app = create_app(self.manager, self.predictor, opts.max_request_bytes)
+            _check_bindable(opts.host, opts.rest_api_port)
+        await asyncio.to_thread(self.manager.start)
+        if self._grpc_server is not None:
+            await self._grpc_server.start()
+            logger.info("Running gRPC ModelServer at %s:%d ...", opts.host, opts.port)
+        if opts.rest_api_port:
+            rest_options = RestOptions(opts.max_request_bytes, opts.rest_body_read_timeout_seconds,
+                                       self._decode_executor, self.metrics, opts.monitoring.prometheus_path)
+            app = create_app(self.manager, self.predictor, rest_options)
             self._rest_runner = web.AppRunner(app, access_log=None)
             await self._rest_runner.setup()
-            site = web.TCPSite(self._rest_runner, opts.host, opts.rest_api_port, reuse_address=True)
+            site = LimitedSite(self._rest_runner, opts.host, opts.rest_api_port,
+                               fit_connection_cap(opts.rest_max_connections), opts.rest_header_read_timeout_seconds)
             await site.start()
             logger.info("Exporting HTTP/REST API at:%s:%d ...", opts.host, opts.rest_api_port)
+            if self.metrics is not None:
+                logger.info("Prometheus metrics at %s", opts.monitoring.prometheus_path)
         if self._model_config_file and opts.model_config_file_poll_wait_seconds > 0:
             self._config_task = asyncio.get_running_loop().create_task(self._watch_config_file())
 
@@ -144,6 +184,7 @@ class ModelServer:
             await self._rest_runner.cleanup()
         await asyncio.to_thread(self.manager.stop)
         self._executor.shutdown(wait=True)
+        self._decode_executor.shutdown(wait=True)
 
     async def _watch_config_file(self) -> None:
         path = self._model_config_file
@@ -161,6 +202,17 @@ class ModelServer:
                 continue
             logger.info("model config file %s changed; applying it", path)
             await asyncio.to_thread(self.manager.reconfigure, configs)
+
+
+def _check_bindable(host: str, port: int) -> None:
+    """Raises OSError naming the address if ``host:port`` cannot be bound (checked before loading)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise OSError(f"cannot bind REST to {host}:{port}: {error.strerror or error}") from None
 
 
 def run_server(configs: list[ModelConfig], options: ServerOptions, model_config_file: str | None = None) -> None:

@@ -50,8 +50,7 @@ class TensorSpec:
         except KeyError:
             raise invalid_argument(
                 f"tensor {self.name!r} has dtype {self.dtype_name}, which this server does not "
-                f"support; supported: {sorted(types_pb2.DataType.Name(d) for d in _NUMPY_DTYPES)} "
-                "and DT_STRING"
+                f"support; supported: {supported_dtype_names()}"
             ) from None
 
     def describe(self) -> str:
@@ -85,6 +84,11 @@ _NUMPY_DTYPES = {
     types_pb2.DT_UINT64: np.uint64,
     types_pb2.DT_BOOL: np.bool_,
 }
+
+
+def supported_dtype_names() -> list[str]:
+    """The ``DataType`` names request tensors may have (numeric types above, and ``DT_STRING``)."""
+    return sorted(types_pb2.DataType.Name(d) for d in _NUMPY_DTYPES) + ["DT_STRING"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,9 +30,15 @@ class _Series:
 
 
 class RequestStats:
-    """Thread-safe recorder keyed by ``(api, model, version, signature)``."""
+    """Thread-safe recorder keyed by ``(api, model, version, signature)``.
 
-    def __init__(self):
+    Args:
+      metrics: optional :class:`serving.metrics.PrometheusMetrics` that every record is also
+        forwarded to (``--monitoring_config_file``).
+    """
+
+    def __init__(self, metrics=None):
+        self.metrics = metrics
         self._lock = threading.Lock()
         self._series: dict[tuple, _Series] = collections.defaultdict(_Series)
         self._started = time.time()
@@ -46,12 +52,21 @@ class RequestStats:
             series.model_ms.append(model_seconds * 1e3)
             series.queue_ms.append(queue_seconds * 1e3)
             series.batch_rows.append(batch_rows)
+        if self.metrics is not None:
+            self.metrics.record(key, total_seconds)
 
     def record_error(self, key: tuple, code_name: str) -> None:
         with self._lock:
             series = self._series[key]
             series.requests += 1
             series.errors[code_name] += 1
+        if self.metrics is not None:
+            self.metrics.record_error(key, code_name)
+
+    def record_batch(self, model: str, version: int, signature: str, rows: int) -> None:
+        """One model call of ``rows`` rows (only the Prometheus metrics keep these)."""
+        if self.metrics is not None:
+            self.metrics.record_batch(model, version, signature, rows)
 
     def reset(self) -> None:
         with self._lock:

@@ -55,11 +55,12 @@ def test_jsonl_scoring_matches_the_model_and_dead_letters_bad_rows(exported_dete
     path.write_bytes(("\n".join(lines) + "\n").encode() + b'{"id": "latin1", "text": "caf\xe9"}\n')
     prefix = str(tmp_path / "out" / "scores")
     assert batch_ood_scoring.main(["--model", exported_detector, "--input", str(path), "--output", prefix,
-                                   "--batch_size", "16", "--runner=DirectRunner"]) == 0
+                                   "--batch_size", "16", "--max_reject_fraction=0.2", "--runner=DirectRunner"]) == 0
     rows, dead, summary = _outputs(prefix)
-    assert summary["read"] == 47 and summary["scored"] == 42 and summary["rejected"] == 5 and summary["reconciled"]
-    assert summary["rejected_by_reason"] == {"invalid_json": 2, "missing_text": 2, "undecodable_bytes": 1}
-    assert len(dead) == 5 and all(d["reason"] and "@" in d["position"] for d in dead)
+    assert summary["read"] == 47 and summary["scored"] == 41 and summary["rejected"] == 6 and summary["reconciled"]
+    assert summary["rejected_by_reason"] == {"empty_text": 1, "invalid_json": 2, "missing_text": 2,
+                                             "undecodable_bytes": 1}
+    assert len(dead) == 6 and all(d["reason"] and "@" in d["position"] for d in dead)
     by_id = {r["id"]: r for r in rows}
     # Scores equal the raw SavedModel's; fields pass through; a clashing field is renamed.
     expected = _raw_scores(exported_detector, texts)
@@ -68,7 +69,7 @@ def test_jsonl_scoring_matches_the_model_and_dead_letters_bad_rows(exported_dete
     threshold = summary["threshold"]
     assert threshold is not None
     assert all(r["is_ood"] == (r["ood_score"] > threshold) for r in rows)
-    assert np.isfinite(by_id["empty"]["ood_score"]) and np.isfinite(by_id["long"]["ood_score"])
+    assert "empty" not in by_id and np.isfinite(by_id["long"]["ood_score"])
     assert summary["flagged_ood"] == sum(r["is_ood"] for r in rows)
     # OoD texts score higher on average (the detector works end to end).
     assert np.mean(expected[20:]) > np.mean(expected[:20])
@@ -92,7 +93,7 @@ def test_txt_csv_and_tfrecord_inputs(exported_detector, tmp_path):
     for path, scored, rejected in ((txt, 6, 0), (csv_path, 5, 1), (record_path, 5, 1)):
         prefix = str(tmp_path / f"out_{os.path.basename(str(path))}" / "s")
         assert batch_ood_scoring.main(["--model", exported_detector, "--input", str(path), "--output", prefix,
-                                       "--runner=DirectRunner"]) == 0
+                                       "--max_reject_fraction=0.2", "--runner=DirectRunner"]) == 0
         rows, dead, summary = _outputs(prefix)
         assert (summary["scored"], summary["rejected"]) == (scored, rejected), (path, summary)
         assert summary["reconciled"]
@@ -112,3 +113,115 @@ def test_two_workers_and_bad_arguments(exported_detector, tmp_path, capsys):
     assert batch_ood_scoring.main(["--model", str(tmp_path), "--input", str(path), "--output", prefix]) == 2
     assert batch_ood_scoring.main(["--model", exported_detector, "--input", "x.parquet", "--output", prefix]) == 2
     assert "expected a .jsonl" in capsys.readouterr().err
+
+
+# Issue 14: one bad record never kills the job; every dead letter has a findable position.
+
+def _score(exported_detector, path, prefix, *extra):
+    return batch_ood_scoring.main(["--model", exported_detector, "--input", str(path), "--output", prefix,
+                                   "--runner=DirectRunner", *extra])
+
+
+def test_lone_surrogates_nan_fields_and_blank_texts(exported_detector, tmp_path):
+    texts = make_texts(ID_TEMPLATES, 10, 11)
+    lines = [json.dumps({"id": f"r{i}", "text": t, "score": 1.5}) for i, t in enumerate(texts)]
+    lines += ['{"id": "s1", "text": "bad \\ud800 text"}', '{"id": "s2", "text": "ok", "note": "\\udfff"}',
+              '{"id": "n1", "text": "fine text here", "score": NaN, "inf": -Infinity}',
+              json.dumps({"id": "w1", "text": "   \t "}), json.dumps({"id": "e1", "text": ""})]
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    prefix = str(tmp_path / "out" / "s")
+    assert _score(exported_detector, path, prefix, "--max_reject_fraction=0.5") == 0
+    rows, dead, summary = _outputs(prefix)
+    assert summary["read"] == 15 and summary["scored"] == 11 and summary["reconciled"]
+    # A lone surrogate anywhere in a record (text or pass-through field) cannot be written as UTF-8.
+    assert summary["rejected_by_reason"] == {"empty_text": 2, "invalid_unicode": 2}
+    assert {d["kind"] for d in dead} == {"empty_text", "invalid_unicode"}
+    for letter in dead:  # Positions point at the rejected line.
+        file_path, offset = letter["position"].rsplit("@", 1)
+        with open(file_path, "rb") as f:
+            f.seek(int(offset))
+            assert json.loads(f.readline())["id"] in ("s1", "s2", "w1", "e1")
+    strict = [json.loads(line, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+              for line in open(glob.glob(f"{prefix}-0*.jsonl")[0])]
+    by_id = {r["id"]: r for r in strict}
+    assert by_id["n1"]["score"] == "NaN" and by_id["n1"]["inf"] == "-Infinity" and by_id["r0"]["score"] == 1.5
+    assert not glob.glob(str(tmp_path / "out" / "beam-temp-*"))
+
+
+def test_truncated_and_corrupt_tfrecords_are_dead_letters_with_offsets(exported_detector, tmp_path):
+    texts = make_texts(ID_TEMPLATES, 6, 12)
+    good = str(tmp_path / "a.tfrecord")
+    offsets = []
+    with tf.io.TFRecordWriter(good) as writer:
+        for i, text in enumerate(texts):
+            offsets.append(os.path.getsize(good) if i else 0)
+            writer.write(tf.train.Example(features=tf.train.Features(feature={
+                "text": tf.train.Feature(bytes_list=tf.train.BytesList(value=[text.encode()])),
+                "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[f"t{i}".encode()]))})).SerializeToString())
+            writer.flush()
+    data = open(good, "rb").read()
+    (tmp_path / "b.tfrecord").write_bytes(data[: offsets[4] + 20])  # Cut inside record 4.
+    corrupt = bytearray(data)
+    corrupt[offsets[2] + 12 + 5] ^= 0xFF  # Flip a byte in record 2's data.
+    (tmp_path / "c.tfrecord").write_bytes(bytes(corrupt))
+    prefix = str(tmp_path / "out" / "s")
+    assert _score(exported_detector, str(tmp_path / "*.tfrecord"), prefix, "--max_reject_fraction=0.5") == 0
+    rows, dead, summary = _outputs(prefix)
+    # a: 6 scored; b: 4 scored + 1 truncated; c: 2 scored + 1 corrupt (the rest of c is skipped).
+    assert (summary["read"], summary["scored"], summary["rejected"]) == (14, 12, 2) and summary["reconciled"]
+    positions = sorted((os.path.basename(d["position"].rsplit("@", 1)[0]), int(d["position"].rsplit("@", 1)[1]))
+                       for d in dead)
+    assert positions == [("b.tfrecord", offsets[4]), ("c.tfrecord", offsets[2])]
+    assert {d["kind"] for d in dead} == {"unreadable_record"}
+    gz = tmp_path / "gz"
+    gz.mkdir()
+    import gzip
+    (gz / "d.tfrecord.gz").write_bytes(gzip.compress(data)[:-30])  # A gzip stream cut short.
+    prefix = str(tmp_path / "out_gz" / "s")
+    assert _score(exported_detector, str(gz / "*.tfrecord.gz"), prefix, "--max_reject_fraction=0.5") == 0
+    rows, dead, summary = _outputs(prefix)
+    assert summary["reconciled"] and summary["rejected"] == 1 and summary["scored"] >= 1
+
+
+@pytest.mark.parametrize("argv, flag, suggestion", [
+    (["--threshhold", "0.0"], "--threshhold", "--threshold"),
+    (["--text_feild", "body"], "--text_feild", "--text_field"),
+    (["--text", "body"], "--text", None),  # No prefix matching of --text_field.
+])
+def test_misspelled_flags_are_usage_errors(tmp_path, capsys, argv, flag, suggestion):
+    with pytest.raises(SystemExit) as raised:
+        batch_ood_scoring.main(["--model", str(tmp_path), "--input", "x.jsonl", "--output", str(tmp_path / "o"), *argv])
+    assert raised.value.code == 2
+    err = capsys.readouterr().err
+    assert f"unrecognized argument {flag}" in err
+    if suggestion:
+        assert f"did you mean {suggestion}?" in err
+
+
+def test_a_job_that_rejects_everything_fails(exported_detector, tmp_path, capsys):
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps({"body": t}) + "\n" for t in make_texts(ID_TEMPLATES, 5, 13)))
+    assert _score(exported_detector, path, str(tmp_path / "o" / "s")) == 1
+    assert "texts: every record was rejected (5 of 5)" in capsys.readouterr().err
+
+
+def test_portable_runner_scores_like_the_direct_runner(exported_detector, tmp_path):
+    """Batch scoring on Beam's portable runner (embedded job server, loopback SDK harness)."""
+    texts = make_texts(ID_TEMPLATES, 8, 14) + make_texts(OOD_TEMPLATES, 8, 15)
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps({"id": f"r{i}", "text": t, "k": i}) + "\n" for i, t in enumerate(texts))
+                    + '{"id": "bad", "body": "x"}\n{broken\n')
+    results = {}
+    for name, flags in (("direct", ["--runner=DirectRunner"]),
+                        ("portable", ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"])):
+        prefix = str(tmp_path / name / "s")
+        assert _score(exported_detector, path, prefix, "--max_reject_fraction=0.2", *flags) == 0
+        rows, dead, summary = _outputs(prefix)
+        results[name] = (sorted(rows, key=lambda r: r["id"]), sorted((d["position"], d["kind"]) for d in dead),
+                         {k: v for k, v in summary.items()})
+    direct, portable = results["direct"], results["portable"]
+    assert direct[2]["scored"] == 16 and direct[2]["rejected"] == 2
+    assert portable[1:] == direct[1:]
+    assert [(r["id"], r["k"], r["is_ood"]) for r in portable[0]] == [(r["id"], r["k"], r["is_ood"]) for r in direct[0]]
+    np.testing.assert_allclose([r["ood_score"] for r in portable[0]], [r["ood_score"] for r in direct[0]], rtol=1e-5)

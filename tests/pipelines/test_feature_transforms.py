@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 
 import apache_beam as beam
+import numpy as np
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import feature_outputs, movielens, mutual_information as mi_lib, splits
-from pipelines.corpus_statistics import CorpusStatisticsFn
+from pipelines.corpus_statistics import CorpusStatisticsFn, joint_table
+from pipelines.interaction_batches import InteractionBatch
 from pipelines.item_corpus import CorpusItem, DeduplicateItems, KeepKnownItems
 from pipelines.sources import (
     DEAD_LETTER_TAG, DeadLetter, InputSpec, Interaction, Item, ItemFeatureColumn, ParseRecords, RawLine,
@@ -91,13 +93,20 @@ def test_build_examples_without_future_leakage():
     import tensorflow as tf
 
     interactions = [Interaction("u", f"i{t}", t, None, f"p@{t}") for t in (5, 1, 3, 3, 9)]
+    other = [Interaction(f"v{k}", "i1", 2, 1.0, "p@0") for k in range(40)]  # Other users, in other groups.
+    batches = [InteractionBatch.from_records(interactions[:2], False), InteractionBatch.from_records(interactions[2:], False)]
     with TestPipeline() as p:
         cutoffs = p | "Cutoffs" >> beam.Create([(4, 9)])
         outputs = (
-            p | beam.Create(interactions)
+            p | beam.Create(batches)
             | splits.BuildExamples(splits.SplitProtocol.TIME, 0.2, 0.2, history_length=3, cutoffs=cutoffs,
                                    emit_heldout_pairs=True)
         )
+        others = (p | "Others" >> beam.Create([InteractionBatch.from_records(other, True)])
+                  | "OtherExamples" >> splits.BuildExamples(splits.SplitProtocol.TIME, 0.2, 0.2, history_length=3,
+                                                            cutoffs=cutoffs))
+        assert_that(others[splits.USER_COUNTS_TAG] | "Users" >> beam.FlatMap(lambda users: users),
+                    equal_to([(f"v{k}", {"train": 1}) for k in range(40)]), label="other_users")
 
         def decode(serialized, split):
             parsed = tf.train.Example.FromString(serialized).features.feature
@@ -105,14 +114,16 @@ def test_build_examples_without_future_leakage():
             item = parsed["item_id"].bytes_list.value[0].decode()
             return split, item, tuple(history), parsed["timestamp"].int64_list.value[0]
 
-        decoded = [outputs[s] | f"Decode{s}" >> beam.Map(decode, s) for s in ("train", "validation", "eval")]
+        decoded = [outputs[s] | f"Flat{s}" >> beam.FlatMap(lambda examples: examples)
+                   | f"Decode{s}" >> beam.Map(decode, s) for s in ("train", "validation", "eval")]
         assert_that(decoded | beam.Flatten(), equal_to([
             ("train", "i1", (), 1), ("train", "i3", ("i1",), 3), ("train", "i3", ("i1",), 3),
             ("validation", "i5", ("i1", "i3", "i3"), 5), ("eval", "i9", ("i3", "i3", "i5"), 9),
         ]), label="examples")
-        assert_that(outputs[splits.TRAIN_ITEMS_TAG], equal_to(["i1", "i3", "i3"]), label="train_items")
+        assert_that(outputs[splits.TRAIN_ITEMS_TAG] | beam.CombineGlobally(splits.SumCounts()),
+                    equal_to([{"i1": 1, "i3": 2}]), label="train_items")
         assert_that(outputs[splits.HELDOUT_PAIRS_TAG], equal_to([("u", "i5"), ("u", "i9")]), label="heldout")
-        assert_that(outputs[splits.USER_COUNTS_TAG], equal_to([("u", {"train": 3, "validation": 1, "eval": 1})]),
+        assert_that(outputs[splits.USER_COUNTS_TAG], equal_to([[("u", {"train": 3, "validation": 1, "eval": 1})]]),
                     label="counts")
 
 
@@ -132,7 +143,8 @@ def test_two_level_time_cutoffs_equal_the_exact_ones():
             splits.time_cutoffs(full.items(), e, v)
     with TestPipeline() as p:
         times = [86_400 * d + s for d in range(30) for s in (1, 2, 3)]
-        result = p | beam.Create(times) | splits.TimeCutoffs(0.1, 0.1)
+        batches = [np.array(times[:40], np.int64), np.array(times[40:], np.int64)]
+        result = p | beam.Create(batches) | splits.TimeCutoffs(0.1, 0.1)
         assert_that(result, equal_to([splits.time_cutoffs([(t, 1) for t in times], 0.1, 0.1)]))
 
 
@@ -162,9 +174,8 @@ def test_mutual_information_hand_computed():
     assert h_x == pytest.approx(math.log(2))
     assert h_y == pytest.approx(1.5 * math.log(2))  # -(1/2 log 1/2 + 2 * 1/4 log 1/4)
     # Multivalent: an item with x=(a) and y=(c, d) adds 1/2 to (a,c) and (a,d).
-    fn = CorpusStatisticsFn(["x", "y"])
-    accumulator = fn.add_input(fn.create_accumulator(), CorpusItem("i", (("x", ("a",)), ("y", ("c", "d")))))
-    assert dict(accumulator.joint[("x", "y")]) == {("a", "c"): 0.5, ("a", "d"): 0.5}
+    assert joint_table([("a",), ("b",), ()], [("c", "d"), ("c",), ("c",)]) == (
+        {("a", "c"): 0.5, ("a", "d"): 0.5, ("b", "c"): 1.0}, 2)
     # Independent features have zero MI.
     assert mi_lib.joint_statistics({("a", "c"): 1, ("a", "d"): 1, ("b", "c"): 1, ("b", "d"): 1})[0] == pytest.approx(0)
 
@@ -220,3 +231,58 @@ def test_dead_letter_json_round_trip():
 
     letter = DeadLetter("items", "f:3", "invalid_json", "invalid JSON: x", "{\"a\"")
     assert json.loads(letter.to_json()) == letter._asdict()
+
+
+def test_batched_interaction_parsing_equals_the_per_record_path():
+    """The vectorised CSV path accepts exactly what the per-record parser accepts, with the same
+    dead letters (kinds, positions, reasons)."""
+    from pipelines.interaction_batches import ParseInteractionBatches
+
+    header = ("user", "item", "rating", "ts")
+    data = [b"u1,i1,4.5,100", b"u1,i2,4.5", b'"u,2",i1,3,1e2', b" u3 , i2 ,2,  7", b",i1,3,100", b"u3,i\xff,3,100",
+            b"u3,i1,3,nan", b"u3,i1,inf,5", b"u4,i9,1,5", b"u4,i1,1_000,5", b"u5,i2,2,0x10", b'u6,"i1",3,8',
+            b"u7,i1,3,-4.7", b'u8,"i1,3,9', b"u9,i\x001,3,9", b"u9,i1\r,3,9"]
+    lines = [RawLine("interactions", "f.csv", 10 * k, header, d) for k, d in enumerate(data)]
+    known = {"i1": None, "i2": None}
+
+    def as_tuples(batch):
+        weights = batch.weights.tolist()
+        return list(zip(batch.user_ids.tolist(), batch.item_ids.tolist(), batch.timestamps.tolist(), weights))
+
+    with TestPipeline() as p:
+        known_side = beam.pvalue.AsSingleton(p | "Known" >> beam.Create([frozenset(known)]))
+        batched = (p | "Block" >> beam.Create([lines])
+                   | ParseInteractionBatches("interactions", interaction_parser(SPEC), ("user", "item", "ts", "rating"),
+                                             known_side))
+        single = (p | "Lines" >> beam.Create(lines) | ParseRecords(interaction_parser(SPEC)))
+        checked = single.records | KeepKnownItems("interactions", beam.pvalue.AsSingleton(
+            p | "Known2" >> beam.Create([frozenset(known)])))
+        expected = checked.known | beam.Map(lambda r: (r.user_id, r.item_id, r.timestamp, r.weight))
+        actual = batched.batches | beam.FlatMap(as_tuples)
+        assert_that(actual, equal_to([("u1", "i1", 100, 4.5), ("u,2", "i1", 100, 3.0), ("u3", "i2", 7, 2.0),
+                                      ("u4", "i1", 5, 1000.0), ("u6", "i1", 8, 3.0), ("u7", "i1", -4, 3.0)]),
+                    label="batched")
+        assert_that(expected, equal_to([("u1", "i1", 100, 4.5), ("u,2", "i1", 100, 3.0), ("u3", "i2", 7, 2.0),
+                                        ("u4", "i1", 5, 1000.0), ("u6", "i1", 8, 3.0), ("u7", "i1", -4, 3.0)]),
+                    label="single")
+        letters = lambda pc, label: pc | label >> beam.Map(lambda d: (d.position, d.kind, d.reason))  # noqa: E731
+        both_dead = (single[DEAD_LETTER_TAG], checked[DEAD_LETTER_TAG]) | "AllSingle" >> beam.Flatten()
+        assert_that(letters(batched[DEAD_LETTER_TAG], "BatchedDead"), equal_to([
+            ("f.csv@10", "wrong_column_count", "expected 4 columns ['user', 'item', 'rating', 'ts'], received 3"),
+            ("f.csv@40", "empty_value", "empty 'user'"),
+            ("f.csv@50", "undecodable_bytes", "undecodable bytes (not UTF-8) at byte 4"),
+            ("f.csv@60", "unparseable_number", "non-finite timestamp 'nan' in column 'ts'"),
+            ("f.csv@70", "unparseable_number", "non-finite weight 'inf' in column 'rating'"),
+            ("f.csv@80", "unknown_item_id", "item id 'i9' is not in the item catalogue"),
+            ("f.csv@100", "unparseable_number", "unparseable timestamp '0x10' in column 'ts'"),
+            ("f.csv@130", "wrong_column_count", "expected 4 columns ['user', 'item', 'rating', 'ts'], received 2"),
+            ("f.csv@140", "unknown_item_id", "item id 'i\\x001' is not in the item catalogue"),
+            ("f.csv@150", "invalid_csv", "unparseable CSV line: new-line character seen in unquoted field - do you "
+                                         "need to open the file in universal-newline mode?"),
+        ]), label="batched_dead")
+        assert_that(letters(both_dead, "SingleDead") | beam.Map(lambda t: (t[0], t[1])), equal_to([
+            ("f.csv@10", "wrong_column_count"), ("f.csv@40", "empty_value"), ("f.csv@50", "undecodable_bytes"),
+            ("f.csv@60", "unparseable_number"), ("f.csv@70", "unparseable_number"), ("f.csv@80", "unknown_item_id"),
+            ("f.csv@100", "unparseable_number"), ("f.csv@130", "wrong_column_count"), ("f.csv@140", "unknown_item_id"),
+            ("f.csv@150", "invalid_csv"),
+        ]), label="single_dead")

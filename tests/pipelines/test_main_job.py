@@ -28,3 +28,17 @@ def test_main_job_smoke(data_dir, tmp_path, capsys):
     # A re-run skips every finished step.
     assert main_job.main(["--workdir", workdir, "--data_dir", data_dir, "--schedule", "smoke"]) == 0
     assert "step times (s): {}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("module, argv", [
+    ("main_job", ["--schedul", "smoke"]),  # Used to run the smoke schedule.
+    ("synthetic", ["--output_dir", "x", "--num_user", "5"]),
+    ("download", ["movielens", "--data", "x"]),
+])
+def test_flag_prefixes_are_usage_errors(module, argv, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as raised:
+        importlib.import_module(f"pipelines.{module}").main(argv)
+    assert raised.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err

@@ -72,7 +72,7 @@ def test_generic_input_end_to_end(generic_input, tmp_path, beam_flags):
     out = str(tmp_path / "features")
     _run(["--input_format", "interactions", "--data_dir", str(generic_input), "--output_dir", out,
           "--split", "time", "--eval_fraction", "0.2", "--validation_fraction", "0.25", "--history_length", "3",
-          "--runner=DirectRunner", *beam_flags])
+          "--max_reject_fraction=0.3", "--runner=DirectRunner", *beam_flags])
     stats = json.load(open(os.path.join(out, fs.STATS_FILE)))
     inter = stats["sources"]["interactions"]
     assert inter["read"] == 65 and inter["accepted"] == 60 and inter["rejected"] == 5 and inter["reconciled"]
@@ -163,3 +163,190 @@ def test_movielens_small_reconciles(movielens_dir, tmp_path):
     assert len(items) == 9_742
     mi = json.load(open(os.path.join(out, fs.MI_FILE)))
     assert mi["features"] == ["item_id", "genres", "year", "title_words", "tags"]
+
+
+# Issue 14: bad input never silently changes what runs.
+
+def _schema(root) -> dict:
+    return json.loads((root / "schema.json").read_text())
+
+
+def _features(root, tmp_path, *extra):
+    return recsys_features.main(["--input_format", "interactions", "--data_dir", str(root), "--output_dir",
+                                 str(tmp_path / "features"), "--split", "time", "--runner=DirectRunner", *extra])
+
+
+@pytest.mark.parametrize("argv, flag, suggestion", [
+    (["--histroy_length", "5"], "--histroy_length", "--history_length"),
+    (["--input_dir", "somewhere"], "--input_dir", None),
+    (["--history", "5"], "--history", "--history_length"),  # No prefix matching.
+    (["--runner=DirectRunner", "--direct_num_worker=2"], "--direct_num_worker", "--direct_num_workers"),
+])
+def test_misspelled_flags_are_usage_errors(tmp_path, capsys, argv, flag, suggestion):
+    with pytest.raises(SystemExit) as raised:
+        recsys_features.main(["--output_dir", str(tmp_path / "o"), *argv])
+    assert raised.value.code == 2
+    err = capsys.readouterr().err
+    assert f"unrecognized argument {flag}" in err
+    if suggestion:
+        assert f"did you mean {suggestion}?" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_valid_beam_options_are_accepted():
+    from pipelines.cli import unknown_arguments
+
+    assert unknown_arguments(["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK",
+                              "--direct_num_workers=2", "--flink_master=host:8081", "--project", "p",
+                              "--temp_location=gs://b/tmp"]) == []
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda s: s["interactions"].update(user_id="userid"), "interactions.user_id names column 'userid'"),
+    (lambda s: s["interactions"].update(weight="rating"), "interactions.weight names column 'rating'"),
+    (lambda s: s["items"]["features"][1].update(column="colour"), "items.features[1].column names column 'colour'"),
+    (lambda s: s["items"]["features"][2].update(multivalent="false"),
+     'items.features[2].multivalent must be true or false, received "false"'),
+    (lambda s: s["interactions"].update(timestmap="ts"), "unknown field interactions.'timestmap'"),
+    (lambda s: s["item_events"][0].update(value="tagg"), "item_events[0].value names column 'tagg'"),
+])
+def test_schema_mistakes_fail_before_the_run_naming_file_and_field(generic_input, tmp_path, capsys, edit, field):
+    schema = _schema(generic_input)
+    edit(schema)
+    (generic_input / "schema.json").write_text(json.dumps(schema))
+    assert _features(generic_input, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert field in err and str(generic_input / "schema.json") in err
+    assert not (tmp_path / "features").exists()
+
+
+def test_schema_json_syntax_errors_name_the_file(generic_input, tmp_path, capsys):
+    (generic_input / "schema.json").write_text('{"interactions": {"path": "interactions.csv",}')
+    assert _features(generic_input, tmp_path) == 2
+    assert f"{generic_input / 'schema.json'}: not valid JSON" in capsys.readouterr().err
+
+
+def test_a_lone_surrogate_in_items_jsonl_is_a_dead_letter(generic_input, tmp_path):
+    with open(generic_input / "items.jsonl", "a") as f:
+        f.write('{"item_id": "i50", "category": "\\ud800", "color": "red", "labels": []}\n')
+    assert _features(generic_input, tmp_path, "--max_reject_fraction=0.3") == 0
+    out = tmp_path / "features"
+    stats = json.loads((out / "stats.json").read_text())
+    items = stats["sources"]["items"]
+    assert items["rejected_by_reason"]["invalid_unicode"] == 1 and items["reconciled"] and items["read"] == 17
+    dead = [json.loads(line) for path in glob.glob(str(out / "dead_letter" / "*.jsonl")) for line in open(path)]
+    (letter,) = [d for d in dead if d["kind"] == "invalid_unicode"]
+    path, offset = letter["position"].rsplit("@", 1)
+    with open(path, "rb") as f:
+        f.seek(int(offset))
+        assert b"\\ud800" in f.readline()
+    assert not glob.glob(str(out / "beam-temp-*"))
+
+
+def test_too_many_rejected_rows_fail_the_job_with_the_counts(generic_input, tmp_path, capsys):
+    # The fixture rejects 5 of 65 interactions (7.7%), 2 of 16 items, 1 of 4 item events.
+    assert _features(generic_input, tmp_path, "--max_reject_fraction=0.05") == 1
+    assert "interactions: 5 of 65 records rejected (7.7%), more than --max_reject_fraction 0.05" in capsys.readouterr().err
+    schema = _schema(generic_input)
+    (generic_input / "bad.csv").write_text("user_id,item_id,timestamp,weight\nu1,i1,x,1\nu2,i2,y,1\n")
+    schema["interactions"]["path"] = "bad.csv"
+    (generic_input / "schema.json").write_text(json.dumps(schema))
+    capsys.readouterr()
+    assert _features(generic_input, tmp_path / "again", "--max_reject_fraction=1") == 1
+    assert "interactions: every record was rejected (2 of 2)" in capsys.readouterr().err
+
+
+def feature_snapshot(out) -> dict:
+    """Everything a run wrote that must not depend on the input format or the runner: serialized
+    examples and items (sorted), vocabularies, MI, and the stats without file positions."""
+    import tensorflow as tf
+
+    snapshot = {}
+    for prefix in (*fs.SPLITS, "items"):
+        records = []
+        for path in sorted(glob.glob(os.path.join(str(out), f"{prefix}-*.tfrecord.gz"))):
+            records += [raw.numpy() for raw in tf.data.TFRecordDataset(path, compression_type="GZIP")]
+        snapshot[prefix] = sorted(records)
+    for path in sorted(glob.glob(os.path.join(str(out), "vocab", "*.txt"))):
+        snapshot[os.path.basename(path)] = open(path).read()
+    snapshot["mi"] = open(os.path.join(str(out), fs.MI_FILE)).read()
+    stats = json.load(open(os.path.join(str(out), fs.STATS_FILE)))
+    snapshot["stats"] = {k: v for k, v in stats.items() if k != "options"}
+    snapshot["dead_letter_kinds"] = sorted(
+        (json.loads(line)["source"], json.loads(line)["kind"])
+        for path in glob.glob(os.path.join(str(out), "dead_letter", "*.jsonl")) for line in open(path))
+    return snapshot
+
+
+SYNTHETIC_SMALL = ["--num_users", "60", "--num_items", "80", "--num_interactions", "1500", "--seed", "3"]
+
+
+def test_parquet_input_gives_the_same_features_as_csv_and_jsonl(tmp_path):
+    from pipelines import synthetic
+
+    snapshots = {}
+    for fmt in ("csv", "parquet"):
+        data = tmp_path / f"data_{fmt}"
+        assert synthetic.main(["--output_dir", str(data), *SYNTHETIC_SMALL, "--format", fmt]) == 0
+        assert glob.glob(str(data / f"interactions.{fmt}")) and glob.glob(str(data / "items.*"))
+        out = tmp_path / f"features_{fmt}"
+        _run(["--input_format", "interactions", "--data_dir", str(data), "--output_dir", str(out), "--split", "time",
+              "--runner=DirectRunner"])
+        snapshots[fmt] = feature_snapshot(out)
+    assert snapshots["csv"]["stats"]["sources"]["interactions"]["read"] == 1500
+    assert len(snapshots["csv"]["items"]) == 80 and snapshots["csv"]["train"]
+    assert snapshots["parquet"] == snapshots["csv"]
+
+
+def test_parquet_rows_are_dead_lettered_with_their_row_index(generic_input, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"user_id": f"u{k % 5}", "item_id": f"i{k % 12}", "timestamp": str(2000 + k), "weight": 1 + k % 5}
+            for k in range(40)]
+    rows[7]["user_id"] = None  # missing user id
+    rows[19]["item_id"] = "i999"  # unknown item
+    rows[33]["timestamp"] = "soon"  # unparseable timestamp
+    pq.write_table(pa.Table.from_pylist(rows), generic_input / "interactions.parquet", row_group_size=16)
+    schema = json.loads((generic_input / "schema.json").read_text())
+    schema["interactions"]["path"] = "interactions.parquet"
+    (generic_input / "schema.json").write_text(json.dumps(schema))
+    out = tmp_path / "features"
+    _run(["--input_format", "interactions", "--data_dir", str(generic_input), "--output_dir", str(out),
+          "--split", "time", "--max_reject_fraction=0.3", "--runner=DirectRunner"])
+    stats = json.load(open(out / fs.STATS_FILE))
+    inter = stats["sources"]["interactions"]
+    assert (inter["read"], inter["accepted"], inter["rejected"]) == (40, 37, 3) and inter["reconciled"]
+    dead = [json.loads(line) for path in glob.glob(str(out / "dead_letter" / "*.jsonl")) for line in open(path)]
+    positions = sorted((d["position"].rsplit("@", 1)[1], d["kind"]) for d in dead if d["source"] == "interactions")
+    assert positions == [("19", "unknown_item_id"), ("33", "unparseable_number"), ("7", "invalid_value")]
+    assert all(d["position"].startswith(str(generic_input / "interactions.parquet")) for d in dead
+               if d["source"] == "interactions")
+    # A truncated Parquet file beside it is one dead letter, not a failed job.
+    data = (generic_input / "interactions.parquet").read_bytes()
+    (generic_input / "more.parquet").write_bytes(data[: len(data) // 2])
+    schema["interactions"]["path"] = "*.parquet"
+    (generic_input / "schema.json").write_text(json.dumps(schema))
+    out = tmp_path / "features_truncated"
+    _run(["--input_format", "interactions", "--data_dir", str(generic_input), "--output_dir", str(out),
+          "--split", "time", "--max_reject_fraction=0.3", "--runner=DirectRunner"])
+    inter = json.load(open(out / fs.STATS_FILE))["sources"]["interactions"]
+    assert inter["rejected_by_reason"]["unreadable_file"] == 1 and inter["read"] == 41 and inter["reconciled"]
+
+
+PORTABLE = ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"]
+
+
+def test_portable_runner_gives_the_same_features_as_the_direct_runner(generic_input, tmp_path):
+    """Beam's portable runner (Runner API + Fn API over gRPC, the path Flink, Spark and Dataflow
+    Runner v2 take) with an embedded job server and a loopback SDK harness."""
+    snapshots = {}
+    for name, flags in (("direct", ["--runner=DirectRunner"]), ("portable", PORTABLE)):
+        out = tmp_path / name
+        _run(["--input_format", "interactions", "--data_dir", str(generic_input), "--output_dir", str(out),
+              "--split", "time", "--eval_fraction", "0.2", "--history_length", "3", "--max_reject_fraction=0.3",
+              *flags])
+        snapshots[name] = feature_snapshot(out)
+    assert snapshots["direct"]["stats"]["sources"]["interactions"]["read"] == 65
+    assert len(snapshots["direct"]["dead_letter_kinds"]) == 8
+    assert snapshots["portable"] == snapshots["direct"]

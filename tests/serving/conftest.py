@@ -127,25 +127,38 @@ model_config_list {{
 """
 
 
-class ServerProcess:
-    """A running ``python -m serving`` and how to reach it."""
+SHARED_SERVER_FLAGS = (
+    "--file_system_poll_wait_seconds=0.2", f"--rest_api_timeout_in_ms={SERVER_TIMEOUT_MS}",
+    f"--max_request_bytes={MAX_REQUEST_BYTES}", "--pad_variable_length_inputs",
+    "--batch_timeout_micros=2000", "--max_batch_size=32", "--enable_reload_config_rpc",
+)
 
-    def __init__(self, root: str, log_path: str):
+
+class ServerProcess:
+    """A running ``python -m serving`` and how to reach it.
+
+    Args:
+      root: the exported models' root (``model_root``).
+      log_path: where the server's output goes.
+      flags: the server's flags besides the config file and the ports.
+      config: a ``ModelServerConfig`` text with ``{root}`` placeholders.
+      config_name: the config file's name inside ``root``.
+    """
+
+    def __init__(self, root: str, log_path: str, flags=SHARED_SERVER_FLAGS, config: str = MODELS_CONFIG,
+                 config_name: str = "models.config"):
         self.root = root
         self.grpc_port, self.rest_port = free_port(), free_port()
         self.rest_url = f"http://127.0.0.1:{self.rest_port}"
         self.grpc_target = f"127.0.0.1:{self.grpc_port}"
-        self.config_path = os.path.join(root, "models.config")
+        self.config_path = os.path.join(root, config_name)
         with open(self.config_path, "w") as f:
-            f.write(MODELS_CONFIG.format(root=root))
+            f.write(config.format(root=root))
         self.log_path = log_path
         self._log = open(log_path, "w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "serving", f"--model_config_file={self.config_path}",
-             f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}",
-             "--file_system_poll_wait_seconds=0.2", f"--rest_api_timeout_in_ms={SERVER_TIMEOUT_MS}",
-             f"--max_request_bytes={MAX_REQUEST_BYTES}", "--pad_variable_length_inputs",
-             "--batch_timeout_micros=2000", "--max_batch_size=32"],
+             f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}", *flags],
             stdout=self._log, stderr=subprocess.STDOUT,
         )
 

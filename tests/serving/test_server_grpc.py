@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import numpy as np
 import pytest
@@ -125,7 +127,36 @@ GRPC_ERRORS = [
      grpc.StatusCode.INVALID_ARGUMENT, "x must be >= 0"),
     ("oversize", lambda: _predict_request("ood", {"text": np.array([b"x" * MAX_REQUEST_BYTES], dtype=object)}),
      grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
+    # Issue 14: the declared shape is checked against the values carried before anything is allocated.
+    ("declared_2_27_strings_one_value", lambda: _declared_request("ood", "text", tf.string, [2**27], [b"a"]),
+     grpc.StatusCode.INVALID_ARGUMENT, "declares shape [134217728] = 134217728 elements but carries 1 value"),
+    ("declared_2_40_strings", lambda: _declared_request("ood", "text", tf.string, [2**20, 2**20], [b"a"]),
+     grpc.StatusCode.INVALID_ARGUMENT, "= 1099511627776 elements but carries 1 value"),
+    ("fewer_floats_than_declared", lambda: _declared_request("tools", "x", tf.float32, [3], [1.0, 2.0],
+                                                              signature="checked"),
+     grpc.StatusCode.INVALID_ARGUMENT, "carries 2 value(s)"),
+    ("more_values_than_declared", lambda: _declared_request("ood", "text", tf.string, [1], [b"a", b"b"]),
+     grpc.StatusCode.INVALID_ARGUMENT, "carries 2 value(s)"),
+    ("negative_dimension", lambda: _declared_request("ood", "text", tf.string, [-1], [b"a"]),
+     grpc.StatusCode.INVALID_ARGUMENT, "dimensions must be >= 0"),
+    ("wrong_dtype_declared", lambda: _declared_request("ood", "text", tf.complex64, [1], []),
+     grpc.StatusCode.INVALID_ARGUMENT, "expects DT_STRING, received a tensor of DT_COMPLEX64"),
+    ("unsupported_dtype", lambda: _declared_request("ood", "extra", tf.complex64, [1], []),
+     grpc.StatusCode.INVALID_ARGUMENT, "DT_COMPLEX64, which this server does not support"),
 ]
+
+
+def _declared_request(model, name, dtype, shape, values, signature=""):
+    """A PredictRequest whose TensorProto declares ``shape`` but carries only ``values``."""
+    request = _predict_request(model, {}, signature=signature)
+    proto = request.inputs[name]
+    proto.dtype = dtype.as_datatype_enum
+    for size in shape:
+        proto.tensor_shape.dim.add(size=size)
+    field = {tf.string: "string_val", tf.float32: "float_val"}.get(dtype)
+    if field:
+        getattr(proto, field).extend(values)
+    return request
 
 
 @pytest.mark.parametrize("case", GRPC_ERRORS, ids=[c[0] for c in GRPC_ERRORS])
@@ -138,6 +169,27 @@ def test_predict_errors_have_tf_serving_codes(channel, case):
     assert text in (raised.value.details() or "")
     ok = stub.Predict(_predict_request("retrieval_scann", QUERY), timeout=30)
     assert tf.make_ndarray(ok.outputs["item_ids"]).shape == (2, 5)
+
+
+def test_declared_shape_bomb_is_refused_fast_without_memory(server, channel):
+    """31 bytes declaring 2**27 strings used to freeze the server for ~10 s and take ~2 GB."""
+    def rss_bytes():
+        with open(f"/proc/{server.process.pid}/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = _declared_request("ood", "text", tf.string, [2**27], [b"a"])
+    assert request.ByteSize() < 64
+    before = rss_bytes()
+    started = time.perf_counter()
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.Predict(request, timeout=30)
+    elapsed = time.perf_counter() - started
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert elapsed < 2.0, f"refusing took {elapsed:.1f}s"
+    assert rss_bytes() - before < 100 * 2**20
+    ok = stub.Predict(_predict_request("ood", {"text": np.array([b"hello"], dtype=object)}), timeout=30)
+    assert tf.make_ndarray(ok.outputs["ood_score"]).shape == (1,)
 
 
 def test_metadata_errors(channel):
@@ -176,3 +228,17 @@ def test_reload_config_adds_and_removes_a_model(server, channel):
     assert status == 404
     status, document = get_json(f"{server.rest_url}/v1/models/retrieval")  # The others are untouched.
     assert [s["state"] for s in document["model_version_status"]] == ["AVAILABLE", "AVAILABLE"]
+
+
+def test_reload_config_with_an_empty_model_list_is_refused(server, channel):
+    """An empty list used to unload every model (the config-file loader already refused it)."""
+    model_stub = model_service_pb2_grpc.ModelServiceStub(channel)
+    config = model_server_config_pb2.ModelServerConfig()
+    config.model_config_list.SetInParent()
+    with pytest.raises(grpc.RpcError) as raised:
+        model_stub.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=config), timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "no config entries" in raised.value.details()
+    for model in ("retrieval", "ood", "tools"):
+        status, document = get_json(f"{server.rest_url}/v1/models/{model}")
+        assert status == 200 and "AVAILABLE" in [s["state"] for s in document["model_version_status"]]

@@ -139,6 +139,18 @@ ERROR_CASES = [
     ("malformed_path", "GET", "/v1/modelz", None, 400, "Malformed request"),
     ("oversize_body", "POST", "/v1/models/ood:predict",
      {"instances": ["x" * 1000] * (MAX_REQUEST_BYTES // 1000 + 10)}, 413, "exceeds the limit"),
+    # Issue 14: client mistakes are 400, never 500 or a retryable 503.
+    ("more_rows_than_the_queue_holds", "POST", "/v1/models/ood:predict", {"instances": ["a"] * 3201}, 400,
+     "3201 rows"),
+    ("deep_nesting", "POST", "/v1/models/ood:predict", b'{"instances": ' + b"[" * 30000 + b"]" * 30000 + b"}",
+     400, "nested"),
+    ("nesting_deeper_than_a_tensor", "POST", "/v1/models/ood:predict",
+     b'{"instances": ' + b"[" * 70 + b'"a"' + b"]" * 70 + b"}", 400, "nested"),
+    ("lone_surrogate", "POST", "/v1/models/ood:predict", {"instances": ["\ud800"]}, 400, "surrogate"),
+    ("lone_surrogate_input_name", "POST", "/v1/models/ood:predict", b'{"instances": [{"\\ud800": "a"}]}', 400,
+     "unknown input"),
+    ("integer_over_4300_digits", "POST", "/v1/models/tools:predict",
+     b'{"instances": [' + b"9" * 5000 + b"]}", 400, "digits"),
 ]
 
 
