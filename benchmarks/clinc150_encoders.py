@@ -50,7 +50,7 @@ import numpy as np
 
 import text_ood  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
 from clinc150_ood import PAPER, _mean_std
-from serving.env import data_root
+from core.env import data_root
 from text_ood.__main__ import main as text_ood_main
 from text_ood.metrics import ood_metrics
 

@@ -40,7 +40,7 @@ import sys
 import time
 
 import text_ood  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
-from serving.env import data_root
+from core.env import data_root
 from text_ood.__main__ import main as text_ood_main
 from text_ood.data import default_corpus
 

@@ -40,7 +40,7 @@ from recsys_ssl.data import FIRST_ID  # noqa: E402
 from recsys_ssl.evaluate import held_out_examples  # noqa: E402
 from recsys_ssl.geometry import METRICS, MISS_METRICS, group_geometry, tail_misses  # noqa: E402
 from recsys_ssl.metrics import corpus_embeddings, query_embeddings  # noqa: E402
-from recsys_ssl.train import restore_best  # noqa: E402
+from recsys_ssl.workdir import restore_best  # noqa: E402
 
 
 def run_geometry(workdir: str, group: str, sample: int, seed: int) -> dict[str, dict[str, float]]:

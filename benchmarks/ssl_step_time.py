@@ -24,8 +24,9 @@ import tensorflow as tf  # noqa: E402
 
 from recsys_ssl import config as config_lib  # noqa: E402
 from recsys_ssl.data import FeatureSet  # noqa: E402
-from recsys_ssl.train import build_model, make_train_step  # noqa: E402
-from serving import dataclass_config  # noqa: E402
+from recsys_ssl.train import make_train_step  # noqa: E402
+from recsys_ssl.workdir import build_model  # noqa: E402
+from core import config as dataclass_config  # noqa: E402
 
 VARIANTS = {"none": ["ssl.method=none"], "rfm": ["ssl.method=rfm"], "cfm": ["ssl.method=cfm"]}
 

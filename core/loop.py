@@ -9,8 +9,10 @@ stage:
   every ``checkpoint_every_steps`` steps and at every epoch end, in ``checkpoint_dir``.
 - **Exact resume**: a re-run restores the latest checkpoint and continues at the next batch of the
   same epoch. A task's batch order is a function of (seed, epoch) and its step randomness a
-  function of the global step, so the resumed run replays the one it continues (after SIGKILL
-  too; everything since the last checkpoint is simply done again).
+  function of the global step, and the loop turns on TensorFlow's op determinism (multi-threaded
+  CPU kernels such as the embedding-gradient sums otherwise add in a varying order), so the
+  resumed run replays the one it continues (after SIGKILL too; everything since the last
+  checkpoint is simply done again).
 - **Selection and early stopping**: after every epoch ``validate`` returns metrics; the
   ``selection`` metric decides whether the epoch is the best so far (``on_epoch_end`` then
   keeps it) and, with ``early_stopping_patience > 0``, when to stop.
@@ -124,6 +126,7 @@ def run_loop(task: TrainingTask, config: LoopConfig, trackables: Mapping[str, An
       history_path: the epoch records file (None = not written; non-chief workers never write).
       is_chief: False on non-chief workers of a multi-worker strategy.
     """
+    tf.config.experimental.enable_op_determinism()  # same inputs, same floating-point sums
     sign = 1.0 if config.higher_is_better else -1.0
     state = {"epoch": tf.Variable(0, dtype=tf.int64), "step_in_epoch": tf.Variable(0, dtype=tf.int64),
              "global_step": tf.Variable(0, dtype=tf.int64),

@@ -43,7 +43,7 @@ from pipelines.sources import (
     COUNTS_TAG, DEAD_LETTER_TAG, DeadLetter, RawLine, ReadSourceLines, RowError, bundle_count, parse_row, raw_text,
 )
 from serving.export import list_versions
-from text_ood.export import DETECTOR_JSON
+from text_ood.contract import DETECTOR_JSON, SCORE_OUTPUT, SIGNATURE
 
 SOURCE = "texts"
 OUTPUT_FIELDS = ("id", "ood_score", "perplexity", "is_ood")
@@ -185,13 +185,13 @@ class OODScoringModelHandler(ModelHandler[ScoringRecord, PredictionResult, Any])
         from serving.servable import read_meta_graph, register_custom_ops
 
         register_custom_ops(read_meta_graph(self._model_dir))
-        return tf.saved_model.load(self._model_dir).signatures["serving_default"]
+        return tf.saved_model.load(self._model_dir).signatures[SIGNATURE]
 
     def _score(self, model, texts: Sequence[bytes]) -> list[dict]:
         import tensorflow as tf
 
         outputs = model(text=tf.constant(list(texts), tf.string))
-        scores = outputs["ood_score"].numpy()
+        scores = outputs[SCORE_OUTPUT].numpy()
         perplexity = outputs["perplexity"].numpy() if "perplexity" in outputs else None
         results = []
         for index, score in enumerate(scores):

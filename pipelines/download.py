@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 
 from tqdm import tqdm
 
-from serving.env import DATA_DIR_ENV, data_root
+from core.env import DATA_DIR_ENV, data_root
 
 logger = logging.getLogger(__name__)
 

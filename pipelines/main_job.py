@@ -26,13 +26,13 @@ import glob
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
-from serving.env import data_root
+from core.env import data_root
+from core.net import free_port
 
 logger = logging.getLogger("main_job")
 
@@ -112,7 +112,7 @@ class MainJob:
         """Starts ``python -m serving`` on the retrieval export and asks it for a few users' top items."""
         import tensorflow as tf
 
-        rest_port, grpc_port = _free_port(), _free_port()
+        rest_port, grpc_port = free_port(), free_port()
         log = open(os.path.join(self.paths["logs"], "server.log"), "w")
         server = subprocess.Popen([self.python, "-m", "serving", "--model_name", "retrieval", "--model_base_path",
                                    self.paths["exports/retrieval"], "--rest_api_port", str(rest_port), "--port",
@@ -134,15 +134,18 @@ class MainJob:
             with open(os.path.join(movielens, "movies.csv"), newline="", encoding="utf-8") as f:
                 for row in csv.DictReader(f):
                     titles[row["movieId"]] = row["title"]
+            from recsys_ssl import schema as fs
+
+            history_length = fs.FeatureSchema.load(self.paths["features"]).history_length
             files = sorted(glob.glob(os.path.join(self.paths["features"], "eval-*.tfrecord.gz")))
             instances = []
             for raw in tf.data.TFRecordDataset(files, compression_type="GZIP").take(200).as_numpy_iterator():
                 feature = tf.train.Example.FromString(raw).features.feature
-                user = feature["user_id"].bytes_list.value[0].decode()
-                if user in {i["user_id"] for i in instances}:
+                user = feature[fs.USER_ID].bytes_list.value[0].decode()
+                if user in {i[fs.USER_ID] for i in instances}:
                     continue
-                history = [h.decode() for h in feature["history"].bytes_list.value]
-                instances.append({"user_id": user, "history": history + [""] * (20 - len(history))})
+                history = [h.decode() for h in feature[fs.HISTORY].bytes_list.value]
+                instances.append({fs.USER_ID: user, fs.HISTORY: history + [""] * (history_length - len(history))})
                 if len(instances) == num_users:
                     break
             request = urllib.request.Request(f"{base}:predict", data=json.dumps({"instances": instances}).encode(),
@@ -152,9 +155,9 @@ class MainJob:
             latency_ms = (time.perf_counter() - started) * 1000
             results = []
             for instance, prediction in zip(instances, predictions):
-                history = [titles.get(i, i) for i in instance["history"] if i][-3:]
+                history = [titles.get(i, i) for i in instance[fs.HISTORY] if i][-3:]
                 top = [titles.get(i, i) for i in prediction["item_ids"][:5]]
-                results.append({"user_id": instance["user_id"], "recent_history": history, "top5": top})
+                results.append({"user_id": instance[fs.USER_ID], "recent_history": history, "top5": top})
             logger.info("REST :predict for %d users answered in %.0f ms", len(instances), latency_ms)
             return results
         finally:
@@ -286,12 +289,6 @@ def _detector_rows(evaluation: dict):
         metrics = entry.get("metrics", entry) if isinstance(entry, dict) else None
         if isinstance(metrics, dict) and "auroc" in metrics:
             yield name, metrics
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,7 +45,7 @@ from pipelines.splits import (
     HELDOUT_PAIRS_TAG, TRAIN_ITEMS_TAG, USER_COUNTS_TAG, BuildExamples, SplitProtocol, SumCounts, TimeCutoffs,
 )
 from recsys_ssl import schema as fs
-from serving.env import data_root
+from core.env import data_root
 
 SOURCE_INTERACTIONS, SOURCE_ITEMS, SOURCE_EVENTS = "interactions", "items", "item_events"
 

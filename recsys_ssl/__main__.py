@@ -10,7 +10,7 @@ import sys
 import recsys_ssl  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from recsys_ssl import ablation as ablation_lib
 from recsys_ssl import config as config_lib
-from serving import dataclass_config
+from core import config as dataclass_config
 
 
 def _parser() -> argparse.ArgumentParser:

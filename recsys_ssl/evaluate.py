@@ -23,7 +23,7 @@ import tensorflow as tf
 from recsys_ssl import schema as fs
 from recsys_ssl.metrics import corpus_embeddings, hits_at_k, query_embeddings, recall_summary, seen_rows
 from core.files import write_json_atomic
-from recsys_ssl.train import restore_best
+from recsys_ssl.workdir import restore_best
 
 REPORT_KS = (10, 50, 100)
 CURVE_KS = (1, 5, 10, 20, 50, 100, 200)

@@ -28,7 +28,7 @@ import tensorflow_recommenders as tfrs
 
 from recsys_ssl import schema as fs
 from recsys_ssl.metrics import corpus_embeddings
-from recsys_ssl.train import restore_best
+from recsys_ssl.workdir import restore_best
 from serving.export import atomic_version_dir
 
 INDEXES = ("brute_force", "scann")

@@ -6,7 +6,7 @@ recommendation features reads feature names, kinds and files from here:
 - ``pipelines.recsys_features`` writes ``schema.json`` with :meth:`FeatureSchema.to_json` and
   serialises tf.Examples with :func:`example_to_proto` / :func:`item_to_proto`;
 - ``recsys_ssl`` training reads ``schema.json`` with :meth:`FeatureSchema.load` and parses the
-  TFRecords with :meth:`FeatureSchema.example_parse_spec` / :meth:`FeatureSchema.item_parse_spec`;
+  TFRecords with :meth:`FeatureSchema.example_parse_spec`;
 - exported models take the query features named here as raw strings.
 
 Interaction examples (``train-*``, ``validation-*``, ``eval-*``) hold the query features and the
@@ -108,12 +108,6 @@ class FeatureSchema:
     def item_feature_names(self) -> list[str]:
         return [f.name for f in self.item_features]
 
-    def item_feature(self, name: str) -> FeatureSpec:
-        for feature in self.item_features:
-            if feature.name == name:
-                return feature
-        raise SchemaError(f"unknown item feature {name!r}; known: {self.item_feature_names}")
-
     def example_parse_spec(self) -> dict:
         """``tf.io.parse_example`` spec of interaction examples (user_id, history, item_id, ...)."""
         import tensorflow as tf
@@ -126,15 +120,6 @@ class FeatureSchema:
         }
         if self.has_weight:
             spec[WEIGHT] = tf.io.FixedLenFeature([], tf.float32, default_value=1.0)
-        return spec
-
-    def item_parse_spec(self) -> dict:
-        """``tf.io.parse_example`` spec of the item corpus: item_id plus every feature as a list."""
-        import tensorflow as tf
-
-        spec = {ITEM_ID: tf.io.FixedLenFeature([], tf.string)}
-        for feature in self.item_features[1:]:
-            spec[feature.name] = tf.io.VarLenFeature(tf.string)
         return spec
 
     def to_json(self) -> dict:

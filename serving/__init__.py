@@ -2,8 +2,9 @@
 
 Run the server with ``python -m serving`` (or ``ssl-serve``); see ``serving/__main__.py``.
 
-Shared by the whole project: ``env`` (Keras 2 guard, data root), ``export`` (atomic versioned
-export dirs), ``dataclass_config`` (frozen-dataclass configs with overrides).
+The export directory convention both halves write with: ``export`` (atomic, versioned export
+dirs). The project-wide helpers (environment, configs, atomic files, the training loop) live in
+``core``.
 
 The server: ``model_config`` (ModelServerConfig files, version policies) -> ``manager`` (polls
 base paths, loads / swaps / unloads versions) -> ``servable`` (one loaded SavedModel, custom-op
@@ -14,6 +15,6 @@ registration) and ``signature`` (specs and input validation); ``batcher`` with
 codes). ``standins`` builds contract-following stand-in exports for tests and benchmarks.
 """
 
-from serving.env import ensure_legacy_keras
+from core.env import ensure_legacy_keras
 
 ensure_legacy_keras()

@@ -59,7 +59,3 @@ def invalid_argument(message: str) -> ServingError:
 def not_found(message: str) -> ServingError:
     return ServingError(grpc.StatusCode.NOT_FOUND, message)
 
-
-def http_status_for(code: grpc.StatusCode) -> int:
-    """Returns the HTTP status TF Serving's REST API uses for ``code``."""
-    return _HTTP_STATUS.get(code, 500)

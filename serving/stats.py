@@ -68,11 +68,6 @@ class RequestStats:
         if self.metrics is not None:
             self.metrics.record_batch(model, version, signature, rows)
 
-    def reset(self) -> None:
-        with self._lock:
-            self._series.clear()
-            self._started = time.time()
-
     def summary(self) -> dict:
         """Returns ``{"since": unix time, "series": [{api, model, version, signature, ...}]}``.
 

@@ -7,7 +7,7 @@ import os
 import pytest
 
 import serving  # noqa: F401  (selects Keras 2 before any test imports TensorFlow)
-from serving.env import DATA_DIR_ENV, data_root
+from core.env import DATA_DIR_ENV, data_root
 
 
 @pytest.fixture(scope="session")

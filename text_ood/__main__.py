@@ -24,8 +24,8 @@ import logging
 import os
 import sys
 
-from serving.dataclass_config import ConfigError, apply_overrides
-from serving.env import DATA_DIR_ENV, data_root
+from core.config import ConfigError, apply_overrides
+from core.env import DATA_DIR_ENV, data_root
 
 logger = logging.getLogger("text_ood")
 

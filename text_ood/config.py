@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from serving.dataclass_config import ConfigError
+from core.config import ConfigError
 
 PRESETS = ("tiny", "cpu", "gpt2-small")
 INTERMEDIATE_DISTANCES = ("mse", "layernorm_mse", "cosine")

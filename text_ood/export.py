@@ -21,11 +21,11 @@ import numpy as np
 import tensorflow as tf
 
 from serving.export import atomic_version_dir
+from text_ood.contract import DETECTOR_JSON
 from text_ood.detectors import OODDetector
 
 logger = logging.getLogger(__name__)
 
-DETECTOR_JSON = "detector.json"
 CALIBRATION_QUANTILE = 0.95
 
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from serving.dataclass_config import from_dict, to_dict
+from core.config import from_dict, to_dict
 from text_ood.config import TextOODConfig, default_student_layers
 from text_ood.data import OODDataset, read_corpus, split_holdout
 from text_ood.lm import build_lm, load_hf_lm, load_lm

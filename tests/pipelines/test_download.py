@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import http.server
@@ -10,12 +9,12 @@ import io
 import logging
 import os
 import shutil
-import socket
 import threading
 import zipfile
 
 import pytest
 
+from core.net import free_port
 from pipelines import download as dl
 
 MOVIELENS_FILES = ("README.txt", "links.csv", "movies.csv", "ratings.csv", "tags.csv")
@@ -190,9 +189,7 @@ def test_truncated_body_is_a_clear_error(server, tmp_path):
 
 
 def test_unreachable_host_is_a_clear_error(tmp_path):
-    with contextlib.closing(socket.socket()) as sock:  # a port with nobody listening
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nobody listening there
     with pytest.raises(dl.DownloadError, match="cannot fetch"):
         dl.download("clinc150", str(tmp_path), base_url=f"http://127.0.0.1:{port}", timeout=5, progress=False)
 

@@ -16,8 +16,9 @@ import tensorflow as tf
 from recsys_ssl import __main__ as cli
 from recsys_ssl import config as config_lib
 from recsys_ssl.data import FeatureSet
-from recsys_ssl.train import Trainer, build_model
-from serving import dataclass_config
+from recsys_ssl.train import Trainer
+from recsys_ssl.workdir import build_model
+from core import config as dataclass_config
 
 
 def _config(**overrides) -> config_lib.Config:
@@ -119,7 +120,7 @@ def test_train_resume_evaluate_export(features_dir, tmp_path):
     export_dir = str(tmp_path / "export")
     assert cli.main(["export", "--workdir", workdir, "--export_dir", export_dir, "--k", "10"]) == 0
     assert os.listdir(export_dir) == ["1"]
-    from recsys_ssl.train import restore_best
+    from recsys_ssl.workdir import restore_best
     from recsys_ssl.metrics import corpus_embeddings
 
     model, feature_set, _ = restore_best(workdir)

@@ -35,7 +35,7 @@ from tensorflow.python.data.experimental.ops import testing as tf_data_testing
 
 from serving import standins
 from serving.export import atomic_version_dir
-from tests.serving.helpers import free_port
+from core.net import free_port
 
 OOD_CORPUS_V1 = ["what is my account balance", "transfer money to savings", "how do i reset my pin"]
 OOD_CORPUS_V2 = ["zzz qqq xxx", "jjj kkk vvv", "qqq zzz"]

@@ -12,7 +12,7 @@ import aiohttp
 from serving.batching_config import BatchingOptions
 from serving.model_config import load_model_config_file
 from serving.server import ModelServer, ServerOptions
-from tests.serving.helpers import free_port
+from core.net import free_port
 
 
 def _write_config(path: str, models: dict[str, str]) -> None:

@@ -18,7 +18,7 @@ from serving.errors import ServingError
 from serving.predictor import Predictor
 from serving.servable import load_servable
 from serving.stats import RequestStats
-from tests.serving.helpers import free_port
+from core.net import free_port
 
 
 @pytest.fixture

@@ -2,9 +2,8 @@
 
 The training packages (``recsys_ssl``, ``text_ood``) describe every run with nested frozen
 dataclasses whose ``__post_init__`` validates the values, and presets are plain functions that
-return such a config. This module holds the generic part both need. It lives in ``serving``
-because ``serving`` is the base of the project's import graph (both halves import it, and they
-never import each other).
+return such a config. This module holds the generic part both need (they never import each
+other; both import ``core``).
 
 Example:
   >>> cfg = apply_overrides(preset(), ["ssl.method=cfm", "ssl.weight=0.3"])

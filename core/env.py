@@ -3,9 +3,9 @@
 The project uses one Keras: Keras 2 through ``tf-keras`` (tensorflow-recommenders and the
 transformers TF classes require it). TensorFlow decides which Keras ``tf.keras`` means when it is
 first imported, from the ``TF_USE_LEGACY_KERAS`` environment variable, so the variable has to be
-set before anything imports TensorFlow. ``serving`` sits at the bottom of the import graph
-(``recsys_ssl -> serving``, ``text_ood -> serving``, ``pipelines -> recsys_ssl | text_ood``), so
-each package's ``__init__`` calls :func:`ensure_legacy_keras` from here.
+set before anything imports TensorFlow. ``core`` sits at the bottom of the import graph (every
+other package imports it), so each package's ``__init__`` calls :func:`ensure_legacy_keras` from
+here.
 """
 
 from __future__ import annotations

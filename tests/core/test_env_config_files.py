@@ -1,4 +1,4 @@
-"""The Keras guard, dataclass configs and atomic versioned exports."""
+"""The Keras guard (core.env), dataclass configs (core.config) and atomic files (core.files)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ from typing import Literal
 
 import pytest
 
-from serving import dataclass_config as dc
-from serving.export import atomic_version_dir, list_versions, next_version
+import json
+
+import numpy as np
+
+from core import config as dc
+from core.files import save_npy_atomic, write_json_atomic
 
 
 def _run_python(code: str, env_extra: dict[str, str]) -> subprocess.CompletedProcess:
@@ -74,17 +78,22 @@ def test_dict_round_trip_rejects_unknown_keys():
         dc.from_dict(_Outer, {"inner": {"bogus": 1}})
 
 
-def test_atomic_version_dir(tmp_path):
-    base = str(tmp_path / "export")
-    assert next_version(base) == 1
-    with atomic_version_dir(base) as target:
-        open(os.path.join(target.tmp_path, "saved_model.pb"), "w").close()
-        assert list_versions(base) == []  # nothing visible until the block completes
-    assert target.version == 1 and os.path.isfile(os.path.join(base, "1", "saved_model.pb"))
-    with pytest.raises(RuntimeError):
-        with atomic_version_dir(base):
-            raise RuntimeError("export failed half-way")
-    assert list_versions(base) == [1] and os.listdir(base) == ["1"]
-    with pytest.raises(FileExistsError):
-        with atomic_version_dir(base, version=1):
-            pass
+def test_atomic_writes_leave_the_old_file_or_the_new_one(tmp_path, monkeypatch):
+    path = str(tmp_path / "doc.json")
+    write_json_atomic(path, {"b": 1, "a": [1, 2]})
+    assert json.load(open(path)) == {"a": [1, 2], "b": 1}
+    import core.files
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(core.files.json, "dump", crash)
+    with pytest.raises(OSError):
+        write_json_atomic(path, {"new": True})
+    assert json.load(open(path)) == {"a": [1, 2], "b": 1}  # the old document, whole
+    assert os.listdir(tmp_path) == ["doc.json"]  # no temporary left behind
+    monkeypatch.undo()
+    save_npy_atomic(str(tmp_path / "x.npy"), np.arange(3))
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), [0, 1, 2])
+    assert sorted(os.listdir(tmp_path)) == ["doc.json", "x.npy"]
+

@@ -1,0 +1,55 @@
+"""A training workdir of the two-tower model: its config, its model rebuilt, its best weights.
+
+``python -m recsys_ssl train`` writes ``WORKDIR/config.json`` (the resolved config and the
+features directory), ``WORKDIR/checkpoints/`` and ``WORKDIR/best/``; evaluation, export and the
+diagnostics reopen a workdir through this module, without the training code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+from core import config as dataclass_config
+from recsys_ssl import schema as fs
+from recsys_ssl.config import Config
+from recsys_ssl.data import FeatureSet
+from recsys_ssl.model import SSLTwoTowerModel
+
+CONFIG_FILE = "config.json"
+
+
+def load_run(workdir: str) -> tuple[Config, str]:
+    """The resolved config and features directory of a training workdir."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: train a model into {workdir!r} first")
+    with open(path) as f:
+        document = json.load(f)
+    return dataclass_config.from_dict(Config, document["config"]), document["features_dir"]
+
+
+def build_model(feature_set: FeatureSet, config: Config) -> SSLTwoTowerModel:
+    """The model of ``config`` with every variable created (so that checkpoints restore eagerly)."""
+    model = SSLTwoTowerModel(feature_set, config)
+    # Create every variable (Keras builds lazily) so that checkpoints restore eagerly.
+    history = tf.fill([1, feature_set.schema.history_length], "")
+    model.query_tower({fs.USER_ID: tf.constant([""]), fs.HISTORY: history})
+    model.item_embeddings(tf.constant([0]))
+    if model.ssl_head is not None:
+        model.ssl_head(tf.zeros([1, config.model.output_dim]))
+    return model
+
+
+def restore_best(workdir: str) -> tuple[SSLTwoTowerModel, FeatureSet, Config]:
+    """Rebuilds the model of a workdir and loads its best weights (for evaluate and export)."""
+    config, features_dir = load_run(workdir)
+    feature_set = FeatureSet.load(features_dir, config.model.max_values, config.model.min_count)
+    model = build_model(feature_set, config)
+    best = tf.train.latest_checkpoint(os.path.join(workdir, "best"))
+    if best is None:
+        raise FileNotFoundError(f"no best checkpoint in {workdir}/best: has training finished an epoch?")
+    tf.train.Checkpoint(model=model).restore(best).expect_partial()
+    return model, feature_set, config
