@@ -239,7 +239,7 @@ def hybrid_analysis(workdir: str, clinc: str) -> dict:
     """ID-validation correlation of the components, and (test-set, analysis only) weight sweep."""
     from text_ood.data import load_clinc150
     from text_ood.detectors import create_detector
-    from text_ood.stages import load_context
+    from text_ood.workdir import load_context
 
     ctx = load_context(workdir, load_clinc150(clinc))
     hybrid = create_detector("hybrid", ctx).fit(ctx.dataset.id_train)

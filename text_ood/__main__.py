@@ -121,7 +121,7 @@ def _build_config(args):
 
 def _open_workdir(args):
     from text_ood.data import load_dataset
-    from text_ood.stages import RUN_FILE, load_context
+    from text_ood.workdir import RUN_FILE, load_context
 
     run_path = os.path.join(args.workdir, RUN_FILE)
     if not os.path.isfile(run_path):
@@ -167,7 +167,8 @@ def main(argv=None) -> int:
             logger.info("pre-training done: validation perplexity %.3f", summary["best_val_perplexity"])
         elif args.command == "train":
             from text_ood.curves import plot_validation_perplexity
-            from text_ood.stages import RUN_FILE, prepare_training, teacher_gate
+            from text_ood.stages import teacher_gate, train_detector
+            from text_ood.workdir import RUN_FILE, prepare_training
 
             config = _build_config(args)
             names = [n.strip() for n in args.detectors.split(",") if n.strip()]
@@ -194,8 +195,8 @@ def main(argv=None) -> int:
                 else:
                     logger.warning("%s", gate["message"])
             for name in names:
-                create_detector(name, ctx).fit(dataset.id_train, dataset.id_train_labels)
-                logger.info("detector %s trained", name)
+                train_detector(ctx, name)
+                logger.info("detector %s trained and saved in %s", name, ctx.detector_dir(name))
             with open(run_path) as f:
                 trained = set(json.load(f).get("detectors", [])) | set(names)
             _update_run(run_path, detectors=sorted(trained))
@@ -215,8 +216,7 @@ def main(argv=None) -> int:
             from text_ood.export import export_detector
 
             ctx, run = _open_workdir(args)
-            detector = create_detector(args.detector, ctx).fit(ctx.dataset.id_train,
-                                                               ctx.dataset.id_train_labels)
+            detector = create_detector(args.detector, ctx).restore(ctx.detector_dir(args.detector))
             check = ctx.dataset.id_val[:32] + ctx.dataset.ood_test[:32]
             path = export_detector(detector, ctx.dataset.id_val, args.export_dir,
                                    metadata={"workdir": os.path.abspath(args.workdir),
@@ -227,9 +227,10 @@ def main(argv=None) -> int:
         logger.error("%s", error)
         return 2
     except Exception as error:  # noqa: BLE001  (export errors carry their own message)
-        from text_ood.serving_model import ExportError
+        from text_ood.detectors import RequiresFittingError
+        from text_ood.scorers import ExportError
 
-        if isinstance(error, ExportError):
+        if isinstance(error, (ExportError, RequiresFittingError)):
             logger.error("%s", error)
             return 2
         raise

@@ -13,7 +13,7 @@ import numpy as np
 
 from text_ood.detectors import create_detector
 from text_ood.metrics import ood_metrics, roc_curve
-from text_ood.stages import TrainingContext
+from text_ood.workdir import TrainingContext
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +22,10 @@ ROC_FILE = "roc.png"
 
 
 def evaluate_detectors(ctx: TrainingContext, names: Sequence[str]) -> dict:
-    """Fits (i.e. trains or reloads) each named detector and scores the test split.
+    """Loads each named detector as ``train`` saved it and scores the test split.
+
+    ``score_texts_per_s`` is measured the same way for every detector: raw test texts in, scores
+    out (tokenisation or embedding included, no cache), in this process.
 
     Detectors evaluated earlier in the same workdir and not named now keep their rows (a stage
     directory is never retrained, so their scores stay valid); the ROC plot shows them all.
@@ -36,7 +39,7 @@ def evaluate_detectors(ctx: TrainingContext, names: Sequence[str]) -> dict:
     results, curves = _previous_results(ctx.workdir, names)
     os.makedirs(os.path.join(ctx.workdir, "scores"), exist_ok=True)
     for name in names:
-        detector = create_detector(name, ctx).fit(dataset.id_train, dataset.id_train_labels)
+        detector = create_detector(name, ctx).restore(ctx.detector_dir(name))
         start = time.time()
         id_scores = detector.score(dataset.id_test)
         ood_scores = detector.score(dataset.ood_test)

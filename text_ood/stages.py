@@ -13,80 +13,22 @@ general-English LM), ``P/logs/pretrain/``.
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import logging
 import os
 from collections.abc import Sequence
 
 import tensorflow as tf
 
-from core.config import from_dict, to_dict
 from text_ood.config import TextOODConfig, default_student_layers
-from text_ood.data import OODDataset, read_corpus, split_holdout
+from text_ood.data import read_corpus, split_holdout
 from text_ood.lm import build_lm, load_hf_lm, load_lm
 from text_ood.losses import causal_lm_loss, intermediate_distillation_loss, mlkd_student_loss
-from text_ood.tokenizer import HFGPT2Tokenizer, SentencePieceTokenizer, load_tokenizer
+from text_ood.tokenizer import SentencePieceTokenizer, load_tokenizer
 from text_ood.trainer import Stage, is_done, read_summary, run_stage
+from text_ood.workdir import PRETRAIN_SECTIONS, TrainingContext, write_config
 
 logger = logging.getLogger(__name__)
-
-CONFIG_FILE = "config.json"
-RUN_FILE = "run.json"
-
-
-PRETRAIN_SECTIONS = ("seed", "model", "tokenizer", "pretrain")
-TRAIN_SECTIONS = ("seed", "model", "teacher", "student", "scratch", "distill")
-
-
-def write_config(workdir: str, config: TextOODConfig, sections: Sequence[str]) -> None:
-    """Writes (and logs) the resolved config; a workdir keeps the config it was created with.
-
-    Args:
-      sections: the config sections this workdir's artefacts depend on; resuming with any of
-        them changed is refused (other sections may differ, e.g. ``student`` for a pretrain dir).
-
-    Raises:
-      ValueError: ``workdir`` already holds a config that differs in ``sections`` (resuming it
-        with other settings would mix two runs); the message lists the differing keys.
-    """
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, CONFIG_FILE)
-    if os.path.isfile(path):
-        with open(path) as f:
-            # Through the dataclasses: fields added since the workdir was created take their
-            # defaults (the values the old code used), so they do not count as changes.
-            old_values = to_dict(from_dict(TextOODConfig, json.load(f)))
-        new_values = to_dict(config)
-        existing = _flatten({k: old_values.get(k) for k in sections})
-        new = _flatten({k: new_values.get(k) for k in sections})
-        changed = sorted(k for k in set(existing) | set(new) if existing.get(k) != new.get(k))
-        if changed:
-            raise ValueError(
-                f"{workdir} was created with a different config ({', '.join(changed[:8])} differ: "
-                f"{[(k, existing.get(k), new.get(k)) for k in changed[:3]]}); use a new --workdir "
-                "or the original settings to resume")
-    with open(path, "w") as f:
-        json.dump(to_dict(config), f, indent=2)
-    logger.info("config: %s", json.dumps(to_dict(config)))
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
-def read_config(workdir: str) -> TextOODConfig:
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{workdir} has no {CONFIG_FILE}: run `python -m text_ood train` "
-                                "(or `pretrain`) with this --workdir first")
-    with open(path) as f:
-        return from_dict(TextOODConfig, json.load(f))
 
 
 def pretrain(corpus_paths: Sequence[str], workdir: str, config: TextOODConfig,
@@ -144,83 +86,6 @@ def _run_lm_stage(name, workdir, config, stage_config, lm, tokenizer, train_text
                   eval_batch_size=config.eval_batch_size, monitor_ids=monitor_ids or {},
                   snapshot_epochs=snapshot_epochs)
     return run_stage(stage)
-
-
-@dataclasses.dataclass
-class TrainingContext:
-    """Everything the ``train`` stages and the detectors share for one workdir."""
-
-    workdir: str
-    config: TextOODConfig
-    dataset: OODDataset
-    tokenizer: SentencePieceTokenizer | HFGPT2Tokenizer | None  # None: encoder-only workdir
-    teacher_source: dict | None  # {"kind": "pretrained" | "hf", "path": ...}; None: no LMs
-    encoder_source: dict | None = None  # {"path": ENCODER_DIR} (`train --encoder`), or None
-
-    def stage_dir(self, name: str) -> str:
-        return os.path.join(self.workdir, name)
-
-    @property
-    def max_length(self) -> int:
-        return self.config.model.max_length
-
-
-def prepare_training(workdir: str, config: TextOODConfig, dataset: OODDataset,
-                     teacher_dir: str | None = None, teacher_hf: str | None = None,
-                     data_dir: str | None = None, encoder_dir: str | None = None) -> TrainingContext:
-    """Sets up ``W``: config, run.json and the tokenizer (the teacher's, copied).
-
-    The language-model detectors need a teacher, the embedding detectors an encoder
-    (``encoder_dir``); a workdir may have both. Sources not given now keep what ``W/run.json``
-    recorded earlier (so ``train --encoder DIR`` adds embedding detectors to an MLKD workdir).
-    """
-    run_path = os.path.join(workdir, RUN_FILE)
-    previous = {}
-    if os.path.isfile(run_path):
-        with open(run_path) as f:
-            previous = json.load(f)
-    if teacher_dir is not None and teacher_hf is not None:
-        raise ValueError("give one teacher: --teacher PRETRAIN_DIR (from `pretrain`) or "
-                         "--teacher_hf HF_DIR (a local Hugging Face GPT-2-family checkpoint)")
-    if encoder_dir is not None and not os.path.isfile(os.path.join(encoder_dir, "config.json")):
-        raise FileNotFoundError(f"--encoder {encoder_dir}: not a Hugging Face model directory "
-                                "(no config.json)")
-    encoder = {"path": os.path.abspath(encoder_dir)} if encoder_dir else previous.get("encoder")
-    if teacher_dir is None and teacher_hf is None:
-        if previous.get("teacher") is None and encoder is None:
-            raise ValueError("give a teacher (--teacher PRETRAIN_DIR from `pretrain`, or "
-                             "--teacher_hf HF_DIR) for the language-model detectors, and/or "
-                             "--encoder DIR for the sentence-embedding detectors")
-        tokenizer_dir = os.path.join(workdir, "tokenizer")
-        tokenizer = load_tokenizer(tokenizer_dir) if os.path.isdir(tokenizer_dir) else None
-        source = previous.get("teacher")
-    elif teacher_dir is not None:
-        if not is_done(os.path.join(teacher_dir, "pretrain")):
-            raise FileNotFoundError(f"--teacher {teacher_dir}: no finished pre-training there "
-                                    "(expected pretrain/done.json); run `python -m text_ood pretrain`")
-        source = {"kind": "pretrained", "path": os.path.abspath(teacher_dir)}
-        tokenizer = load_tokenizer(os.path.join(teacher_dir, "tokenizer"))
-    else:
-        source = {"kind": "hf", "path": os.path.abspath(teacher_hf)}
-        tokenizer = HFGPT2Tokenizer(teacher_hf)
-    write_config(workdir, config, TRAIN_SECTIONS)
-    if teacher_dir is not None or teacher_hf is not None:
-        tokenizer.save(os.path.join(workdir, "tokenizer"))
-    with open(run_path, "w") as f:
-        json.dump({**previous, "dataset": dataset.kind, "dataset_name": dataset.name,
-                   "data_dir": data_dir and os.path.abspath(data_dir), "splits": dataset.summary(),
-                   "teacher": source, "encoder": encoder}, f, indent=2)
-    return TrainingContext(workdir, config, dataset, tokenizer, source, encoder)
-
-
-def load_context(workdir: str, dataset: OODDataset) -> TrainingContext:
-    """Reopens a workdir written by :func:`prepare_training`."""
-    with open(os.path.join(workdir, RUN_FILE)) as f:
-        run = json.load(f)
-    tokenizer_dir = os.path.join(workdir, "tokenizer")
-    tokenizer = load_tokenizer(tokenizer_dir) if os.path.isdir(tokenizer_dir) else None
-    return TrainingContext(workdir, read_config(workdir), dataset, tokenizer, run.get("teacher"),
-                           run.get("encoder"))
 
 
 def _load_initial_teacher(ctx: TrainingContext):
@@ -347,3 +212,35 @@ def teacher_gate(ctx: TrainingContext, train_texts: Sequence[str]) -> dict:
     return {"teacher_val_perplexity": t_ppl, "scratch_val_perplexity": s_ppl,
             "teacher_better": bool(t_ppl < s_ppl), "teacher_epochs": teacher["epochs_run"],
             "scratch_epochs": scratch["epochs_run"], "equal_budget": equal, "message": message}
+
+
+# The language-model stage behind each LM detector: (context, ID training texts) -> its best/ dir.
+LM_STAGES = {
+    "teacher": train_teacher,
+    "scratch": train_scratch,
+    "mlkd": functools.partial(train_student, name="mlkd"),
+    "mlkd_no_intermediate": functools.partial(train_student, name="mlkd_no_intermediate", intermediate=False),
+}
+
+
+def train_detector(ctx: TrainingContext, name: str):
+    """Trains what detector ``name`` needs, fits it and saves it in ``ctx.detector_dir(name)``.
+
+    The LM detectors need their stage (:data:`LM_STAGES`, resumable, skipped when done); the
+    hybrid needs its components (trained and saved first); the embedding detectors need only the
+    encoder. ``evaluate`` and ``export`` then load the saved detector instead of fitting again.
+
+    Returns:
+      The fitted detector.
+    """
+    from text_ood.detectors import create_detector
+
+    if name in LM_STAGES:
+        LM_STAGES[name](ctx, ctx.dataset.id_train)
+    detector = create_detector(name, ctx)
+    for component in getattr(detector, "components", ()):
+        if not os.path.isdir(ctx.detector_dir(component.name)):
+            train_detector(ctx, component.name)
+    detector.fit(ctx.dataset.id_train, ctx.dataset.id_train_labels)
+    detector.save(ctx.detector_dir(name))
+    return detector

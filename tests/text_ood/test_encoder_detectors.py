@@ -19,7 +19,7 @@ from tests.text_ood.tiny_encoder import write_tiny_encoder
 from text_ood.__main__ import main
 from text_ood.data import load_dataset
 from text_ood.detectors import MahalanobisDetector, RequiresFittingError, create_detector
-from text_ood.stages import load_context
+from text_ood.workdir import load_context
 
 TEXTS = ["book a flight to paris on monday", "how long should i bake bread at 350 degrees", "",
          "   \n\t", "word " * 300]
@@ -110,15 +110,26 @@ def test_encoder_only_workdir_evaluates_every_detector(encoder_workdir, ood_data
     assert sorted(report["detectors"]) == ["knn", "mahalanobis", "mahalanobis_one_class"]
     for metrics in report["detectors"].values():
         assert all(0.0 <= metrics[k] <= 1.0 for k in ("auroc", "aupr_out", "aupr_in", "far95"))
-    # The three detectors embedded each split once: ID train, ID test, OoD test are cached.
-    assert len(os.listdir(os.path.join(encoder_workdir, "embeddings"))) == 3
+    # Only fitting reads the embedding cache (the ID training texts, embedded once for all three
+    # detectors); scoring embeds raw texts, as the export does.
+    assert len(os.listdir(os.path.join(encoder_workdir, "embeddings"))) == 1
     ctx = _context(encoder_workdir, ood_data_dir)
     knn = create_detector("knn", ctx)
     with pytest.raises(RequiresFittingError):
         knn.score(["text"])
-    scores = knn.fit(ctx.dataset.id_train).score(ctx.dataset.id_test)
     saved = np.load(os.path.join(encoder_workdir, "scores", "knn.npz"))["id"]
-    np.testing.assert_allclose(scores, saved, atol=1e-6)
+    # evaluate used what train saved; fitting again gives the same detector.
+    restored = create_detector("knn", ctx).restore(ctx.detector_dir("knn"))
+    np.testing.assert_allclose(restored.score(ctx.dataset.id_test), saved, atol=1e-6)
+    np.testing.assert_allclose(knn.fit(ctx.dataset.id_train).score(ctx.dataset.id_test), saved, atol=1e-6)
+    for name in ("mahalanobis", "mahalanobis_one_class"):
+        fitted = create_detector(name, ctx).fit(ctx.dataset.id_train, ctx.dataset.id_train_labels)
+        loaded = create_detector(name, ctx).restore(ctx.detector_dir(name))
+        assert loaded.classes == fitted.classes
+        np.testing.assert_allclose(loaded.score(ctx.dataset.ood_test), fitted.score(ctx.dataset.ood_test),
+                                   rtol=1e-5)
+    with pytest.raises(RequiresFittingError, match="not trained in this workdir"):
+        create_detector("knn", ctx).restore(ctx.detector_dir("hybrid"))
 
 
 def test_mahalanobis_uses_labels_only_when_asked(encoder_workdir, ood_data_dir):
@@ -149,7 +160,10 @@ def test_missing_teacher_or_encoder_fails_cleanly(encoder_workdir, tmp_path, ood
 
 def test_hybrid_standardises_on_id_validation(hybrid_workdir, ood_data_dir):
     ctx = _context(hybrid_workdir, ood_data_dir)
-    hybrid = create_detector("hybrid", ctx).fit(ctx.dataset.id_train)
+    hybrid = create_detector("hybrid", ctx).fit(ctx.dataset.id_train)  # components as train saved them
+    restored = create_detector("hybrid", ctx).restore(ctx.detector_dir("hybrid"))
+    np.testing.assert_allclose(restored.weights, hybrid.weights)
+    np.testing.assert_allclose(restored.means, hybrid.means)
     assert [c.name for c in hybrid.components] == ["mlkd", "knn"]
     np.testing.assert_allclose(hybrid.weights, [0.5, 0.5])  # two components: equal weights
     val = hybrid.score(ctx.dataset.id_val)
@@ -173,7 +187,7 @@ def test_exports_reload_in_a_fresh_process(exports, encoder_workdir, centred_wor
         name = key.removesuffix("_centred")
         out = served[exports[key]]
         ctx = _context(workdir, ood_data_dir)
-        detector = create_detector(name, ctx).fit(ctx.dataset.id_train)
+        detector = create_detector(name, ctx).restore(ctx.detector_dir(name))  # what export used
         np.testing.assert_allclose(out["ood_score"], detector.score(TEXTS + RAW_BYTES), atol=1e-4)
         assert out["empty_shape"] == [0]
         assert out["is_ood"] == [s > out["threshold"] for s in out["ood_score"]]

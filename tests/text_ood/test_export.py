@@ -13,7 +13,7 @@ import pytest
 from text_ood.__main__ import main
 from text_ood.data import load_dataset
 from text_ood.detectors import create_detector
-from text_ood.stages import load_context
+from text_ood.workdir import load_context
 
 TEXTS = ["book a flight to paris on monday", "how long should i bake bread at 350 degrees",
          "", "   \n\t", "word " * 3000]
@@ -52,7 +52,7 @@ def test_fresh_process_reload_gives_the_same_scores(exported, trained_workdir, o
     served = json.loads(result.stdout.strip().splitlines()[-1])
 
     ctx = load_context(trained_workdir, load_dataset("files", ood_data_dir))
-    detector = create_detector("mlkd", ctx).fit(ctx.dataset.id_train)
+    detector = create_detector("mlkd", ctx).restore(ctx.detector_dir("mlkd"))
     expected = detector.score(TEXTS + RAW_BYTES)
     np.testing.assert_allclose(served["ood_score"], expected, atol=1e-4)
     np.testing.assert_allclose(served["perplexity"], np.exp(expected), rtol=1e-4)
@@ -65,7 +65,7 @@ def test_threshold_is_calibrated_on_id_validation(exported, trained_workdir, ood
         info = json.load(f)
     assert info["detector"] == "mlkd" and info["calibration"]["split"] == "id_val"
     ctx = load_context(trained_workdir, load_dataset("files", ood_data_dir))
-    val_scores = create_detector("mlkd", ctx).fit(ctx.dataset.id_train).score(ctx.dataset.id_val)
+    val_scores = create_detector("mlkd", ctx).restore(ctx.detector_dir("mlkd")).score(ctx.dataset.id_val)
     share = np.mean(val_scores <= info["threshold"] + 1e-5)
     assert 0.95 <= share < 0.95 + 2 / len(val_scores)
 

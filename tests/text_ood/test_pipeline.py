@@ -12,7 +12,7 @@ import pytest
 from text_ood.__main__ import main
 from text_ood.data import load_dataset
 from text_ood.detectors import DETECTORS, RequiresFittingError, create_detector
-from text_ood.stages import load_context
+from text_ood.workdir import load_context
 
 
 def test_pretrain_writes_tokenizer_lm_and_logs(pretrain_dir):
@@ -50,7 +50,7 @@ def test_detector_contract_and_bad_inputs(trained_workdir, ood_data_dir):
     detector = create_detector("mlkd", ctx)
     with pytest.raises(RequiresFittingError):
         detector.score(["hello"])
-    detector.fit(ctx.dataset.id_train)  # stage done: only reloads
+    detector.fit(ctx.dataset.id_train)  # loads the LM the stage trained; trains nothing
     texts = ["transfer 20 dollars to my savings account", "", "   ", "x" * 20000,
              b"\xff\xfe broken \xc3", "\u2603\u2603"]
     scores = detector.score(texts)
@@ -109,7 +109,7 @@ def test_student_lm_weight_adds_the_ground_truth_loss(trained_workdir, tmp_path,
 
 def test_config_fields_added_later_take_their_defaults_on_resume(tmp_path):
     from text_ood.config import preset
-    from text_ood.stages import TRAIN_SECTIONS, write_config
+    from text_ood.workdir import TRAIN_SECTIONS, write_config
 
     config = preset("tiny")
     write_config(str(tmp_path), config, TRAIN_SECTIONS)
@@ -207,3 +207,35 @@ def test_student_options_normalised_distance_and_projection_decay(trained_workdi
     assert norms["nodecay"][-1] > norms["decay"][-1]
     assert norms["nodecay"][0] == norms["decay"][0]  # same seeded initialisation
     assert abs(terms["ln"][0] - logged(trained_workdir, "intermediate_kd")[0]) > 1e-3
+
+
+def test_detectors_do_not_import_the_training_code():
+    import subprocess
+    import sys
+
+    code = ("import sys, text_ood.detectors, text_ood.evaluate, text_ood.export; "
+            "print(sorted(m for m in ('text_ood.stages', 'text_ood.trainer', 'core.loop') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_detectors_are_saved_by_train_and_restored_without_training(trained_workdir, ood_data_dir):
+    ctx = load_context(trained_workdir, load_dataset("files", ood_data_dir))
+    for name in ("teacher", "scratch", "mlkd", "mlkd_no_intermediate"):
+        with open(os.path.join(ctx.detector_dir(name), "detector.json")) as f:
+            saved = json.load(f)
+        assert saved["name"] == name and saved["state"]["lm_dir"] == os.path.join(name, "best")
+    assert main(["evaluate", "--workdir", trained_workdir, "--detectors", "mlkd"]) == 0
+    fresh = load_context(trained_workdir, load_dataset("files", ood_data_dir))
+    detector = create_detector("mlkd", fresh).restore(fresh.detector_dir("mlkd"))
+    evaluated = np.load(os.path.join(trained_workdir, "scores", "mlkd.npz"))["ood"]
+    np.testing.assert_allclose(detector.score(fresh.dataset.ood_test), evaluated, rtol=1e-6)
+    import shutil
+
+    moved = os.path.join(os.path.dirname(trained_workdir), "without_mlkd_stage")
+    shutil.copytree(trained_workdir, moved,  # everything but the mlkd stage's trained LM
+                    ignore=lambda d, names: ["mlkd"] if os.path.samefile(d, trained_workdir) else [])
+    ctx = load_context(moved, load_dataset("files", ood_data_dir))
+    with pytest.raises(RequiresFittingError, match="no trained language model"):
+        create_detector("mlkd", ctx).restore(ctx.detector_dir("mlkd"))  # a detector never trains

@@ -6,7 +6,7 @@ Add a detector by registering a factory ``(TrainingContext) -> OODDetector`` und
 
 from __future__ import annotations
 
-import functools
+import os
 from collections.abc import Callable
 
 from text_ood.detectors.base import OODDetector, RequiresFittingError
@@ -15,17 +15,21 @@ from text_ood.detectors.hybrid import HybridDetector
 from text_ood.detectors.knn import KNNDetector
 from text_ood.detectors.mahalanobis import MahalanobisDetector
 from text_ood.detectors.perplexity import PerplexityDetector
-from text_ood.stages import TrainingContext, train_scratch, train_student, train_teacher
+from text_ood.workdir import TrainingContext
 
 DetectorFactory = Callable[[TrainingContext], OODDetector]
 
+
+def _perplexity(stage: str) -> DetectorFactory:
+    """A detector on the LM that the training stage ``stage`` leaves in ``WORKDIR/<stage>/best``."""
+    return lambda ctx: PerplexityDetector(stage, os.path.join(ctx.stage_dir(stage), "best"), ctx)
+
+
 DETECTORS: dict[str, DetectorFactory] = {
-    "mlkd": lambda ctx: PerplexityDetector("mlkd", ctx, functools.partial(train_student, name="mlkd")),
-    "mlkd_no_intermediate": lambda ctx: PerplexityDetector(
-        "mlkd_no_intermediate", ctx,
-        functools.partial(train_student, name="mlkd_no_intermediate", intermediate=False)),
-    "teacher": lambda ctx: PerplexityDetector("teacher", ctx, train_teacher),
-    "scratch": lambda ctx: PerplexityDetector("scratch", ctx, train_scratch),
+    "mlkd": _perplexity("mlkd"),
+    "mlkd_no_intermediate": _perplexity("mlkd_no_intermediate"),
+    "teacher": _perplexity("teacher"),
+    "scratch": _perplexity("scratch"),
     # Sentence-encoder detectors (`train --encoder DIR`); settings in config.encoder.
     "knn": lambda ctx: KNNDetector("knn", ctx),
     "mahalanobis": lambda ctx: MahalanobisDetector("mahalanobis", ctx),  # class-conditional w/ labels

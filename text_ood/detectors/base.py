@@ -1,10 +1,23 @@
-"""The detector contract: ``fit`` on ID texts, ``score`` texts; higher scores = more likely OoD."""
+"""The detector contract: ``fit`` on ID texts, ``score`` texts; higher scores = more likely OoD.
+
+A detector only detects: it fits on already trained models (a language model a training stage
+left in the workdir, a pre-trained sentence encoder) and ID texts, and scores texts. ``save``
+writes what ``fit`` computed (``detector.json`` + ``arrays.npz``) and ``restore`` reads it back,
+so ``evaluate`` and ``export`` use exactly what ``train`` fitted.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 
 import numpy as np
+
+from core.files import write_json_atomic
+
+DETECTOR_FILE = "detector.json"
+ARRAYS_FILE = "arrays.npz"
 
 
 class RequiresFittingError(RuntimeError):
@@ -57,6 +70,44 @@ class OODDetector:
             raise AssertionError(f"{self.name}: _score returned shape {scores.shape} for {len(texts)} texts")
         return scores
 
+    def save(self, directory: str) -> None:
+        """Writes the fitted state to ``directory`` (``detector.json`` last, so it marks completion).
+
+        Raises:
+          RequiresFittingError: called before :meth:`fit`.
+        """
+        if not self._fitted:
+            raise RequiresFittingError(f"{self.name}: fit before saving")
+        state, arrays = self._state()
+        os.makedirs(directory, exist_ok=True)
+        if arrays:
+            tmp = os.path.join(directory, f".{ARRAYS_FILE}.tmp.npz")
+            np.savez(tmp, **arrays)
+            os.replace(tmp, os.path.join(directory, ARRAYS_FILE))
+        write_json_atomic(os.path.join(directory, DETECTOR_FILE),
+                          {"name": self.name, "class": type(self).__name__, "state": state}, indent=2)
+
+    def restore(self, directory: str) -> OODDetector:
+        """Loads the state :meth:`save` wrote to ``directory``; returns self, ready to score.
+
+        Raises:
+          RequiresFittingError: nothing was saved there (the detector was not trained in this
+            workdir), or by another detector class.
+        """
+        path = os.path.join(directory, DETECTOR_FILE)
+        if not os.path.isfile(path):
+            raise RequiresFittingError(f"{self.name}: not trained in this workdir (no {path}); run "
+                                       f"`python -m text_ood train --detectors {self.name}` first")
+        with open(path) as f:
+            document = json.load(f)
+        if document["class"] != type(self).__name__:
+            raise RequiresFittingError(f"{path} holds a {document['class']}, not a {type(self).__name__}")
+        arrays_path = os.path.join(directory, ARRAYS_FILE)
+        arrays = dict(np.load(arrays_path)) if os.path.isfile(arrays_path) else {}
+        self._restore(document["state"], arrays)
+        self._fitted = True
+        return self
+
     def serving_scorer(self):
         """Returns a ``tf.Module`` for export (see :mod:`text_ood.export`).
 
@@ -69,6 +120,14 @@ class OODDetector:
         raise NotImplementedError(f"detector {self.name!r} cannot be exported as a SavedModel")
 
     def _fit(self, train_texts: Sequence[str], labels: Sequence[int] | None) -> None:
+        raise NotImplementedError
+
+    def _state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """What :meth:`save` writes: JSON-able settings and named arrays."""
+        raise NotImplementedError
+
+    def _restore(self, state: dict, arrays: dict[str, np.ndarray]) -> None:
+        """Rebuilds the fitted state from :meth:`_state`'s output."""
         raise NotImplementedError
 
     def _score(self, texts: Sequence[str | bytes]) -> np.ndarray:

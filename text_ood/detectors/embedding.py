@@ -3,8 +3,10 @@
 An :class:`EmbeddingDetector` embeds texts with the workdir's sentence encoder
 (``train --encoder DIR``; :mod:`text_ood.encoder`) and scores the unit-norm embeddings with a
 *head*: a ``tf.Module`` mapping float32 [B, D] embeddings to float32 [B] OoD scores (higher = more
-OoD), built by ``fit`` from the ID training embeddings. Python scoring and the exported SavedModel
-run the same head, so they cannot drift apart; subclasses only implement :meth:`_build_head`.
+OoD), built by ``fit`` from the ID training embeddings (cached in ``WORKDIR/embeddings/``).
+Python scoring and the exported SavedModel run the same head, so they cannot drift apart;
+subclasses implement :meth:`_build_head` and the head's saved form (:meth:`_head_state`,
+:meth:`_head_from_state`). Scoring always embeds the raw texts (no cache), as the export does.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import tensorflow as tf
 
 from text_ood.detectors.base import OODDetector, RequiresFittingError
 from text_ood.embedding_cache import EmbeddingCache
-from text_ood.encoder import TEXT_SIGNATURE, SentenceEncoder
+from text_ood.encoder import SentenceEncoder
 
 HEAD_BATCH = 1024  # embeddings per head call in Python scoring
 
@@ -69,15 +71,28 @@ class EmbeddingDetector(OODDetector):
         return self.cache.encoder
 
     def embed(self, texts: Sequence[str | bytes]) -> np.ndarray:
-        """float32 [N, D] unit-norm embeddings (cached for whole splits)."""
-        return self.cache.embed(texts)
+        """float32 [N, D] unit-norm embeddings of the texts (computed, never read from a cache)."""
+        return self.encoder.embed(texts, self.context.config.encoder.batch_size)
 
     def _fit(self, train_texts, labels):
-        self.head = self._build_head(self.embed(train_texts), labels)
+        self.head = self._build_head(self.cache.embed(train_texts), labels)
 
     def _build_head(self, embeddings: np.ndarray, labels: Sequence | None) -> tf.Module:
         """Returns the scoring head fitted on ID embeddings (float32 [N, D]) and optional labels."""
         raise NotImplementedError
+
+    def _head_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """The fitted head's settings and arrays (what :meth:`_head_from_state` rebuilds it from)."""
+        raise NotImplementedError
+
+    def _head_from_state(self, state: dict, arrays: dict[str, np.ndarray]) -> tf.Module:
+        raise NotImplementedError
+
+    def _state(self):
+        return self._head_state()
+
+    def _restore(self, state, arrays):
+        self.head = self._head_from_state(state, arrays)
 
     def score_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
         """Scores float32 [N, D] embeddings with the fitted head: float64 [N]."""
@@ -90,26 +105,9 @@ class EmbeddingDetector(OODDetector):
     def _score(self, texts):
         return self.score_embeddings(self.embed(texts))
 
-    def serving_scorer(self) -> EmbeddingScorer:
+    def serving_scorer(self):
         if not self.fitted:
             raise RequiresFittingError(f"{self.name}: fit before exporting")
+        from text_ood.scorers import EmbeddingScorer
+
         return EmbeddingScorer(self.encoder, self.head)
-
-
-class EmbeddingScorer(tf.Module):
-    """Raw strings -> sentence embeddings -> head: the in-graph form of an embedding detector.
-
-    Args:
-      encoder: the :class:`SentenceEncoder` (in-graph WordPiece, BERT, mean pooling, L2 norm).
-      head: ``tf.Module`` float32 [B, D] -> float32 [B] OoD scores.
-    """
-
-    def __init__(self, encoder: SentenceEncoder, head: tf.Module):
-        super().__init__(name="embedding_scorer")
-        self.encoder = encoder
-        self.head = head
-
-    @tf.function(input_signature=TEXT_SIGNATURE, autograph=False)
-    def score_texts(self, text):
-        """``text`` tf.string [B] -> {"ood_score": float32 [B]}."""
-        return {"ood_score": self.head(self.encoder.embed_texts(text))}

@@ -25,7 +25,6 @@ import numpy as np
 import tensorflow as tf
 
 from text_ood.detectors.base import OODDetector, RequiresFittingError
-from text_ood.encoder import TEXT_SIGNATURE
 
 logger = logging.getLogger(__name__)
 
@@ -96,16 +95,31 @@ class HybridDetector(OODDetector):
         return (f"{parts}; z = (score - ID validation mean) / ID validation std; higher = more OoD")
 
     def _fit(self, train_texts, labels):
+        """Restores the components (``train`` saved them first) and standardises on ID validation."""
         val_texts = self.context.dataset.id_val
         if len(val_texts) < 2:
             raise ValueError(f"{self.name}: needs ID validation texts to standardise its "
                              f"components, received {len(val_texts)}")
-        for component in self.components:
-            component.fit(train_texts, labels)
+        self._restore_components()
         val = self._component_scores(val_texts)
         self.means, self.scales = standardisation(val)
         self.weights = combination_weights((val - self.means) / self.scales)
         logger.info("%s: %s", self.name, self.score_description)
+
+    def _restore_components(self) -> None:
+        for component in self.components:
+            component.restore(self.context.detector_dir(component.name))
+
+    def _state(self):
+        return ({"components": [c.name for c in self.components]},
+                {"means": self.means, "scales": self.scales, "weights": self.weights})
+
+    def _restore(self, state, arrays):
+        if state["components"] != [c.name for c in self.components]:
+            raise RequiresFittingError(f"{self.name} was saved with components {state['components']}, "
+                                       f"configured now: {[c.name for c in self.components]}")
+        self._restore_components()
+        self.means, self.scales, self.weights = arrays["means"], arrays["scales"], arrays["weights"]
 
     def _component_scores(self, texts) -> np.ndarray:
         return np.stack([c.score(texts) for c in self.components], axis=1)  # [N, K]
@@ -113,38 +127,11 @@ class HybridDetector(OODDetector):
     def _score(self, texts):
         return ((self._component_scores(texts) - self.means) / self.scales) @ self.weights
 
-    def serving_scorer(self) -> HybridScorer:
+    def serving_scorer(self):
         if not self.fitted:
             raise RequiresFittingError(f"{self.name}: fit before exporting")
+        from text_ood.scorers import HybridScorer
+
         return HybridScorer([c.serving_scorer() for c in self.components],
                             [c.name for c in self.components], self.means, self.scales,
                             self.weights)
-
-
-class HybridScorer(tf.Module):
-    """In-graph hybrid: runs each component scorer on the raw strings and combines their scores.
-
-    Outputs ``ood_score`` (the hybrid), ``<component>_score`` for each component, and every other
-    output of the components (e.g. the LM's ``perplexity``).
-    """
-
-    def __init__(self, scorers: Sequence[tf.Module], names: Sequence[str], means, scales, weights):
-        super().__init__(name="hybrid_scorer")
-        self.scorers = list(scorers)
-        self.names = list(names)
-        self.means = tf.constant(np.asarray(means, np.float32))
-        self.scales = tf.constant(np.asarray(scales, np.float32))
-        self.weights = tf.constant(np.asarray(weights, np.float32))
-
-    @tf.function(input_signature=TEXT_SIGNATURE, autograph=False)
-    def score_texts(self, text):
-        """``text`` tf.string [B] -> {"ood_score": float32 [B], "<name>_score": [B], ...}."""
-        outputs, columns = {}, []
-        for name, scorer in zip(self.names, self.scorers):
-            out = scorer.score_texts(text)
-            columns.append(out["ood_score"])
-            outputs[f"{name}_score"] = out["ood_score"]
-            outputs.update({k: v for k, v in out.items() if k != "ood_score"})
-        z = (tf.stack(columns, axis=1) - self.means) / self.scales  # [B, K]
-        outputs["ood_score"] = tf.linalg.matvec(z, self.weights)
-        return outputs

@@ -98,3 +98,14 @@ class KNNDetector(EmbeddingDetector):
     def _build_head(self, embeddings, labels):
         cfg = self.context.config.encoder
         return KNNHead(embeddings, cfg.knn_k, cfg.knn_aggregation, cfg.knn_center)
+
+    def _head_state(self):
+        arrays = {"bank": self.head.bank.numpy()}  # centred and re-normalised when centring
+        if self.head.mean is not None:
+            arrays["mean"] = self.head.mean
+        return {"k": self.head.k, "aggregation": self.head.aggregation}, arrays
+
+    def _head_from_state(self, state, arrays):
+        head = KNNHead(arrays["bank"], state["k"], state["aggregation"], center=False)
+        head.mean = arrays.get("mean")  # the stored bank is already centred
+        return head

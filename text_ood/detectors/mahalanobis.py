@@ -113,7 +113,17 @@ class MahalanobisDetector(EmbeddingDetector):
         means, whitening = fit_gaussians(embeddings, labels,
                                          self.context.config.encoder.mahalanobis_shrinkage)
         self.classes = len(means)
+        self._gaussians = means, whitening
         logger.info("%s: %s Gaussian over %d embeddings (%d classes)", self.name,
                     "class-conditional" if labels is not None else "one-class", len(embeddings),
                     self.classes)
         return MahalanobisHead(means, whitening)
+
+    def _head_state(self):
+        means, whitening = self._gaussians
+        return {"classes": self.classes}, {"means": means, "whitening": whitening}
+
+    def _head_from_state(self, state, arrays):
+        self.classes = state["classes"]
+        self._gaussians = arrays["means"], arrays["whitening"]
+        return MahalanobisHead(arrays["means"], arrays["whitening"])

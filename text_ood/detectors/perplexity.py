@@ -2,49 +2,52 @@
 
 The OoD score is the mean next-token negative log-likelihood of the text under the LM (the log of
 its per-example perplexity; higher = more OoD). Wu et al. 2023 score with the student's
-perplexity; the mean (not the sum) over tokens keeps long ID texts from looking OoD.
+perplexity; the mean (not the sum) over tokens keeps long ID texts from looking OoD. The LM is
+trained by a stage (:mod:`text_ood.stages`); the detector loads it from the stage's ``best/``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
+import os
 
 from text_ood.detectors.base import OODDetector, RequiresFittingError
 from text_ood.lm import load_lm, mean_nll_function, score_sequences
-from text_ood.stages import TrainingContext
-
-# (context, ID training texts) -> the directory of the trained LM (trains it when needed).
-TrainFn = Callable[[TrainingContext, Sequence[str]], str]
 
 
 class PerplexityDetector(OODDetector):
-    """Scores texts by a language model's mean token NLL; ``fit`` trains (or reloads) that LM.
-
-    Training is idempotent: a finished stage in the workdir is only reloaded, an interrupted one
-    resumes from its checkpoint.
+    """Scores texts by a trained language model's mean token NLL.
 
     Args:
       name: registry name.
-      context: the workdir's :class:`TrainingContext` (tokenizer, config, ID validation texts).
-      train_fn: trains the LM and returns its directory (e.g. :func:`text_ood.stages.train_student`).
+      lm_dir: the trained LM (a stage's ``best/``, :func:`text_ood.lm.save_lm` layout).
+      context: the workdir's :class:`text_ood.workdir.TrainingContext` (tokenizer, config).
     """
 
-    def __init__(self, name: str, context: TrainingContext, train_fn: TrainFn):
+    def __init__(self, name: str, lm_dir: str, context):
         super().__init__()
         if context.teacher_source is None or context.tokenizer is None:
             raise ValueError(f"detector {name!r} needs a teacher language model: train this workdir "
                              "with --teacher PRETRAIN_DIR or --teacher_hf HF_DIR")
         self.name = name
+        self.lm_dir = lm_dir
         self.context = context
-        self._train_fn = train_fn
         self.lm = None
-        self.lm_dir = None
 
-    def _fit(self, train_texts, labels):
-        self.lm_dir = self._train_fn(self.context, train_texts)
+    def _load(self) -> None:
+        if not os.path.isdir(self.lm_dir):
+            raise RequiresFittingError(f"{self.name}: no trained language model at {self.lm_dir}; its "
+                                       f"stage trains it (`python -m text_ood train --detectors {self.name}`)")
         self.lm = load_lm(self.lm_dir)
         self._mean_nll = mean_nll_function(self.lm)
+
+    def _fit(self, train_texts, labels):
+        self._load()  # nothing to fit beyond the trained LM
+
+    def _state(self):
+        return {"lm_dir": os.path.relpath(self.lm_dir, self.context.workdir)}, {}
+
+    def _restore(self, state, arrays):
+        self._load()
 
     @property
     def max_length(self) -> int:
@@ -59,6 +62,6 @@ class PerplexityDetector(OODDetector):
     def serving_scorer(self):
         if not self.fitted:
             raise RequiresFittingError(f"{self.name}: fit before exporting")
-        from text_ood.serving_model import PerplexityScorer
+        from text_ood.scorers import PerplexityScorer
 
         return PerplexityScorer(self.lm, self.context.tokenizer, self.max_length)
