@@ -1,4 +1,12 @@
-"""Shared pytest fixtures: the data root (skips cleanly when the real data sets are absent)."""
+"""Shared pytest fixtures and markers.
+
+- The data root (skips cleanly when the real data sets are absent).
+- The tiny trained models every package shares (``tests/fixtures/trained.py``), trained once per
+  session.
+- ``slow``: every test that trains a model (directly, or through a trained-model fixture) or runs
+  a Beam pipeline end to end. ``pytest -m "not slow"`` is the inner loop (under 3 minutes on 2
+  cores); CI runs everything.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,17 @@ import pytest
 
 import serving  # noqa: F401  (selects Keras 2 before any test imports TensorFlow)
 from core.env import DATA_DIR_ENV, data_root
+
+pytest_plugins = ["tests.fixtures.trained"]
+
+# Fixtures that train models or run the feature pipeline: a test using one is slow.
+SLOW_FIXTURES = {"pretrain_dir", "trained_workdir", "exported_mlkd", "features_dir"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

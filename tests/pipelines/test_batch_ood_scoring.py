@@ -11,26 +11,13 @@ import pytest
 import tensorflow as tf
 
 from pipelines import batch_ood_scoring
-from tests.text_ood.conftest import CORPUS_TEMPLATES, ID_TEMPLATES, OOD_TEMPLATES, make_texts, write_dataset
+from tests.fixtures.text_data import ID_TEMPLATES, OOD_TEMPLATES, make_texts
 
 
 @pytest.fixture(scope="module")
-def exported_detector(tmp_path_factory) -> str:
-    """pretrain -> train (MLKD only) -> export with the text_ood CLI, tiny preset."""
-    from text_ood.__main__ import main
-
-    root = tmp_path_factory.mktemp("ood")
-    data = str(root / "data")
-    write_dataset(data)
-    corpus = str(root / "corpus.txt")
-    with open(corpus, "w") as f:
-        f.write("\n".join(make_texts(CORPUS_TEMPLATES, 300, 5)) + "\n")
-    assert main(["pretrain", "--workdir", str(root / "pre"), "--corpus", corpus, "--dataset", "files",
-                 "--data_dir", data, "--preset", "tiny"]) == 0
-    assert main(["train", "--dataset", "files", "--data_dir", data, "--workdir", str(root / "train"),
-                 "--teacher", str(root / "pre"), "--preset", "tiny", "--detectors", "mlkd"]) == 0
-    assert main(["export", "--workdir", str(root / "train"), "--export_dir", str(root / "export")]) == 0
-    return str(root / "export")
+def exported_detector(exported_mlkd) -> str:
+    """The session's exported MLKD student (tiny preset; tests/fixtures/trained.py)."""
+    return exported_mlkd
 
 
 def _outputs(prefix):

@@ -36,10 +36,8 @@ print(json.dumps({k: v.numpy().tolist() for k, v in out.items()} |
 
 
 @pytest.fixture(scope="module")
-def exported(trained_workdir, tmp_path_factory):
-    export_dir = str(tmp_path_factory.mktemp("export"))
-    assert main(["export", "--workdir", trained_workdir, "--export_dir", export_dir]) == 0
-    return export_dir
+def exported(exported_mlkd):
+    return exported_mlkd  # the session's export of the trained workdir (tests/fixtures/trained.py)
 
 
 def test_fresh_process_reload_gives_the_same_scores(exported, trained_workdir, ood_data_dir):

@@ -11,7 +11,7 @@ import tensorflow as tf
 from text_ood.tokenizer import (BOS_ID, EOS_ID, PAD_ID, SentencePieceTokenizer, TokenizerError,
                                 clean_text, load_tokenizer, tokenize_in_graph)
 
-from tests.text_ood.conftest import CORPUS_TEMPLATES, ID_TEMPLATES, make_texts
+from tests.fixtures.text_data import CORPUS_TEMPLATES, ID_TEMPLATES, make_texts
 
 AWKWARD = ["what is my balance", "", "   \t ", "Ünïcödé ☃ text", "word " * 400,
            "tabs\tand\nnewlines", "caf\ufffd"]
