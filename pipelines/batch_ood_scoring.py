@@ -36,7 +36,7 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.cli import DEFAULT_MAX_REJECT_FRACTION, parse_job_args, rejection_problem
+from pipelines.cli import add_max_reject_fraction, parse_job_args, rejection_problem
 from pipelines.feature_outputs import WriteJson
 from pipelines.readers import ReadTFRecordsWithPositions
 from pipelines.sources import (
@@ -308,11 +308,8 @@ def parse_args(argv):
     parser.add_argument("--threshold", type=float, default=None,
                         help="is_ood threshold (default: the one calibrated at export, assets.extra/detector.json)")
     parser.add_argument("--batch_size", type=int, default=256, help="maximum texts per model call")
-    parser.add_argument("--max_reject_fraction", type=float, default=DEFAULT_MAX_REJECT_FRACTION,
-                        help="fail (exit 1) when more than this fraction of the records read is rejected")
+    add_max_reject_fraction(parser, "more than this fraction of the records read is rejected")
     args, beam_args = parse_job_args(parser, argv)
-    if not 0.0 <= args.max_reject_fraction <= 1.0:
-        parser.error(f"--max_reject_fraction must be in [0, 1], received {args.max_reject_fraction}")
     return args, beam_args
 
 

@@ -42,6 +42,12 @@ def unknown_arguments(beam_args: Sequence[str]) -> list[str]:
     return unknown
 
 
+def add_max_reject_fraction(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--max_reject_fraction``: the job fails (exit 1) when ``what`` rejects more than this."""
+    parser.add_argument("--max_reject_fraction", type=float, default=DEFAULT_MAX_REJECT_FRACTION,
+                        help=f"fail (exit 1) when {what} (default: %(default)s)")
+
+
 def parse_job_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     """Parses the job's flags; returns them and the (valid) Beam options.
 
@@ -69,6 +75,9 @@ def parse_job_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) 
         what = f"unrecognized argument {name}" if name.startswith("-") else f"unexpected argument {name!r}"
         parser.error(f"{what}{hint} (arguments must be this job's flags, see --help, or Beam pipeline options; "
                      f"received {' '.join(unknown)})")
+    fraction = getattr(args, "max_reject_fraction", 0.0)
+    if not 0.0 <= fraction <= 1.0:
+        parser.error(f"--max_reject_fraction must be in [0, 1], received {fraction}")
     return args, beam_args
 
 

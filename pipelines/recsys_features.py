@@ -28,7 +28,7 @@ import sys
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.cli import DEFAULT_MAX_REJECT_FRACTION, parse_job_args, rejection_problem
+from pipelines.cli import add_max_reject_fraction, parse_job_args, rejection_problem
 from pipelines.corpus_statistics import CorpusStatisticsFn
 from pipelines.feature_outputs import (
     HEAD_FRACTION, WriteJson, WriteTFRecordBatches, WriteTFRecords, head_tail, vocabulary_text, write_text,
@@ -299,11 +299,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--min_rating", type=float, default=None,
                         help="keep interactions with weight >= this as positives (default: all)")
     parser.add_argument("--head_fraction", type=float, default=HEAD_FRACTION)
-    parser.add_argument("--max_reject_fraction", type=float, default=DEFAULT_MAX_REJECT_FRACTION,
-                        help="fail (exit 1) when a source rejects all, or more than this fraction, of its rows")
+    add_max_reject_fraction(parser, "a source rejects all, or more than this fraction, of its rows")
     args, beam_args = parse_job_args(parser, argv)
-    if not 0.0 <= args.max_reject_fraction <= 1.0:
-        parser.error(f"--max_reject_fraction must be in [0, 1], received {args.max_reject_fraction}")
     return args, beam_args
 
 

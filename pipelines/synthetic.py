@@ -68,8 +68,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipelines.synthetic_output import (FORMATS, GeneratedFiles, add_config_flags, check_output_dir, ids,
-                                        measure_dependence, schema, write_dataset)
+from pipelines.synthetic_output import (GeneratedFiles, GeneratorSettings, add_config_flags, check_output_dir,
+                                        ids, measure_dependence, schema, setting, write_dataset)
 
 logger = logging.getLogger(__name__)
 
@@ -80,74 +80,48 @@ LANGUAGES, LANGUAGE_PROBS = ("en", "es", "de", "fr", "ja", "pt"), (0.45, 0.15, 0
 REGIMES = ("groups", "long_tail_features")  # --regime; "groups" is this module's story
 
 
-def _field(default, help_text: str):
-    return dataclasses.field(default=default, metadata={"help": help_text})
-
-
 @dataclasses.dataclass(frozen=True)
-class SyntheticConfig:
-    """What to generate and where. Every field is also a ``--flag`` of the CLI."""
+class SyntheticConfig(GeneratorSettings):
+    """The ``groups`` regime: what to generate. Every field is also a ``--flag`` of the CLI."""
 
-    output_dir: str = _field("", "directory to write schema.json, items.jsonl, interactions*.csv")
-    num_users: int = _field(10_000, "number of users (each gets at least one interaction)")
-    num_items: int = _field(5_000, "number of items (all are written to items.jsonl)")
-    num_interactions: int = _field(200_000, "number of interaction rows")
-    seed: int = _field(0, "random seed; the output is a deterministic function of the config")
-    zipf_exponent: float = _field(1.0, "item popularity is rank^-zipf_exponent")
-    cold_item_fraction: float = _field(0.02, "fraction of items with zero popularity (never interacted)")
-    num_topics: int = _field(20, "number of latent item topics")
-    num_categories: int = _field(10, "number of categories (a topic has one home category)")
-    subcategories_per_category: int = _field(4, "subcategories nested in each category")
-    brands_per_subcategory: int = _field(6, "brands owned by each subcategory")
-    num_tags: int = _field(300, "size of the tag vocabulary")
-    tags_per_topic: int = _field(12, "size of each topic's own tag list")
-    category_noise: float = _field(0.05, "probability that an item's category ignores its topic")
-    brand_noise: float = _field(0.10, "probability that an item's brand ignores its subcategory")
-    tag_noise: float = _field(0.20, "probability that a tag comes from the global tag distribution")
-    max_topics_per_user: int = _field(3, "a user prefers 1..this many topics (or groups, see preference_level)")
-    preference_level: str = _field(
+    zipf_exponent: float = setting(1.0, "item popularity is rank^-zipf_exponent")
+    cold_item_fraction: float = setting(0.02, "fraction of items with zero popularity (never interacted)")
+    num_topics: int = setting(20, "number of latent item topics")
+    num_categories: int = setting(10, "number of categories (a topic has one home category)")
+    subcategories_per_category: int = setting(4, "subcategories nested in each category")
+    brands_per_subcategory: int = setting(6, "brands owned by each subcategory")
+    num_tags: int = setting(300, "size of the tag vocabulary")
+    tags_per_topic: int = setting(12, "size of each topic's own tag list")
+    category_noise: float = setting(0.05, "probability that an item's category ignores its topic")
+    brand_noise: float = setting(0.10, "probability that an item's brand ignores its subcategory")
+    tag_noise: float = setting(0.20, "probability that a tag comes from the global tag distribution")
+    max_topics_per_user: int = setting(3, "a user prefers 1..this many topics (or groups, see preference_level)")
+    preference_level: str = setting(
         "topic", "what users prefer: 'topic' (default), or the finer 'subcategory' or 'brand', which makes item "
                  "features name the tail items a user wants (the regime where feature learning pays off)")
-    exploration: float = _field(0.10, "probability that an interaction ignores the user's topics")
-    session_break_probability: float = _field(0.20, "probability that an interaction starts a new session")
-    start_timestamp: int = _field(1_546_300_800, "earliest timestamp, seconds (2019-01-01 UTC)")
-    end_timestamp: int = _field(1_704_067_200, "latest timestamp, seconds (2024-01-01 UTC)")
-    with_weights: bool = _field(True, "write a 1-5 rating as the weight column")
-    num_shards: int = _field(1, "number of interaction files")
-    format: str = _field("csv", "'csv' (interactions CSV + items JSONL) or 'parquet' (both Parquet)")
-    overwrite: bool = _field(False, "replace an earlier generator output in output_dir")
+    exploration: float = setting(0.10, "probability that an interaction ignores the user's topics")
 
     def __post_init__(self):
-        positive = ("num_users", "num_items", "num_interactions", "num_topics", "num_categories",
-                    "subcategories_per_category", "brands_per_subcategory", "num_tags",
-                    "tags_per_topic", "max_topics_per_user", "num_shards")
+        super().__post_init__()
+        positive = ("num_topics", "num_categories", "subcategories_per_category", "brands_per_subcategory",
+                    "num_tags", "tags_per_topic", "max_topics_per_user")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, received {getattr(self, name)}")
-        for name in ("cold_item_fraction", "category_noise", "brand_noise", "tag_noise",
-                     "exploration", "session_break_probability"):
+        for name in ("cold_item_fraction", "category_noise", "brand_noise", "tag_noise", "exploration"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], received {getattr(self, name)}")
         if self.cold_item_fraction >= 1.0:
             raise ValueError("cold_item_fraction must be < 1 so that some items can be interacted with")
         if not 0.0 <= self.zipf_exponent <= 5.0:
             raise ValueError(f"zipf_exponent must be in [0, 5], received {self.zipf_exponent}")
-        if self.num_interactions < self.num_users:
-            raise ValueError(f"num_interactions ({self.num_interactions}) must be >= num_users "
-                             f"({self.num_users}): every user has at least one interaction")
         if self.tags_per_topic > self.num_tags:
             raise ValueError(f"tags_per_topic ({self.tags_per_topic}) exceeds num_tags ({self.num_tags})")
-        if self.format not in FORMATS:
-            raise ValueError(f"format must be one of {FORMATS}, received {self.format!r}")
         if self.preference_level not in PREFERENCE_LEVELS:
             raise ValueError(f"preference_level must be one of {PREFERENCE_LEVELS}, received {self.preference_level!r}")
         if self.max_topics_per_user > self.num_preference_groups:
             raise ValueError(f"max_topics_per_user ({self.max_topics_per_user}) exceeds the number of "
                              f"{self.preference_level} groups ({self.num_preference_groups})")
-        if self.end_timestamp - self.start_timestamp < self.num_interactions:
-            raise ValueError("end_timestamp - start_timestamp must be at least num_interactions seconds, "
-                             f"received [{self.start_timestamp}, {self.end_timestamp}]")
-
 
     @property
     def num_preference_groups(self) -> int:

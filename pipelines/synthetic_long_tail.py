@@ -63,8 +63,8 @@ import time
 import numpy as np
 
 from pipelines.synthetic import sample_timestamps
-from pipelines.synthetic_output import (FORMATS, GeneratedFiles, check_output_dir, ids, measure_dependence,
-                                        schema, write_dataset)
+from pipelines.synthetic_output import (GeneratedFiles, GeneratorSettings, check_output_dir, ids,
+                                        measure_dependence, schema, setting, write_dataset)
 
 logger = logging.getLogger(__name__)
 
@@ -78,47 +78,31 @@ PROFILE_TAGS = 3
 COLD_RELEASE_QUANTILES = (0.92, 0.96)
 
 
-def _field(default, help_text: str):
-    return dataclasses.field(default=default, metadata={"help": help_text})
-
-
 @dataclasses.dataclass(frozen=True)
-class LongTailConfig:
+class LongTailConfig(GeneratorSettings):
     """What ``--regime long_tail_features`` generates. Every field is also a ``--flag``."""
 
-    output_dir: str = _field("", "directory to write schema.json, items.jsonl, interactions*.csv")
-    num_users: int = _field(10_000, "number of users (each gets at least one interaction)")
-    num_items: int = _field(5_000, "number of items (all are written to items.jsonl)")
-    num_interactions: int = _field(200_000, "number of interaction rows")
-    seed: int = _field(0, "random seed; the output is a deterministic function of the config")
-    zipf_exponent: float = _field(1.0, "hidden id-level appeal q = rank^-zipf_exponent")
-    appeal_exponent: float = _field(1.0, "within a brand, choice ~ q^appeal_exponent * exp(tag_affinity * m)")
-    tag_affinity: float = _field(1.5, "log-odds per preferred tag an item carries (within-brand choice)")
-    brand_loyalty: float = _field(0.7, "probability that an interaction stays with the user's brands")
-    exploration: float = _field(0.05, "probability that an interaction is any released item by appeal")
-    cold_item_fraction: float = _field(0.05, "share of items released only at the end (no training interactions)")
-    num_categories: int = _field(20, "categories")
-    brands_per_category: int = _field(50, "brands nested in each category")
-    mean_series_size: float = _field(6.0, "mean items per series (geometric sizes)")
-    tags_per_category: int = _field(60, "size of each category's own tag pool")
-    session_break_probability: float = _field(0.20, "probability that an interaction starts a new session")
-    start_timestamp: int = _field(1_546_300_800, "earliest timestamp, seconds (2019-01-01 UTC)")
-    end_timestamp: int = _field(1_704_067_200, "latest timestamp, seconds (2024-01-01 UTC)")
-    with_weights: bool = _field(True, "write a 1-5 rating as the weight column")
-    num_shards: int = _field(1, "number of interaction files")
-    format: str = _field("csv", "'csv' (interactions CSV + items JSONL) or 'parquet' (both Parquet)")
-    overwrite: bool = _field(False, "replace an earlier generator output in output_dir")
+    zipf_exponent: float = setting(1.0, "hidden id-level appeal q = rank^-zipf_exponent")
+    appeal_exponent: float = setting(1.0, "within a brand, choice ~ q^appeal_exponent * exp(tag_affinity * m)")
+    tag_affinity: float = setting(1.5, "log-odds per preferred tag an item carries (within-brand choice)")
+    brand_loyalty: float = setting(0.7, "probability that an interaction stays with the user's brands")
+    exploration: float = setting(0.05, "probability that an interaction is any released item by appeal")
+    cold_item_fraction: float = setting(0.05, "share of items released only at the end (no training interactions)")
+    num_categories: int = setting(20, "categories")
+    brands_per_category: int = setting(50, "brands nested in each category")
+    mean_series_size: float = setting(6.0, "mean items per series (geometric sizes)")
+    tags_per_category: int = setting(60, "size of each category's own tag pool")
 
     def __post_init__(self):
-        for name in ("num_users", "num_items", "num_interactions", "num_categories",
-                     "brands_per_category", "num_shards"):
+        super().__post_init__()
+        for name in ("num_categories", "brands_per_category"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, received {getattr(self, name)}")
         if self.tags_per_category < PROFILE_TAGS + 1:
             raise ValueError(f"tags_per_category must be >= {PROFILE_TAGS + 1}, received {self.tags_per_category}")
         if self.mean_series_size < 1.0:
             raise ValueError(f"mean_series_size must be >= 1, received {self.mean_series_size}")
-        for name in ("brand_loyalty", "exploration", "cold_item_fraction", "session_break_probability"):
+        for name in ("brand_loyalty", "exploration", "cold_item_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], received {getattr(self, name)}")
         if self.cold_item_fraction >= 0.5:
@@ -126,15 +110,9 @@ class LongTailConfig:
         for name in ("zipf_exponent", "appeal_exponent", "tag_affinity"):
             if not 0.0 <= getattr(self, name) <= 5.0:
                 raise ValueError(f"{name} must be in [0, 5], received {getattr(self, name)}")
-        if self.format not in FORMATS:
-            raise ValueError(f"format must be one of {FORMATS}, received {self.format!r}")
-        if self.num_interactions < self.num_users:
-            raise ValueError(f"num_interactions ({self.num_interactions}) must be >= num_users ({self.num_users})")
         if self.num_items < self.num_categories * self.brands_per_category:
             raise ValueError(f"num_items ({self.num_items}) must be >= num_categories * brands_per_category "
                              f"({self.num_categories * self.brands_per_category}): every brand needs an item")
-        if self.end_timestamp - self.start_timestamp < self.num_interactions:
-            raise ValueError("end_timestamp - start_timestamp must be at least num_interactions seconds")
 
 
 def _zipf(n: int, exponent: float) -> np.ndarray:

@@ -36,6 +36,45 @@ ITEMS_FILES = {"csv": "items.jsonl", "parquet": "items.parquet"}
 _WRITE_CHUNK = 200_000
 
 
+def setting(default, help_text: str):
+    """A generator config field; ``help_text`` becomes its ``--flag``'s help."""
+    return dataclasses.field(default=default, metadata={"help": help_text})
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorSettings:
+    """What every regime shares: sizes, seed, time range, sessions and the output. Subclassed by each
+    regime's config (which adds its own story's fields); every field is also a ``--flag``."""
+
+    output_dir: str = setting("", "directory to write schema.json, items and interaction files")
+    num_users: int = setting(10_000, "number of users (each gets at least one interaction)")
+    num_items: int = setting(5_000, "number of items (all are written to the items file)")
+    num_interactions: int = setting(200_000, "number of interaction rows")
+    seed: int = setting(0, "random seed; the output is a deterministic function of the config")
+    session_break_probability: float = setting(0.20, "probability that an interaction starts a new session")
+    start_timestamp: int = setting(1_546_300_800, "earliest timestamp, seconds (2019-01-01 UTC)")
+    end_timestamp: int = setting(1_704_067_200, "latest timestamp, seconds (2024-01-01 UTC)")
+    with_weights: bool = setting(True, "write a 1-5 rating as the weight column")
+    num_shards: int = setting(1, "number of interaction files")
+    format: str = setting("csv", "'csv' (interactions CSV + items JSONL) or 'parquet' (both Parquet)")
+    overwrite: bool = setting(False, "replace an earlier generator output in output_dir")
+
+    def __post_init__(self):
+        for name in ("num_users", "num_items", "num_interactions", "num_shards"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, received {getattr(self, name)}")
+        if not 0.0 <= self.session_break_probability <= 1.0:
+            raise ValueError(f"session_break_probability must be in [0, 1], received {self.session_break_probability}")
+        if self.num_interactions < self.num_users:
+            raise ValueError(f"num_interactions ({self.num_interactions}) must be >= num_users "
+                             f"({self.num_users}): every user has at least one interaction")
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, received {self.format!r}")
+        if self.end_timestamp - self.start_timestamp < self.num_interactions:
+            raise ValueError("end_timestamp - start_timestamp must be at least num_interactions seconds, "
+                             f"received [{self.start_timestamp}, {self.end_timestamp}]")
+
+
 @dataclasses.dataclass(frozen=True)
 class GeneratedFiles:
     """Absolute paths of one generator output, plus the realised statistics (``generation.json``)."""
