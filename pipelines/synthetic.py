@@ -63,13 +63,13 @@ import dataclasses
 import json
 import logging
 import sys
-import time
 from collections.abc import Sequence
 
 import numpy as np
 
-from pipelines.synthetic_output import (GeneratedFiles, GeneratorSettings, add_config_flags, check_output_dir,
-                                        ids, measure_dependence, schema, setting, write_dataset)
+from pipelines import synthetic_output
+from pipelines.synthetic_output import (GeneratedFiles, GeneratorSettings, add_config_flags, ids, measure_dependence,
+                                        setting)
 
 logger = logging.getLogger(__name__)
 
@@ -317,26 +317,14 @@ def _stats(config: SyntheticConfig, items: dict[str, np.ndarray], inter: dict[st
 
 
 def generate(config: SyntheticConfig) -> GeneratedFiles:
-    """Generates the data set described by ``config`` into ``config.output_dir``.
-
-    Written atomically (:func:`pipelines.synthetic_output.write_dataset`).
+    """Generates the data set described by ``config`` into ``config.output_dir`` (atomically).
 
     Raises:
       ValueError: ``output_dir`` is empty, holds a ``schema.json`` this generator did not write,
         or holds an earlier generator output and ``config.overwrite`` is false.
     """
-    check_output_dir(config.output_dir, config.overwrite)
-    started = time.perf_counter()
-    item_seed, interaction_seed = np.random.SeedSequence(config.seed).spawn(2)
-    items = sample_items(config, np.random.default_rng(item_seed))
-    inter = sample_interactions(config, items, np.random.default_rng(interaction_seed))
-    logger.info("sampled %d items and %d interactions in %.1fs", config.num_items, config.num_interactions,
-                time.perf_counter() - started)
-    stats = _stats(config, items, inter)
-    files = write_dataset(config, _item_rows(config, items, ids("i", config.num_items, 7)), inter, stats,
-                          schema(ITEM_FEATURES, ("tags",), config.with_weights))
-    logger.info("wrote %s in %.1fs: %s", config.output_dir, time.perf_counter() - started, stats)
-    return files
+    return synthetic_output.generate(config, sample_items, sample_interactions, _item_rows, _stats,
+                                     ITEM_FEATURES, ("tags",))
 
 
 def _parser(regime: str) -> argparse.ArgumentParser:

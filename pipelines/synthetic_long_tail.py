@@ -63,8 +63,8 @@ import time
 import numpy as np
 
 from pipelines.synthetic import sample_timestamps
-from pipelines.synthetic_output import (GeneratedFiles, GeneratorSettings, check_output_dir, ids,
-                                        measure_dependence, schema, setting, write_dataset)
+from pipelines import synthetic_output
+from pipelines.synthetic_output import GeneratedFiles, GeneratorSettings, ids, measure_dependence, setting
 
 logger = logging.getLogger(__name__)
 
@@ -321,15 +321,5 @@ def generate(config: LongTailConfig) -> GeneratedFiles:
     Raises:
       ValueError: see :func:`pipelines.synthetic_output.check_output_dir`.
     """
-    check_output_dir(config.output_dir, config.overwrite)
-    started = time.perf_counter()
-    item_seed, interaction_seed = np.random.SeedSequence(config.seed).spawn(2)
-    items = sample_items(config, np.random.default_rng(item_seed))
-    inter = sample_interactions(config, items, np.random.default_rng(interaction_seed))
-    logger.info("sampled %d items and %d interactions in %.1fs", config.num_items, config.num_interactions,
-                time.perf_counter() - started)
-    stats = _stats(config, items, inter)
-    files = write_dataset(config, _item_rows(config, items, ids("i", config.num_items, 7)), inter, stats,
-                          schema(ITEM_FEATURES, MULTIVALENT, config.with_weights), {"regime": REGIME})
-    logger.info("wrote %s in %.1fs: %s", config.output_dir, time.perf_counter() - started, stats)
-    return files
+    return synthetic_output.generate(config, sample_items, sample_interactions, _item_rows, _stats,
+                                     ITEM_FEATURES, MULTIVALENT, {"regime": REGIME})

@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -257,6 +258,36 @@ def write_dataset(config, item_rows: Iterable[dict], inter: dict[str, np.ndarray
     return GeneratedFiles(schema=schema_path, items=os.path.join(output_dir, items_name),
                           interactions=tuple(os.path.join(output_dir, n) for n in names),
                           summary=os.path.join(output_dir, SUMMARY_FILE), stats=stats)
+
+
+def generate(config: GeneratorSettings, sample_items, sample_interactions, item_rows, stats, features: Sequence[str],
+             multivalent: Sequence[str], summary: dict | None = None) -> GeneratedFiles:
+    """Samples and writes one data set of a regime into ``config.output_dir`` (atomically).
+
+    Args:
+      config: the regime's config.
+      sample_items: ``(config, rng) -> item table`` (dict of arrays).
+      sample_interactions: ``(config, items, rng) -> {"user", "item", "timestamp", "weight", ...}``.
+      item_rows: ``(config, items, item_ids) -> iterable of {column: value}`` (see :func:`write_dataset`).
+      stats: ``(config, items, interactions) -> dict`` of realised statistics.
+      features / multivalent: the item columns of ``schema.json``.
+      summary: extra top-level entries of ``generation.json``.
+
+    Raises:
+      ValueError: see :func:`check_output_dir`.
+    """
+    check_output_dir(config.output_dir, config.overwrite)
+    started = time.perf_counter()
+    item_seed, interaction_seed = np.random.SeedSequence(config.seed).spawn(2)
+    items = sample_items(config, np.random.default_rng(item_seed))
+    inter = sample_interactions(config, items, np.random.default_rng(interaction_seed))
+    logger.info("sampled %d items and %d interactions in %.1fs", config.num_items, config.num_interactions,
+                time.perf_counter() - started)
+    realised = stats(config, items, inter)
+    files = write_dataset(config, item_rows(config, items, ids("i", config.num_items, 7)), inter, realised,
+                          schema(features, multivalent, config.with_weights), summary)
+    logger.info("wrote %s in %.1fs: %s", config.output_dir, time.perf_counter() - started, realised)
+    return files
 
 
 def add_config_flags(parser: argparse.ArgumentParser, config_class) -> None:
