@@ -57,16 +57,12 @@ match its partner through that correlated pair alone (the shortcut CFM removes).
 from __future__ import annotations
 
 import dataclasses
-import logging
-import time
 
 import numpy as np
 
 from pipelines.synthetic import sample_timestamps
 from pipelines import synthetic_output
 from pipelines.synthetic_output import GeneratedFiles, GeneratorSettings, ids, measure_dependence, setting
-
-logger = logging.getLogger(__name__)
 
 REGIME = "long_tail_features"
 ITEM_FEATURES = ("category", "brand", "series", "tags", "price_bucket", "language")

@@ -30,6 +30,7 @@ from recsys_ssl import schema as fs
 from recsys_ssl.config import Config
 from recsys_ssl.data import FeatureSet
 from recsys_ssl.metrics import corpus_embeddings, hits_at_k, query_embeddings, seen_rows
+from recsys_ssl.model import SSLTwoTowerModel
 from recsys_ssl.workdir import CONFIG_FILE, build_model
 
 SUMMARY_FILE = "train_summary.json"

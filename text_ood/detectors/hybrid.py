@@ -22,7 +22,6 @@ import logging
 from collections.abc import Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from text_ood.detectors.base import OODDetector, RequiresFittingError
 
