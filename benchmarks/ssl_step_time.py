@@ -28,7 +28,10 @@ from recsys_ssl.train import make_train_step  # noqa: E402
 from recsys_ssl.workdir import build_model  # noqa: E402
 from core import config as dataclass_config  # noqa: E402
 
-VARIANTS = {"none": ["ssl.method=none"], "rfm": ["ssl.method=rfm"], "cfm": ["ssl.method=cfm"]}
+VARIANTS = {"none": ["ssl.method=none"], "rfm": ["ssl.method=rfm"], "cfm": ["ssl.method=cfm"],
+            "dropout": ["ssl.method=feature_dropout"],
+            "cfm_example": ["ssl.method=cfm", "ssl.mask_granularity=example"],
+            "cfm_example_head": ["ssl.method=cfm", "ssl.mask_granularity=example", "ssl.projection_head=128"]}
 
 
 def main(argv=None) -> int:
@@ -38,14 +41,18 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--steps", type=int, default=20, help="steps per variant per round")
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, 'none' first")
     args = parser.parse_args(argv)
+    variants = {name: VARIANTS[name] for name in args.variants.split(",")}
+    if "none" not in variants:
+        parser.error("--variants needs 'none' (the ratios are to it)")
     strategy = tf.distribute.get_strategy()
     base = dataclass_config.apply_overrides(config_lib.preset(args.preset), args.set)
     feature_set = FeatureSet.load(args.features, base.model.max_values, base.model.min_count)
     batches = list(feature_set.examples("train").map(lambda x: {k: x[k] for k in ("user_id", "history", "item_id")})
                    .batch(base.train.batch_size, drop_remainder=True).take(args.steps))
     steps = {}
-    for name, overrides in VARIANTS.items():
+    for name, overrides in variants.items():
         config = dataclass_config.apply_overrides(base, overrides)
         model = build_model(feature_set, config)
         step = make_train_step(strategy, model, tf.keras.optimizers.Adam(config.train.learning_rate))
