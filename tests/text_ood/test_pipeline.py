@@ -201,12 +201,12 @@ def test_student_options_normalised_distance_and_projection_decay(trained_workdi
         assert main(["train", "--dataset", "files", "--data_dir", ood_data_dir, "--workdir", workdir,
                      "--teacher", teacher_dir, "--preset", "tiny", "--detectors", "mlkd",
                      "--set", "student.epochs=1", *[x for s in sets for x in ("--set", s)]]) == 0
-        norms[name] = logged(workdir, "projection_norm")
-        terms[name] = logged(workdir, "intermediate_kd")
+        norms[name] = logged(workdir, "train/projection_norm")
+        terms[name] = logged(workdir, "train/intermediate_kd")
         assert len(terms[name]) == 6 and np.all(np.isfinite(terms[name]))
     assert norms["nodecay"][-1] > norms["decay"][-1]
     assert norms["nodecay"][0] == norms["decay"][0]  # same seeded initialisation
-    assert abs(terms["ln"][0] - logged(trained_workdir, "intermediate_kd")[0]) > 1e-3
+    assert abs(terms["ln"][0] - logged(trained_workdir, "train/intermediate_kd")[0]) > 1e-3
 
 
 def test_detectors_do_not_import_the_training_code():
