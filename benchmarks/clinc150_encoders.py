@@ -242,7 +242,7 @@ def hybrid_analysis(workdir: str, clinc: str) -> dict:
     from text_ood.workdir import load_context
 
     ctx = load_context(workdir, load_clinc150(clinc))
-    hybrid = create_detector("hybrid", ctx).fit(ctx.dataset.id_train)
+    hybrid = create_detector("hybrid", ctx).restore(ctx.detector_dir("hybrid"))  # as `train` saved it
     val = np.stack([c.score(ctx.dataset.id_val) for c in hybrid.components], axis=1)
     test = {name: np.load(os.path.join(workdir, "scores", f"{name}.npz"))
             for name in ("mlkd", "knn")}
