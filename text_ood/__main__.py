@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="a `pretrain` workdir (needed by the language-model detectors)")
     teacher.add_argument("--teacher_hf", metavar="HF_DIR",
                          help="a local Hugging Face GPT-2-family checkpoint with its tokenizer")
+    p.add_argument("--teacher_pass", type=int, default=None, metavar="N",
+                   help="start the teacher from pre-training pass N (PRETRAIN_DIR/pretrain/epochs/N) "
+                        "instead of the pass with the best held-out perplexity")
     p.add_argument("--encoder", metavar="ENCODER_DIR",
                    help="a local Hugging Face BERT-family sentence encoder (config.json, vocab.txt, "
                         "model.safetensors), e.g. all-MiniLM-L6-v2: needed by knn, mahalanobis, "
@@ -179,8 +182,8 @@ def main(argv=None) -> int:
             dataset = load_dataset(args.dataset, data_dir, config.seed)
             logger.info("data set %s: %s", dataset.name, dataset.summary())
             ctx = prepare_training(args.workdir, config, dataset, teacher_dir=args.teacher,
-                                   teacher_hf=args.teacher_hf, data_dir=data_dir,
-                                   encoder_dir=args.encoder)
+                                   teacher_hf=args.teacher_hf, teacher_pass=args.teacher_pass,
+                                   data_dir=data_dir, encoder_dir=args.encoder)
             run_path = os.path.join(args.workdir, RUN_FILE)
             distilled = set(names) | (set(config.encoder.hybrid_components) if "hybrid" in names
                                       else set())

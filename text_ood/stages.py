@@ -91,8 +91,10 @@ def _run_lm_stage(name, workdir, config, stage_config, lm, tokenizer, train_text
 def _load_initial_teacher(ctx: TrainingContext):
     if ctx.teacher_source["kind"] == "hf":
         return load_hf_lm(ctx.teacher_source["path"])
-    return load_lm(os.path.join(ctx.teacher_source["path"], "pretrain", "best"),
-                   dropout=ctx.config.model.dropout)
+    source = ctx.teacher_source
+    weights = os.path.join(source["path"], "pretrain", "epochs", str(source["pass"])) if source.get("pass") \
+        else os.path.join(source["path"], "pretrain", "best")
+    return load_lm(weights, dropout=ctx.config.model.dropout)
 
 
 def train_teacher(ctx: TrainingContext, train_texts: Sequence[str]) -> str:

@@ -108,6 +108,7 @@ class TrainingContext:
 
 def prepare_training(workdir: str, config: TextOODConfig, dataset: OODDataset,
                      teacher_dir: str | None = None, teacher_hf: str | None = None,
+                     teacher_pass: int | None = None,
                      data_dir: str | None = None, encoder_dir: str | None = None) -> TrainingContext:
     """Sets up ``W``: config, run.json and the tokenizer (the teacher's, copied).
 
@@ -120,6 +121,8 @@ def prepare_training(workdir: str, config: TextOODConfig, dataset: OODDataset,
     if os.path.isfile(run_path):
         with open(run_path) as f:
             previous = json.load(f)
+    if teacher_pass is not None and teacher_dir is None:
+        raise ValueError("--teacher_pass selects a pass of a `pretrain` workdir: give --teacher PRETRAIN_DIR")
     if teacher_dir is not None and teacher_hf is not None:
         raise ValueError("give one teacher: --teacher PRETRAIN_DIR (from `pretrain`) or "
                          "--teacher_hf HF_DIR (a local Hugging Face GPT-2-family checkpoint)")
@@ -140,6 +143,12 @@ def prepare_training(workdir: str, config: TextOODConfig, dataset: OODDataset,
             raise FileNotFoundError(f"--teacher {teacher_dir}: no finished pre-training there "
                                     "(expected pretrain/done.json); run `python -m text_ood pretrain`")
         source = {"kind": "pretrained", "path": os.path.abspath(teacher_dir)}
+        if teacher_pass is not None:
+            snapshot = os.path.join(teacher_dir, "pretrain", "epochs", str(teacher_pass))
+            if not os.path.isdir(snapshot):
+                raise FileNotFoundError(f"--teacher_pass {teacher_pass}: {snapshot} does not exist (passes "
+                                        "kept by `pretrain` are P/pretrain/epochs/<n>/)")
+            source["pass"] = teacher_pass
         tokenizer = load_tokenizer(os.path.join(teacher_dir, "tokenizer"))
     else:
         source = {"kind": "hf", "path": os.path.abspath(teacher_hf)}

@@ -239,3 +239,15 @@ def test_detectors_are_saved_by_train_and_restored_without_training(trained_work
     ctx = load_context(moved, load_dataset("files", ood_data_dir))
     with pytest.raises(RequiresFittingError, match="no trained language model"):
         create_detector("mlkd", ctx).restore(ctx.detector_dir("mlkd"))  # a detector never trains
+
+
+def test_teacher_can_start_from_any_pretraining_pass(pretrain_dir, ood_data_dir, tmp_path, caplog):
+    assert os.path.isdir(os.path.join(pretrain_dir, "pretrain", "epochs", "1"))  # every pass is kept
+    base = ["train", "--dataset", "files", "--data_dir", ood_data_dir, "--teacher", pretrain_dir,
+            "--preset", "tiny", "--detectors", "teacher"]
+    assert main([*base, "--workdir", str(tmp_path / "bad"), "--teacher_pass", "7"]) == 2
+    assert "epochs/7 does not exist" in caplog.text
+    workdir = str(tmp_path / "pass1")
+    assert main([*base, "--workdir", workdir, "--teacher_pass", "1"]) == 0
+    with open(os.path.join(workdir, "run.json")) as f:
+        assert json.load(f)["teacher"]["pass"] == 1
