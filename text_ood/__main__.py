@@ -188,6 +188,8 @@ def main(argv=None) -> int:
             distilled = set(names) | (set(config.encoder.hybrid_components) if "hybrid" in names
                                       else set())
             if distilled & set(STUDENT_DETECTORS):
+                for name in sorted(distilled & set(STUDENT_DETECTORS)):
+                    ctx.require_language_models(name)
                 gate = teacher_gate(ctx, dataset.id_train)
                 _update_run(run_path, teacher_gate=gate)
                 if gate["teacher_better"]:

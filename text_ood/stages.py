@@ -193,6 +193,7 @@ def teacher_gate(ctx: TrainingContext, train_texts: Sequence[str]) -> dict:
       ``{"teacher_val_perplexity", "scratch_val_perplexity", "teacher_better", "teacher_epochs",
       "scratch_epochs", "equal_budget", "message"}`` (perplexities of the selected epochs).
     """
+    ctx.require_language_models("teacher")
     train_teacher(ctx, train_texts)
     train_scratch(ctx, train_texts)
     teacher, scratch = (read_summary(ctx.stage_dir(name)) for name in ("teacher", "scratch"))

@@ -105,6 +105,12 @@ class TrainingContext:
     def max_length(self) -> int:
         return self.config.model.max_length
 
+    def require_language_models(self, name: str) -> None:
+        """Raises ValueError unless this workdir has a teacher (and so a tokenizer) for ``name``."""
+        if self.teacher_source is None or self.tokenizer is None:
+            raise ValueError(f"detector {name!r} needs a teacher language model: train this workdir "
+                             "with --teacher PRETRAIN_DIR or --teacher_hf HF_DIR")
+
 
 def prepare_training(workdir: str, config: TextOODConfig, dataset: OODDataset,
                      teacher_dir: str | None = None, teacher_hf: str | None = None,

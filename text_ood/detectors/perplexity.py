@@ -25,9 +25,7 @@ class PerplexityDetector(OODDetector):
 
     def __init__(self, name: str, lm_dir: str, context):
         super().__init__()
-        if context.teacher_source is None or context.tokenizer is None:
-            raise ValueError(f"detector {name!r} needs a teacher language model: train this workdir "
-                             "with --teacher PRETRAIN_DIR or --teacher_hf HF_DIR")
+        context.require_language_models(name)
         self.name = name
         self.lm_dir = lm_dir
         self.context = context
