@@ -112,6 +112,20 @@ class LoopResult:
     step_seconds: list[float]  # duration of each train_step of this process
 
 
+def _require_loop_state(path: str) -> None:
+    """Raises ValueError for a checkpoint written by the per-package loops this one replaced.
+
+    Those kept their state (``epoch``, ``step_in_epoch``, ...) at the checkpoint's top level and had
+    no ``loop_state``; resuming one here would restore the weights but not the position, so it is
+    refused. Finished artefacts (``best/``, ``done.json``, exports) of such runs are unaffected.
+    """
+    names = [name for name, _ in tf.train.list_variables(path)]
+    if not any(name.startswith("loop_state/") for name in names):
+        raise ValueError(f"{path} was written by the training loop of an older version (before "
+                         "core.loop, commit a0cedac and earlier: no loop_state in the checkpoint); "
+                         "finish that run with the version that started it, or start a new workdir")
+
+
 def run_loop(task: TrainingTask, config: LoopConfig, trackables: Mapping[str, Any], checkpoint_dir: str,
              log_dir: str | None, history_path: str | None, is_chief: bool = True) -> LoopResult:
     """Trains ``task`` until ``config.epochs``, ``config.max_steps`` or early stopping, resuming.
@@ -138,6 +152,7 @@ def run_loop(task: TrainingTask, config: LoopConfig, trackables: Mapping[str, An
                                          max_to_keep=config.max_checkpoints)
     history: list[dict] = []
     if manager.latest_checkpoint:
+        _require_loop_state(manager.latest_checkpoint)
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         if history_path and os.path.isfile(history_path):
             with open(history_path) as f:
