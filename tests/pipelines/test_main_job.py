@@ -10,6 +10,7 @@ import pytest
 from pipelines import main_job
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_main_job_smoke(data_dir, tmp_path, capsys):
     workdir = str(tmp_path / "main")

@@ -66,6 +66,7 @@ def _run(argv):
     assert recsys_features.main(argv) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("beam_flags", [[], ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]],
                          ids=["in_process", "two_workers"])
 def test_generic_input_end_to_end(generic_input, tmp_path, beam_flags):
@@ -147,6 +148,7 @@ def test_bad_arguments_fail_clearly(tmp_path, capsys):
         recsys_features.main(["--help"])
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_movielens_small_reconciles(movielens_dir, tmp_path):
     out = str(tmp_path / "ml")
@@ -226,6 +228,7 @@ def test_schema_json_syntax_errors_name_the_file(generic_input, tmp_path, capsys
     assert f"{generic_input / 'schema.json'}: not valid JSON" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_lone_surrogate_in_items_jsonl_is_a_dead_letter(generic_input, tmp_path):
     with open(generic_input / "items.jsonl", "a") as f:
         f.write('{"item_id": "i50", "category": "\\ud800", "color": "red", "labels": []}\n')
@@ -243,6 +246,7 @@ def test_a_lone_surrogate_in_items_jsonl_is_a_dead_letter(generic_input, tmp_pat
     assert not glob.glob(str(out / "beam-temp-*"))
 
 
+@pytest.mark.slow
 def test_too_many_rejected_rows_fail_the_job_with_the_counts(generic_input, tmp_path, capsys):
     # The fixture rejects 5 of 65 interactions (7.7%), 2 of 16 items, 1 of 4 item events.
     assert _features(generic_input, tmp_path, "--max_reject_fraction=0.05") == 1
@@ -281,6 +285,7 @@ def feature_snapshot(out) -> dict:
 SYNTHETIC_SMALL = ["--num_users", "60", "--num_items", "80", "--num_interactions", "1500", "--seed", "3"]
 
 
+@pytest.mark.slow
 def test_parquet_input_gives_the_same_features_as_csv_and_jsonl(tmp_path):
     from pipelines import synthetic
 
@@ -298,6 +303,7 @@ def test_parquet_input_gives_the_same_features_as_csv_and_jsonl(tmp_path):
     assert snapshots["parquet"] == snapshots["csv"]
 
 
+@pytest.mark.slow
 def test_parquet_rows_are_dead_lettered_with_their_row_index(generic_input, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -337,6 +343,7 @@ def test_parquet_rows_are_dead_lettered_with_their_row_index(generic_input, tmp_
 PORTABLE = ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"]
 
 
+@pytest.mark.slow
 def test_portable_runner_gives_the_same_features_as_the_direct_runner(generic_input, tmp_path):
     """Beam's portable runner (Runner API + Fn API over gRPC, the path Flink, Spark and Dataflow
     Runner v2 take) with an embedded job server and a loopback SDK harness."""

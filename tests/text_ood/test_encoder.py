@@ -159,6 +159,7 @@ def test_minilm_wordpiece_matches_hugging_face_on_clinc150(data_dir, clinc150_di
     assert len(texts) == 4000 and not mismatches, mismatches[:3]
 
 
+@pytest.mark.slow
 def test_minilm_knn_separates_clinc150_out_of_scope(data_dir, clinc150_dir):
     """The real encoder through the project's path: a small k-NN bank already separates OoD."""
     from text_ood.detectors.knn import KNNHead

@@ -51,6 +51,7 @@ def test_hf_tokenizer_frames_with_endoftext(hf_dir):
     assert len(ids[2]) >= 3  # U+FFFD is 3 bytes
 
 
+@pytest.mark.slow
 def test_train_evaluate_with_hf_teacher_and_export_refuses_clearly(hf_dir, ood_data_dir, tmp_path, caplog):
     workdir = str(tmp_path / "hf_run")
     assert main(["train", "--dataset", "files", "--data_dir", ood_data_dir, "--workdir", workdir,

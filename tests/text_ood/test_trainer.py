@@ -40,6 +40,7 @@ def _stage(directory, initial_weights=None):
                              pad_id=3, eval_batch_size=4)
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_matches_an_unbroken_run(tmp_path, monkeypatch):
     lm_a, stage_a = _stage(str(tmp_path / "a"))
     initial = [w.copy() for w in lm_a.get_weights()]
