@@ -13,7 +13,15 @@ Results go to ``WORKDIR/results.json`` and ``WORKDIR/results.md`` after every st
 interrupted run keeps what finished. A seed is only started if the time left before
 ``--deadline_minutes`` is at least the duration of the previous seed.
 
-Usage (CPU preset, about an hour per seed on 2 cores)::
+Third round (BENCHMARKS.md, issue 12): the 3-pass pre-training reused, the `cpu` preset's budget
+(5 epochs each; student with the LM term) and the paper's recipe as a student option::
+
+  SSL_DATA_DIR=../shared/data nohup .venv/bin/python benchmarks/clinc150_ood.py \
+      --workdir runs/mlkd_v3 --pretrain_dir runs/pt_q4x256 --seeds 0,1,2 \
+      --detectors teacher,scratch,mlkd --student_option mlkd_paper=distill.lm_weight=0 \
+      > runs/mlkd_v3.log 2>&1 &
+
+Usage (CPU preset, about an hour per seed on 2 cores plus the pre-training)::
 
   SSL_DATA_DIR=../shared/data nohup .venv/bin/python benchmarks/clinc150_ood.py \
       --workdir runs/bench_clinc150 --seeds 0,1,2 > runs/bench_clinc150.log 2>&1 &
