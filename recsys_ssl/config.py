@@ -23,6 +23,9 @@ class ModelConfig:
     output_dim: int = 64  # width of the L2-normalised tower outputs
     max_values: int = 16  # values kept per multivalent item feature (first ones)
     min_count: int = 1  # feature values on fewer corpus items map to the OOV bucket
+    # False: the item tower never sees identifier features (item_id): they always take their default
+    # embedding, so items are represented by their features only (a diagnostic of id memorisation).
+    item_tower_identifiers: bool = True
 
     def __post_init__(self):
         for name in ("embedding_dim", "output_dim", "max_values", "min_count"):

@@ -57,6 +57,8 @@ class SSLTwoTowerModel(tfrs.Model):
         self.item_tower = ItemTower(
             [(f.name, len(feature_set.vocabularies[f.vocab_name]), f.multivalent) for f in schema.item_features],
             config.model,
+            ignored=() if config.model.item_tower_identifiers else [f.name for f in schema.item_features
+                                                                     if f.identifier],
         )
         self.retrieval = retrieval_task(config.train.temperature, config.train.remove_accidental_hits)
         self._corpus = {name: tf.constant(ids) for name, ids in feature_set.item_feature_ids.items()}

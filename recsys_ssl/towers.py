@@ -67,6 +67,8 @@ class ItemTower(tf.keras.Model):
     Args:
       features: ``(name, vocabulary_size, multivalent)`` per item feature, schema order.
       config: tower sizes.
+      ignored: names of features the tower never looks at (they always take their default
+        embedding; no embedding table is built for them).
 
     Call:
       feature_ids: name -> int32 [batch] (single-valued) or [batch, max_values] (multivalent,
@@ -76,13 +78,14 @@ class ItemTower(tf.keras.Model):
       Returns float32 [batch, output_dim], unit norm.
     """
 
-    def __init__(self, features: Sequence[tuple[str, int, bool]], config: ModelConfig, name: str = "item_tower"):
+    def __init__(self, features: Sequence[tuple[str, int, bool]], config: ModelConfig, name: str = "item_tower",
+                 ignored: Sequence[str] = ()):
         super().__init__(name=name)
         self.feature_names = [name_ for name_, _, _ in features]
         self.multivalent = {name_: multi for name_, _, multi in features}
         self.embeddings = {
             name_: tf.keras.layers.Embedding(size + 2, config.embedding_dim, name=f"{name_}_embedding")
-            for name_, size, _ in features
+            for name_, size, _ in features if name_ not in ignored
         }
         self.default_embeddings = self.add_weight(
             name="default_embeddings", shape=(len(features), config.embedding_dim),
@@ -94,6 +97,9 @@ class ItemTower(tf.keras.Model):
         pooled = []
         for index, name in enumerate(self.feature_names):
             ids = feature_ids[name]
+            if name not in self.embeddings:  # ignored feature
+                pooled.append(tf.zeros_like(ids, tf.float32)[:, None] + self.default_embeddings[index][None, :])
+                continue
             embedded = self.embeddings[name](ids)
             if self.multivalent[name]:
                 valid_values = tf.cast(tf.not_equal(ids, PAD_ID), tf.float32)[..., None]

@@ -157,3 +157,19 @@ def test_feature_dropout_draws_two_independent_views():
         FeatureMasking("feature_dropout", 5, IDENTIFIER, None, drop_rate=1.0)
     with pytest.raises(ValueError, match="identifiers"):
         FeatureMasking("cfm", 5, IDENTIFIER, AFFINITY, identifiers="sometimes")
+
+
+def test_item_tower_ignoring_the_id_represents_items_by_their_features_only():
+    from recsys_ssl.config import ModelConfig
+    from recsys_ssl.towers import ItemTower
+
+    features = [("item_id", 10, False), ("brand", 4, False), ("tags", 6, True)]
+    ids = {"item_id": tf.constant([2, 3, 4]), "brand": tf.constant([2, 2, 3]),
+           "tags": tf.constant([[2, 3], [2, 3], [4, 0]])}
+    tower = ItemTower(features, ModelConfig(), ignored=["item_id"])
+    embeddings = tower(ids).numpy()
+    assert "item_id" not in tower.embeddings and embeddings.shape == (3, 64)
+    np.testing.assert_allclose(embeddings[0], embeddings[1], atol=1e-6)  # same features, other ids
+    assert not np.allclose(embeddings[0], embeddings[2], atol=1e-3)  # other features
+    with_ids = ItemTower(features, ModelConfig())(ids).numpy()
+    assert not np.allclose(with_ids[0], with_ids[1], atol=1e-3)
