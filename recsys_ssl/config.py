@@ -26,6 +26,10 @@ class ModelConfig:
     # False: the item tower never sees identifier features (item_id): they always take their default
     # embedding, so items are represented by their features only (a diagnostic of id memorisation).
     item_tower_identifiers: bool = True
+    # How the query tower represents the history: "ids" = its own embedding table of item ids;
+    # "item_tower" = the (shared) item tower's embeddings of the history items, so the query side
+    # sees the items' features (and the SSL task on the item tower shapes the queries too).
+    query_history: Literal["ids", "item_tower"] = "ids"
 
     def __post_init__(self):
         for name in ("embedding_dim", "output_dim", "max_values", "min_count"):
@@ -33,6 +37,8 @@ class ModelConfig:
                 raise ValueError(f"model.{name} must be >= 1, received {getattr(self, name)}")
         if any(h < 1 for h in self.query_hidden + self.item_hidden):
             raise ValueError("hidden layer sizes must be >= 1")
+        if self.query_history not in ("ids", "item_tower"):
+            raise ValueError(f"model.query_history must be ids or item_tower, received {self.query_history!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,7 @@ from recsys_ssl.augment import FeatureMasking, drop_values
 from recsys_ssl.config import Config
 from recsys_ssl.data import FIRST_ID, FeatureSet
 from recsys_ssl.losses import info_nce, retrieval_task
-from recsys_ssl.towers import ItemTower, QueryTower
+from recsys_ssl.towers import CorpusHistoryEncoder, ItemTower, QueryTower
 
 
 def feature_affinity(feature_set: FeatureSet, affinity: str) -> np.ndarray:
@@ -51,15 +51,21 @@ class SSLTwoTowerModel(tfrs.Model):
         self.item_feature_names = schema.item_feature_names
         self.multivalent = [f.multivalent for f in schema.item_features]
         self.num_items = feature_set.num_items
-        self.query_tower = QueryTower(
-            feature_set.vocabularies[fs.USER_ID], feature_set.vocabularies[fs.ITEM_ID], config.model
-        )
-        self.item_tower = ItemTower(
+        item_tower = ItemTower(
             [(f.name, len(feature_set.vocabularies[f.vocab_name]), f.multivalent) for f in schema.item_features],
             config.model,
             ignored=() if config.model.item_tower_identifiers else [f.name for f in schema.item_features
                                                                      if f.identifier],
         )
+        history_encoder = None
+        if config.model.query_history == "item_tower":
+            history_encoder = CorpusHistoryEncoder(item_tower, feature_set.item_feature_ids)
+        # Assigned in this order so that the model's weight order (and checkpoints) stay as before.
+        self.query_tower = QueryTower(
+            feature_set.vocabularies[fs.USER_ID], feature_set.vocabularies[fs.ITEM_ID], config.model,
+            history_encoder=history_encoder,
+        )
+        self.item_tower = item_tower
         self.retrieval = retrieval_task(config.train.temperature, config.train.remove_accidental_hits)
         self._corpus = {name: tf.constant(ids) for name, ids in feature_set.item_feature_ids.items()}
         self._item_probability = tf.constant(np.maximum(feature_set.item_probability, 1e-9))

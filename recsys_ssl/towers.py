@@ -9,13 +9,14 @@ feature's learned default embedding (Yao et al. 2021, section 3.2).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from recsys_ssl import schema as fs
 from recsys_ssl.config import ModelConfig
-from recsys_ssl.data import PAD_ID
+from recsys_ssl.data import FIRST_ID, PAD_ID
 
 
 def _mlp(hidden: Sequence[int], output_dim: int, name: str) -> tf.keras.Sequential:
@@ -32,32 +33,68 @@ def string_lookup(vocabulary: Sequence[str], name: str) -> tf.keras.layers.Strin
 
 
 class QueryTower(tf.keras.Model):
-    """user_id and the pooled history of item ids -> MLP -> L2-normalised query embedding.
+    """user_id and the pooled history items -> MLP -> L2-normalised query embedding.
 
     Inputs: ``{"user_id": string [batch], "history": string [batch, H]}`` (history padded with "").
-    Output: float32 [batch, output_dim], unit norm. Unknown users and items use OOV embeddings;
-    an empty history pools to zeros.
+    Output: float32 [batch, output_dim], unit norm. Unknown users use the OOV embedding; an empty
+    history pools to zeros.
+
+    Args:
+      history_encoder: None: history items are embedded by the tower's own id table (unknown items
+        use its OOV row). Otherwise a callable ``(item ids int [batch, H], training) -> float32
+        [batch, H, d]`` (e.g. ``CorpusHistoryEncoder``); unknown items are then left out of the mean.
     """
 
     def __init__(self, user_vocabulary: Sequence[str], item_vocabulary: Sequence[str], config: ModelConfig,
-                 name: str = "query_tower"):
+                 name: str = "query_tower", history_encoder=None):
         super().__init__(name=name)
         self.user_lookup = string_lookup(user_vocabulary, "user_lookup")
         self.item_lookup = string_lookup(item_vocabulary, "item_lookup")
         self.user_embedding = tf.keras.layers.Embedding(len(user_vocabulary) + 2, config.embedding_dim,
                                                         name="user_embedding")
-        self.history_embedding = tf.keras.layers.Embedding(len(item_vocabulary) + 2, config.embedding_dim,
-                                                           name="history_embedding")
+        self.history_encoder = history_encoder
+        if history_encoder is None:
+            self.history_embedding = tf.keras.layers.Embedding(len(item_vocabulary) + 2, config.embedding_dim,
+                                                               name="history_embedding")
         self.mlp = _mlp(config.query_hidden, config.output_dim, "mlp")
 
     def call(self, inputs, training=False):
         user = self.user_embedding(self.user_lookup(inputs[fs.USER_ID]))
         history_ids = self.item_lookup(inputs[fs.HISTORY])
-        valid = tf.cast(tf.not_equal(history_ids, PAD_ID), tf.float32)[..., None]
-        history = tf.reduce_sum(self.history_embedding(history_ids) * valid, axis=1) / tf.maximum(
-            tf.reduce_sum(valid, axis=1), 1.0
-        )
+        if self.history_encoder is None:
+            valid = tf.cast(tf.not_equal(history_ids, PAD_ID), tf.float32)[..., None]
+            embedded = self.history_embedding(history_ids)
+        else:
+            valid = tf.cast(history_ids >= FIRST_ID, tf.float32)[..., None]
+            embedded = self.history_encoder(history_ids, training=training)
+        history = tf.reduce_sum(embedded * valid, axis=1) / tf.maximum(tf.reduce_sum(valid, axis=1), 1.0)
         return tf.math.l2_normalize(self.mlp(tf.concat([user, history], axis=-1), training=training), axis=-1)
+
+
+class CorpusHistoryEncoder(tf.keras.layers.Layer):
+    """History item ids -> the item tower's embeddings of those corpus items (shared weights).
+
+    Args:
+      item_tower: the model's ``ItemTower``.
+      corpus_feature_ids: feature name -> int32 [num_items] or [num_items, max_values], the item
+        tower's inputs per corpus row (row = item id - FIRST_ID).
+
+    Call: item ids int [batch, H] (``QueryTower.item_lookup`` output) -> float32 [batch, H, output_dim];
+    rows of padding or unknown items are computed on row 0 and must be masked by the caller.
+    """
+
+    def __init__(self, item_tower: "ItemTower", corpus_feature_ids: Mapping[str, np.ndarray],
+                 name: str = "history_item_encoder"):
+        super().__init__(name=name)
+        self.item_tower = item_tower
+        self.corpus = {feature: tf.constant(ids) for feature, ids in corpus_feature_ids.items()}
+
+    def call(self, history_ids, training=False):
+        shape = tf.shape(history_ids)
+        rows = tf.maximum(tf.cast(tf.reshape(history_ids, [-1]), tf.int32) - FIRST_ID, 0)
+        embedded = self.item_tower({name: tf.gather(ids, rows) for name, ids in self.corpus.items()},
+                                   training=training)
+        return tf.reshape(embedded, tf.concat([shape, [-1]], axis=0))
 
 
 class ItemTower(tf.keras.Model):

@@ -173,3 +173,24 @@ def test_item_tower_ignoring_the_id_represents_items_by_their_features_only():
     assert not np.allclose(embeddings[0], embeddings[2], atol=1e-3)  # other features
     with_ids = ItemTower(features, ModelConfig())(ids).numpy()
     assert not np.allclose(with_ids[0], with_ids[1], atol=1e-3)
+
+
+def test_query_tower_can_read_the_history_through_the_shared_item_tower():
+    from recsys_ssl.config import ModelConfig
+    from recsys_ssl.towers import CorpusHistoryEncoder, ItemTower, QueryTower
+
+    config = ModelConfig()
+    item_tower = ItemTower([("item_id", 3, False), ("brand", 2, False)], config, ignored=["item_id"])
+    corpus = {"item_id": np.array([2, 3, 4], np.int32), "brand": np.array([2, 2, 3], np.int32)}  # a, b: brand 2
+    tower = QueryTower(["u1"], ["a", "b", "c"], config, history_encoder=CorpusHistoryEncoder(item_tower, corpus))
+
+    def query(*history):
+        return tower({"user_id": tf.constant(["u1"]), "history": tf.constant([list(history)])}).numpy()[0]
+
+    # a and b differ only by id, which this item tower ignores: same history representation
+    np.testing.assert_allclose(query("a", ""), query("b", ""), atol=1e-6)
+    np.testing.assert_allclose(query("a", "zzz"), query("a", ""), atol=1e-6)  # unknown items are left out
+    assert not np.allclose(query("a", ""), query("c", ""), atol=1e-3)
+    assert not hasattr(tower, "history_embedding")
+    # the weights are shared: the item tower's variables are part of the query tower's
+    assert {id(v) for v in item_tower.trainable_variables} <= {id(v) for v in tower.trainable_variables}

@@ -39,6 +39,8 @@ def test_feature_set_reads_the_pipeline_contract(features_dir):
     ("none", {}), ("rfm", {}), ("cfm", {}), ("feature_dropout", {}),
     # the paper's per-example masks, item_id masked in both views, a projection head
     ("cfm", {"ssl.mask_granularity": "example", "ssl.identifiers": "both_masked", "ssl.projection_head": 8}),
+    # features-only item tower, history read through it (shared weights)
+    ("cfm", {"model.item_tower_identifiers": "false", "model.query_history": "item_tower"}),
 ])
 def test_training_lowers_the_loss(features_dir, method, variant):
     config = _config(**{"ssl.method": method, **variant})
@@ -145,9 +147,10 @@ def test_train_resume_evaluate_export(features_dir, tmp_path):
     np.testing.assert_allclose(reloaded["scores"], np.sort(scores, axis=1)[:, ::-1][:, :10], rtol=1e-4, atol=1e-5)
 
 
-def test_scann_export_loads_with_scann_ops(features_dir, tmp_path):
+@pytest.mark.parametrize("overrides", [{}, {"model.query_history": "item_tower"}])
+def test_scann_export_loads_with_scann_ops(features_dir, tmp_path, overrides):
     workdir = str(tmp_path / "run")
-    Trainer(features_dir, workdir, _config(**{"train.epochs": 1})).run()
+    Trainer(features_dir, workdir, _config(**{"train.epochs": 1, **overrides})).run()
     export_dir = str(tmp_path / "scann")
     assert cli.main(["export", "--workdir", workdir, "--export_dir", export_dir, "--index", "scann", "--k", "5"]) == 0
     code = (
