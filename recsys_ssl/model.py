@@ -57,9 +57,10 @@ class SSLTwoTowerModel(tfrs.Model):
             ignored=() if config.model.item_tower_identifiers else [f.name for f in schema.item_features
                                                                      if f.identifier],
         )
+        corpus = {name: tf.constant(ids) for name, ids in feature_set.item_feature_ids.items()}
         history_encoder = None
         if config.model.query_history == "item_tower":
-            history_encoder = CorpusHistoryEncoder(item_tower, feature_set.item_feature_ids)
+            history_encoder = CorpusHistoryEncoder(item_tower, corpus)
         # Assigned in this order so that the model's weight order (and checkpoints) stay as before.
         self.query_tower = QueryTower(
             feature_set.vocabularies[fs.USER_ID], feature_set.vocabularies[fs.ITEM_ID], config.model,
@@ -67,7 +68,7 @@ class SSLTwoTowerModel(tfrs.Model):
         )
         self.item_tower = item_tower
         self.retrieval = retrieval_task(config.train.temperature, config.train.remove_accidental_hits)
-        self._corpus = {name: tf.constant(ids) for name, ids in feature_set.item_feature_ids.items()}
+        self._corpus = corpus
         self._item_probability = tf.constant(np.maximum(feature_set.item_probability, 1e-9))
         self.masking = None
         if config.ssl.method != "none":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import tensorflow as tf
 
 from recsys_ssl import schema as fs
@@ -76,18 +75,17 @@ class CorpusHistoryEncoder(tf.keras.layers.Layer):
 
     Args:
       item_tower: the model's ``ItemTower``.
-      corpus_feature_ids: feature name -> int32 [num_items] or [num_items, max_values], the item
-        tower's inputs per corpus row (row = item id - FIRST_ID).
+      corpus: feature name -> int32 tensor [num_items] or [num_items, max_values], the item tower's
+        inputs per corpus row (row = item id - FIRST_ID); the model's own corpus tables, not a copy.
 
     Call: item ids int [batch, H] (``QueryTower.item_lookup`` output) -> float32 [batch, H, output_dim];
     rows of padding or unknown items are computed on row 0 and must be masked by the caller.
     """
 
-    def __init__(self, item_tower: "ItemTower", corpus_feature_ids: Mapping[str, np.ndarray],
-                 name: str = "history_item_encoder"):
+    def __init__(self, item_tower: "ItemTower", corpus: Mapping[str, tf.Tensor], name: str = "history_item_encoder"):
         super().__init__(name=name)
         self.item_tower = item_tower
-        self.corpus = {feature: tf.constant(ids) for feature, ids in corpus_feature_ids.items()}
+        self.corpus = dict(corpus)
 
     def call(self, history_ids, training=False):
         shape = tf.shape(history_ids)
@@ -135,7 +133,7 @@ class ItemTower(tf.keras.Model):
         for index, name in enumerate(self.feature_names):
             ids = feature_ids[name]
             if name not in self.embeddings:  # ignored feature
-                pooled.append(tf.zeros_like(ids, tf.float32)[:, None] + self.default_embeddings[index][None, :])
+                pooled.append(tf.tile(self.default_embeddings[index][None, :], [tf.shape(ids)[0], 1]))
                 continue
             embedded = self.embeddings[name](ids)
             if self.multivalent[name]:

@@ -171,6 +171,7 @@ def test_item_tower_ignoring_the_id_represents_items_by_their_features_only():
     assert "item_id" not in tower.embeddings and embeddings.shape == (3, 64)
     np.testing.assert_allclose(embeddings[0], embeddings[1], atol=1e-6)  # same features, other ids
     assert not np.allclose(embeddings[0], embeddings[2], atol=1e-3)  # other features
+    assert ItemTower(features, ModelConfig(), ignored=["tags"])(ids).shape == (3, 64)  # multivalent too
     with_ids = ItemTower(features, ModelConfig())(ids).numpy()
     assert not np.allclose(with_ids[0], with_ids[1], atol=1e-3)
 
@@ -181,7 +182,7 @@ def test_query_tower_can_read_the_history_through_the_shared_item_tower():
 
     config = ModelConfig()
     item_tower = ItemTower([("item_id", 3, False), ("brand", 2, False)], config, ignored=["item_id"])
-    corpus = {"item_id": np.array([2, 3, 4], np.int32), "brand": np.array([2, 2, 3], np.int32)}  # a, b: brand 2
+    corpus = {"item_id": tf.constant([2, 3, 4]), "brand": tf.constant([2, 2, 3])}  # a, b: brand 2
     tower = QueryTower(["u1"], ["a", "b", "c"], config, history_encoder=CorpusHistoryEncoder(item_tower, corpus))
 
     def query(*history):
