@@ -93,6 +93,9 @@ class TrainConfig:
     learning_rate: float = 0.003
     temperature: float = 0.1  # softmax temperature of the main task (cosine scores / temperature)
     logq_correction: bool = True  # subtract log(item sampling probability) from logits
+    # logits - logq_strength * log(q): 1 = the full (consistent) correction, 0 = none; between
+    # them the trained scores keep part of the items' popularity (head vs tail trade-off).
+    logq_strength: float = 1.0
     remove_accidental_hits: bool = True
     feature_dropout: float = 0.0  # value dropout on the main task's items (the dropout-only baseline)
     train_fraction: float = 1.0  # share of training examples used (data-scarcity experiments)
@@ -110,6 +113,8 @@ class TrainConfig:
             raise ValueError(f"train.train_fraction must be in (0, 1], received {self.train_fraction}")
         if not 0.0 <= self.feature_dropout < 1.0:
             raise ValueError(f"train.feature_dropout must be in [0, 1), received {self.feature_dropout}")
+        if not 0.0 <= self.logq_strength <= 2.0:
+            raise ValueError(f"train.logq_strength must be in [0, 2], received {self.logq_strength}")
 
 
 @dataclasses.dataclass(frozen=True)

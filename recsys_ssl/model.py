@@ -144,6 +144,8 @@ class SSLTwoTowerModel(tfrs.Model):
             ssl_1, ssl_2 = embeddings[batch_size: batch_size + ssl_size], embeddings[batch_size + ssl_size:]
 
         probability = tf.gather(self._item_probability, rows) if train_config.logq_correction else None
+        if probability is not None and train_config.logq_strength != 1.0:
+            probability = tf.pow(probability, train_config.logq_strength)  # log(q^s) = s * log(q)
         main = tf.reduce_mean(self.retrieval(
             queries, candidates, candidate_sampling_probability=probability,
             candidate_ids=rows if train_config.remove_accidental_hits else None,

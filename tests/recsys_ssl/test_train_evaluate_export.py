@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -77,6 +78,28 @@ def test_training_lowers_the_loss(features_dir, method, variant):
     else:
         assert after["ssl"] < before["ssl"]
         assert before["total"] == pytest.approx(before["main"] + 0.3 * before["ssl"], rel=1e-5)
+
+
+def test_logq_strength_scales_the_correction_between_none_and_full(features_dir):
+    config = _config()
+    feature_set = FeatureSet.load(features_dir, config.model.max_values)
+    model = build_model(feature_set, config)
+    batch = next(iter(feature_set.examples("train").batch(64)))
+    seed = tf.constant([0, 0], tf.int32)
+
+    def main_loss(**train_overrides) -> float:
+        model.config = dataclasses.replace(config, train=dataclasses.replace(config.train, **train_overrides))
+        return float(model.loss_terms(batch, seed, training=False)["main"])
+
+    full, off = main_loss(), main_loss(logq_correction=False)
+    assert full != pytest.approx(off, rel=1e-3)  # the correction matters on this batch
+    assert main_loss(logq_strength=1.0) == full
+    assert main_loss(logq_strength=0.0) == pytest.approx(off, rel=1e-5)
+    assert main_loss(logq_strength=0.0, logq_correction=False) == off
+    half = main_loss(logq_strength=0.5)
+    assert half not in (pytest.approx(full, rel=1e-4), pytest.approx(off, rel=1e-4))
+    with pytest.raises(ValueError, match="logq_strength"):
+        config_lib.TrainConfig(logq_strength=-0.5)
 
 
 def test_keras_fit_trains_the_ssl_objective_with_a_new_seed_per_step(features_dir):
