@@ -95,6 +95,7 @@ class TrainConfig:
     logq_correction: bool = True  # subtract log(item sampling probability) from logits
     # logits - logq_strength * log(q): 1 = the full (consistent) correction, 0 = none; between
     # them the trained scores keep part of the items' popularity (head vs tail trade-off).
+    # logq_correction=false is the same as logq_strength=0 (kept: earlier runs' configs use it).
     logq_strength: float = 1.0
     remove_accidental_hits: bool = True
     feature_dropout: float = 0.0  # value dropout on the main task's items (the dropout-only baseline)
