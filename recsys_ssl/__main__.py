@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
                              "rfm, cfm (default: %(default)s)")
     ablate.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE[,KEY=VALUE]",
                         help="an extra method, e.g. cfm_example=ssl.method=cfm,ssl.mask_granularity=example")
+    ablate.add_argument("--versus", action="append", default=[], metavar="A:B",
+                        help="also report method A minus method B (paired bootstrap), e.g. cfm:rfm (repeatable)")
     ablate.add_argument("--seeds", type=int, default=3, help="seeds per method (0..N-1) (default: %(default)s)")
     ablate.add_argument("--fractions", default="1", help="training-data fractions, e.g. 0.25,0.5,1 (default: 1)")
     ablate.add_argument("--alphas", default="0.03,0.1,0.3,1.0",

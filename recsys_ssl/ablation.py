@@ -7,13 +7,13 @@ Every run is ``python -m recsys_ssl train`` + ``evaluate`` in a subprocess, in
 ``OUT/f<fraction>/<method>/alpha<a>/seed<k>/``; a finished run is never repeated, so an interrupted
 ablation resumes where it stopped. After every run ``OUT/ablation.json``, ``OUT/ablation.md``
 (mean ± std over seeds of recall@{10,50,100} per slice: overall / head / tail / cold; paired
-per-user bootstrap 95% intervals of each method's difference to ``none``) and ``OUT/ablation.png``
-are rewritten from what has finished.
+per-user bootstrap 95% intervals of each method's difference to ``none``, and of method A minus
+method B for every ``--versus A:B``) and ``OUT/ablation.png`` are rewritten from what has finished.
 
 Example::
 
   python -m recsys_ssl ablate --features runs/features --out runs/ablation \\
-      --methods none,dropout,rfm,cfm --seeds 3 --fractions 0.25,0.5,1 --preset movielens
+      --methods none,dropout,rfm,cfm --seeds 3 --fractions 0.25,0.5,1 --preset movielens --versus cfm:rfm
 """
 
 from __future__ import annotations
@@ -60,6 +60,24 @@ def parse_methods(names: str, variants: Sequence[str]) -> dict[str, tuple[str, .
     return methods
 
 
+def parse_pairs(specs: Sequence[str], methods: dict[str, tuple[str, ...]]) -> list[tuple[str, str]]:
+    """``--versus A:B`` specs -> [(A, B)]: two different methods of this ablation.
+
+    Raises:
+      ValueError: a malformed spec or a name that is not one of ``methods``.
+    """
+    pairs = []
+    for spec in specs:
+        first, separator, second = spec.partition(":")
+        if not separator or not first or not second or first == second:
+            raise ValueError(f"--versus must look like A:B with two different methods, received {spec!r}")
+        for name in (first, second):
+            if name not in methods:
+                raise ValueError(f"--versus {spec!r}: {name!r} is not a method of this ablation ({sorted(methods)})")
+        pairs.append((first, second))
+    return pairs
+
+
 def run_one(features: str, workdir: str, preset: str, overrides: Sequence[str], split: str) -> dict:
     """Trains (resuming) and evaluates one configuration on ``split``; skipped when done.
 
@@ -104,7 +122,7 @@ class Ablation:
 
     def __init__(self, features: str, out: str, methods: dict[str, tuple[str, ...]], seeds: int,
                  fractions: Sequence[float], alphas: Sequence[float], preset: str, overrides: Sequence[str],
-                 tune_metric: str = "overall"):
+                 tune_metric: str = "overall", pairs: Sequence[tuple[str, str]] = ()):
         if seeds < 1 or not fractions or not alphas:
             raise ValueError("--seeds must be >= 1 and --fractions / --alphas non-empty")
         if any(not 0 < f <= 1 for f in fractions):
@@ -114,6 +132,7 @@ class Ablation:
         self.features, self.out, self.methods = features, out, methods
         self.seeds, self.fractions, self.alphas = list(range(seeds)), list(fractions), list(alphas)
         self.preset, self.overrides, self.tune_metric = preset, list(overrides), tune_metric
+        self.pairs = list(pairs)
         self.document = {"features": os.path.abspath(features), "preset": preset, "overrides": self.overrides,
                          "methods": {k: list(v) for k, v in methods.items()}, "alphas": self.alphas,
                          "tune_metric": tune_metric, "fractions": {}}
@@ -163,39 +182,22 @@ class Ablation:
         return self.document
 
     # -- reporting ---------------------------------------------------------------------------------
-    def compare(self, fraction: float) -> dict:
-        """Paired per-user bootstrap of every method against ``none`` at ``fraction`` (R@K, all slices)."""
+    def compare(self, fraction: float, pairs: Sequence[tuple[str, str]]) -> dict:
+        """Paired per-user bootstrap of method A minus method B at ``fraction``, for every (A, B) in
+        ``pairs`` whose runs exist: {(A, B): {slice: {"recall@K": {difference, interval95, ratio}}}}."""
         entry = self.document["fractions"].get(_format_alpha(fraction), {})
-        from recsys_ssl.metrics import paired_bootstrap  # TensorFlow: only when there is something to compare
-
-        base_runs = entry.get("none", {}).get("runs", [])
-        if not base_runs:
-            return {}
-        base = _mean_hits([r["workdir"] for r in base_runs])
-        comparison = {}
-        for method, record in entry.items():
-            if method == "none" or method.startswith("_") or not record["runs"]:
-                continue
-            hits = _mean_hits([r["workdir"] for r in record["runs"]])
-            comparison[method] = {}
-            for name in SLICES:
-                mask = base["slices"][name]
-                if not mask.any():
-                    continue
-                comparison[method][name] = {}
-                for column, k in enumerate(KS):
-                    ours, theirs = hits["hits"][mask, column].mean(), base["hits"][mask, column].mean()
-                    low, high = paired_bootstrap(base["users"], mask, hits["hits"][:, column], base["hits"][:, column])
-                    comparison[method][name][f"recall@{k}"] = {
-                        "difference": float(ours - theirs), "interval95": [low, high],
-                        "ratio": float(ours / theirs) if theirs > 0 else None}
-        return comparison
+        runs = {m: [r["workdir"] for r in entry.get(m, {}).get("runs", [])] for pair in pairs for m in pair}
+        return {(a, b): paired_difference(_mean_hits(runs[a]), _mean_hits(runs[b]))
+                for a, b in pairs if runs[a] and runs[b]}
 
     def write(self) -> None:
         for fraction in self.fractions:
             entry = self.document["fractions"].get(_format_alpha(fraction))
             if entry:
-                entry["_vs_none"] = self.compare(fraction)
+                methods = [m for m in entry if m != "none" and not m.startswith("_")]
+                entry["_vs_none"] = {a: v for (a, _), v in self.compare(fraction, [(m, "none") for m in methods]).items()}
+                if self.pairs:
+                    entry["_pairs"] = {f"{a} - {b}": v for (a, b), v in self.compare(fraction, self.pairs).items()}
         os.makedirs(self.out, exist_ok=True)
         tmp = os.path.join(self.out, "ablation.json.tmp")
         with open(tmp, "w") as f:
@@ -204,6 +206,32 @@ class Ablation:
         with open(os.path.join(self.out, "ablation.md"), "w") as f:
             f.write(markdown(self.document))
         plot(self.document, os.path.join(self.out, "ablation.png"))
+
+
+def paired_difference(ours: dict, theirs: dict) -> dict:
+    """Recall differences ``ours - theirs`` with paired per-user bootstrap 95% intervals.
+
+    Args:
+      ours, theirs: ``_mean_hits`` of two methods (the same eval examples, in the same order).
+
+    Returns:
+      {slice: {"recall@K": {"difference", "interval95": [low, high], "ratio" (None if theirs is 0)}}}
+      for the slices with examples.
+    """
+    from recsys_ssl.metrics import paired_bootstrap  # TensorFlow: only when there is something to compare
+
+    result = {}
+    for name in SLICES:
+        mask = theirs["slices"][name]
+        if not mask.any():
+            continue
+        result[name] = {}
+        for column, k in enumerate(KS):
+            a, b = ours["hits"][mask, column].mean(), theirs["hits"][mask, column].mean()
+            low, high = paired_bootstrap(theirs["users"], mask, ours["hits"][:, column], theirs["hits"][:, column])
+            result[name][f"recall@{k}"] = {"difference": float(a - b), "interval95": [low, high],
+                                           "ratio": float(a / b) if b > 0 else None}
+    return result
 
 
 def _mean_hits(workdirs: Sequence[str]) -> dict:
@@ -233,6 +261,19 @@ def _runs_table(entry: dict) -> list[str]:
     return lines
 
 
+def _difference_table(comparison: dict) -> list[str]:
+    lines = ["| method | " + " | ".join(SLICES) + " |", "|---|" + "---|" * len(SLICES)]
+    for method, slices in comparison.items():
+        cells = []
+        for name in SLICES:
+            cell = slices.get(name, {}).get("recall@100")
+            cells.append("n/a" if cell is None else
+                         f"{cell['difference']:+.4f} [{cell['interval95'][0]:+.4f}, {cell['interval95'][1]:+.4f}]"
+                         + (f" ({cell['ratio']:.3f}x)" if cell["ratio"] is not None else ""))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(document: dict) -> str:
     """The ablation's tables (eval split) and the alpha tuning (validation split)."""
     lines = [f"Features: `{document['features']}`; preset `{document['preset']}`; overrides "
@@ -241,19 +282,10 @@ def markdown(document: dict) -> str:
     for fraction, entry in document["fractions"].items():
         lines += [f"### {float(fraction):.0%} of the training examples", "", "Eval split, mean ± std over seeds:", ""]
         lines += _runs_table(entry)
-        comparison = entry.get("_vs_none", {})
-        if comparison:
-            lines += ["", "Difference to `none` at R@100, paired per-user bootstrap (2,000 resamples), "
-                          "95% interval, ratio:", "",
-                      "| method | " + " | ".join(SLICES) + " |", "|---|" + "---|" * len(SLICES)]
-            for method, slices in comparison.items():
-                cells = []
-                for name in SLICES:
-                    cell = slices.get(name, {}).get("recall@100")
-                    cells.append("n/a" if cell is None else
-                                 f"{cell['difference']:+.4f} [{cell['interval95'][0]:+.4f}, {cell['interval95'][1]:+.4f}]"
-                                 + (f" ({cell['ratio']:.3f}x)" if cell["ratio"] is not None else ""))
-                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        for key, title in (("_vs_none", "Difference to `none`"), ("_pairs", "Method A minus method B")):
+            if entry.get(key):
+                lines += ["", f"{title} at R@100, paired per-user bootstrap (2,000 resamples), 95% interval, "
+                              "ratio:", ""] + _difference_table(entry[key])
         tuning = [(m, r) for m, r in entry.items() if not m.startswith("_") and r["tuning"]]
         if tuning:
             lines += ["", "Alpha tuning (validation split, seed 0), overall / tail R@100:", ""]
@@ -302,10 +334,11 @@ def plot(document: dict, path: str) -> None:
 def main_ablate(args) -> int:
     """The ``ablate`` command (arguments parsed by ``recsys_ssl.__main__``)."""
     methods = parse_methods(args.methods, args.variant)
+    pairs = parse_pairs(args.versus, methods)
     fractions = [float(f) for f in args.fractions.split(",")]
     alphas = [float(a) for a in args.alphas.split(",")]
     ablation = Ablation(args.features, args.out, methods, args.seeds, fractions, alphas, args.preset,
-                        args.overrides, args.tune_metric)
+                        args.overrides, args.tune_metric, pairs)
     ablation.run()
     logging.info("ablation written to %s (ablation.json, ablation.md, ablation.png)", args.out)
     print(markdown(ablation.document))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from recsys_ssl import __main__ as cli
-from recsys_ssl.ablation import parse_methods
+from recsys_ssl.ablation import parse_methods, parse_pairs
 from recsys_ssl.metrics import paired_bootstrap
 
 
@@ -33,13 +33,17 @@ def test_methods_and_variants_are_parsed_strictly():
         parse_methods("cfm", [])
     with pytest.raises(ValueError, match="NAME=key=value"):
         parse_methods("none", ["justaname"])
+    assert parse_pairs(["cfm_x:cfm", "cfm:none"], methods) == [("cfm_x", "cfm"), ("cfm", "none")]
+    for spec, message in (("cfm:rfm", "not a method"), ("cfm", "A:B"), ("cfm:cfm", "A:B"), (":cfm", "A:B")):
+        with pytest.raises(ValueError, match=message):
+            parse_pairs([spec], methods)
 
 
 @pytest.mark.slow
 def test_ablate_tunes_alpha_on_validation_then_compares_seeds(features_dir, tmp_path, capsys):
     out = str(tmp_path / "ablation")
     argv = ["ablate", "--features", features_dir, "--out", out, "--methods", "none,cfm", "--seeds", "2",
-            "--alphas", "0.1,1.0", "--preset", "tiny", "--set", "train.epochs=1"]
+            "--alphas", "0.1,1.0", "--versus", "cfm:none", "--preset", "tiny", "--set", "train.epochs=1"]
     assert cli.main(argv) == 0
     document = json.load(open(os.path.join(out, "ablation.json")))
     entry = document["fractions"]["1"]
@@ -53,6 +57,9 @@ def test_ablate_tunes_alpha_on_validation_then_compares_seeds(features_dir, tmp_
     comparison = entry["_vs_none"]["cfm"]["overall"]["recall@100"]
     low, high = comparison["interval95"]
     assert low <= comparison["difference"] <= high
+    # --versus A:B reports A minus B the same way (here B = none, so it must equal _vs_none).
+    assert entry["_pairs"]["cfm - none"] == entry["_vs_none"]["cfm"]
+    assert "Method A minus method B" in open(os.path.join(out, "ablation.md")).read()
     for name in ("ablation.md", "ablation.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0
     assert "| cfm |" in open(os.path.join(out, "ablation.md")).read()
@@ -61,3 +68,4 @@ def test_ablate_tunes_alpha_on_validation_then_compares_seeds(features_dir, tmp_
     assert cli.main(argv) == 0
     assert all(os.path.getmtime(os.path.join(w, "eval.json")) == t for w, t in stamps.items())
     assert cli.main(argv[:-2] + ["--set", "train.epochz=1"]) == 2  # a typo never runs
+    assert cli.main([a if a != "cfm:none" else "cfm:rmf" for a in argv]) == 2
