@@ -184,20 +184,23 @@ class Ablation:
     # -- reporting ---------------------------------------------------------------------------------
     def compare(self, fraction: float, pairs: Sequence[tuple[str, str]]) -> dict:
         """Paired per-user bootstrap of method A minus method B at ``fraction``, for every (A, B) in
-        ``pairs`` whose runs exist: {(A, B): {slice: {"recall@K": {difference, interval95, ratio}}}}."""
+        ``pairs`` whose runs exist: {(A, B): {slice: {"recall@K": {difference, interval95, ratio}}}}.
+        Each method's hits are read once, however many pairs it appears in."""
         entry = self.document["fractions"].get(_format_alpha(fraction), {})
         runs = {m: [r["workdir"] for r in entry.get(m, {}).get("runs", [])] for pair in pairs for m in pair}
-        return {(a, b): paired_difference(_mean_hits(runs[a]), _mean_hits(runs[b]))
-                for a, b in pairs if runs[a] and runs[b]}
+        hits = {m: _mean_hits(workdirs) for m, workdirs in runs.items() if workdirs}
+        return {(a, b): paired_difference(hits[a], hits[b]) for a, b in pairs if a in hits and b in hits}
 
     def write(self) -> None:
         for fraction in self.fractions:
             entry = self.document["fractions"].get(_format_alpha(fraction))
             if entry:
-                methods = [m for m in entry if m != "none" and not m.startswith("_")]
-                entry["_vs_none"] = {a: v for (a, _), v in self.compare(fraction, [(m, "none") for m in methods]).items()}
+                to_none = [(m, "none") for m in entry if m != "none" and not m.startswith("_")]
+                differences = self.compare(fraction, to_none + self.pairs)
+                entry["_vs_none"] = {a: differences[(a, b)] for a, b in to_none if (a, b) in differences}
                 if self.pairs:
-                    entry["_pairs"] = {f"{a} - {b}": v for (a, b), v in self.compare(fraction, self.pairs).items()}
+                    entry["_pairs"] = {f"{a} - {b}": differences[(a, b)] for a, b in self.pairs
+                                       if (a, b) in differences}
         os.makedirs(self.out, exist_ok=True)
         tmp = os.path.join(self.out, "ablation.json.tmp")
         with open(tmp, "w") as f:
