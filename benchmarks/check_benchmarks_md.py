@@ -6,10 +6,13 @@ case, punctuation dropped, spaces to ``-``, repeats suffixed ``-1``, ``-2``, ...
 markdown file). Numbers (``--numbers_against REV``): every number (a run of digits with inner
 ``.`` or ``,``) of the file at git revision ``REV`` must occur at least as often in the current
 file; numbers that disappeared are listed with their counts, numbers that were added are counted.
-Standard library only; nothing is run or imported from the project.
+``--body_only`` leaves out the current file's text before its first dated section (``## YYYY-MM-DD``,
+or the ``<a id>`` line just above it), so numbers copied into a summary cannot hide one that left the
+body. Standard library only; nothing is run or imported from the project.
 
   python benchmarks/check_benchmarks_md.py                        # links only
   python benchmarks/check_benchmarks_md.py --numbers_against main # links and numbers
+  python benchmarks/check_benchmarks_md.py --numbers_against 9c7fa44 --body_only
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 LINK = re.compile(r"\[(?:[^\[\]]|\[[^\]]*\])*\]\(([^)\s]+)\)")
 EXPLICIT_ANCHOR = re.compile(r"<a\s+(?:id|name)=\"([^\"]+)\"")
 FENCE = re.compile(r"^\s*(```|~~~)")
+DATED_SECTION = re.compile(r"^(?:<a\s+id=\"[^\"]*\"></a>\s*\n\s*\n)?## \d{4}-\d{2}-\d{2}", re.MULTILINE)
 
 
 def slug(heading: str) -> str:
@@ -103,9 +107,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="REV",
         help="git revision whose version of --file must lose no number (e.g. main or a commit)",
     )
+    parser.add_argument(
+        "--body_only",
+        action="store_true",
+        help="with --numbers_against: count the current file's numbers from its first dated section on",
+    )
     args = parser.parse_args(argv)
     if not os.path.exists(args.file):
         parser.error(f"no file {args.file}")
+    if args.body_only and not args.numbers_against:
+        parser.error("--body_only needs --numbers_against")
     failed = False
     problems = link_problems(args.file)
     for problem in problems:
@@ -123,7 +134,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"cannot read {repo_path} at {args.numbers_against}: {error.stderr.strip()}", file=sys.stderr)
             return 2
         with open(args.file, encoding="utf-8") as f:
-            new = numbers(f.read())
+            current = f.read()
+        if args.body_only:
+            match = DATED_SECTION.search(current)
+            if match is None:
+                print(f"--body_only: no dated section (## YYYY-MM-DD) in {args.file}", file=sys.stderr)
+                return 2
+            current = current[match.start():]
+        new = numbers(current)
         old = numbers(old_text)
         lost, added = old - new, new - old
         print(f"numbers: {sum(old.values())} at {args.numbers_against}, {sum(new.values())} now; "
