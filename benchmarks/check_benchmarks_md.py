@@ -10,9 +10,9 @@ file; numbers that disappeared are listed with their counts, numbers that were a
 or the ``<a id>`` line just above it), so numbers copied into a summary cannot hide one that left the
 body. Standard library only; nothing is run or imported from the project.
 
-  python benchmarks/check_benchmarks_md.py                        # links only
-  python benchmarks/check_benchmarks_md.py --numbers_against main # links and numbers
-  python benchmarks/check_benchmarks_md.py --numbers_against 9c7fa44 --body_only
+  python -m benchmarks.check_benchmarks_md                        # links only
+  python -m benchmarks.check_benchmarks_md --numbers_against main # links and numbers
+  python -m benchmarks.check_benchmarks_md --numbers_against 9c7fa44 --body_only
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Feature pipeline throughput: the Beam pipeline (2 local workers) against a pandas reference.
 
-``python benchmarks/feature_pipeline.py --out runs/bench_features [--interactions 1000000 --items 100000]``
+``python -m benchmarks.feature_pipeline --output_dir runs/bench_features [--interactions 1000000 --items 100000]``
 
 1. Generates synthetic interactions with ``pipelines.synthetic`` (skipped if present).
-2. Runs ``python -m pipelines.recsys_features`` with ``--direct_num_workers=2
+2. Runs ``python -m pipelines.features.job`` with ``--direct_num_workers=2
    --direct_running_mode=multi_processing`` and, in the same benchmark run, a single-process pandas
    implementation of the same features (:func:`pandas_features`, below): the same splits,
    histories, tf.Examples, item corpus, vocabularies and item-feature MI.
@@ -24,7 +24,6 @@ import sys
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _tree_rss(pid: int) -> int:
@@ -90,9 +89,9 @@ def pandas_features(data_dir: str, out: str, eval_fraction: float = 0.1, validat
     import pandas as pd
     import tensorflow as tf
 
-    from pipelines.feature_outputs import head_tail, vocabulary_text
-    from pipelines.mutual_information import assemble_matrix, entropy, identifier_pair_stats, joint_statistics
-    from pipelines.splits import histories, time_cutoffs
+    from pipelines.features.corpus_statistics import head_tail, vocabulary_text
+    from pipelines.features.mutual_information import assemble_matrix, entropy, identifier_pair_stats, joint_statistics
+    from pipelines.features.splits import histories, time_cutoffs
     from recsys_ssl import schema as fs
 
     with open(os.path.join(data_dir, "schema.json")) as f:
@@ -199,7 +198,7 @@ def compare(beam_dir: str, pandas_dir: str) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    parser.add_argument("--out", default="runs/bench_features")
+    parser.add_argument("--output_dir", default="runs/bench_features")
     parser.add_argument("--interactions", type=int, default=1_000_000)
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--users", type=int, default=50_000)
@@ -208,26 +207,26 @@ def main(argv=None) -> int:
     parser.add_argument("--pandas_only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.pandas_only:
-        pandas_features(os.path.join(args.out, "input"), os.path.join(args.out, "pandas"))
+        pandas_features(os.path.join(args.output_dir, "input"), os.path.join(args.output_dir, "pandas"))
         return 0
     python = sys.executable
-    data = os.path.join(args.out, "input")
+    data = os.path.join(args.output_dir, "input")
     if not os.path.isfile(os.path.join(data, "schema.json")):
-        subprocess.run([python, "-m", "pipelines.synthetic", "--output_dir", data, "--num_users", str(args.users),
+        subprocess.run([python, "-m", "pipelines", "synthetic", "--output_dir", data, "--num_users", str(args.users),
                         "--num_items", str(args.items), "--num_interactions", str(args.interactions), "--seed", "0"],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = {"interactions": args.interactions, "items": args.items, "users": args.users,
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_average_before": os.getloadavg()}
-    beam_out = os.path.join(args.out, "beam")
-    results["beam"] = measure([python, "-m", "pipelines.recsys_features", "--input_format", "interactions",
-                               "--data_dir", data, "--output_dir", beam_out, "--split", "time",
+    beam_out = os.path.join(args.output_dir, "beam")
+    results["beam"] = measure([python, "-m", "pipelines", "features", "--input_format", "interactions",
+                               "--input", data, "--output_dir", beam_out, "--split", "time",
                                "--runner=DirectRunner", f"--direct_num_workers={args.workers}",
-                               "--direct_running_mode=multi_processing"], os.path.join(args.out, "beam.log"))
+                               "--direct_running_mode=multi_processing"], os.path.join(args.output_dir, "beam.log"))
     if args.pandas_reference:
-        os.makedirs(os.path.join(args.out, "pandas"), exist_ok=True)
-        results["pandas"] = measure([python, os.path.abspath(__file__), "--out", args.out, "--pandas_only"],
-                                    os.path.join(args.out, "pandas.log"))
-        results["equivalence"] = compare(beam_out, os.path.join(args.out, "pandas"))
+        os.makedirs(os.path.join(args.output_dir, "pandas"), exist_ok=True)
+        results["pandas"] = measure([python, os.path.abspath(__file__), "--output_dir", args.output_dir, "--pandas_only"],
+                                    os.path.join(args.output_dir, "pandas.log"))
+        results["equivalence"] = compare(beam_out, os.path.join(args.output_dir, "pandas"))
     results["load_average_after"] = os.getloadavg()
     for name in ("beam", "pandas"):
         if name in results:
@@ -236,7 +235,7 @@ def main(argv=None) -> int:
     if "pandas" in results:
         results["beam_over_pandas_throughput"] = (results["beam"]["interactions_per_second"]
                                                   / results["pandas"]["interactions_per_second"])
-    with open(os.path.join(args.out, "result.json"), "w") as f:
+    with open(os.path.join(args.output_dir, "result.json"), "w") as f:
         json.dump(results, f, indent=1)
     print(json.dumps(results, indent=1))
     return 0

@@ -49,7 +49,8 @@ class ServerOptions:
       rest_api_timeout_in_ms: per-request timeout (queue wait + model call) for REST, and the
         upper bound for gRPC (a shorter client deadline wins); 0 disables it.
       max_request_bytes: largest REST body and gRPC message accepted.
-      max_load_attempts: attempts to load a version before giving up on it.
+      max_num_load_retries: retries (on later polls) of a version that failed to load before giving
+        up on it (tensorflow_model_server's flag; attempts = retries + 1).
       version_settle_seconds: a new version directory is loaded only once its newest file is
         this old (protects against non-atomic copies; 0 disables).
       enable_model_warmup: replay ``assets.extra/tf_serving_warmup_requests`` when loading.
@@ -72,7 +73,7 @@ class ServerOptions:
     model_config_file_poll_wait_seconds: float = 0.0
     rest_api_timeout_in_ms: int = 30_000
     max_request_bytes: int = 16 * 1024 * 1024
-    max_load_attempts: int = 3
+    max_num_load_retries: int = 2
     version_settle_seconds: float = 1.0
     enable_model_warmup: bool = True
     grpc_shutdown_grace_seconds: float = 5.0
@@ -117,7 +118,7 @@ class ModelServer:
         self._model_config_file = model_config_file
         loader = functools.partial(load_servable, warm_up=options.enable_model_warmup)
         self.manager = ModelManager(configs, options.file_system_poll_wait_seconds,
-                                    options.max_load_attempts, loader, options.version_settle_seconds)
+                                    options.max_num_load_retries + 1, loader, options.version_settle_seconds)
         self.metrics = PrometheusMetrics(self.manager) if options.monitoring.prometheus_enabled else None
         self.stats = RequestStats(self.metrics)
         self._executor = concurrent.futures.ThreadPoolExecutor(

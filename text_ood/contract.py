@@ -4,7 +4,7 @@ An exported detector (``python -m text_ood export``) is ``EXPORT_DIR/<n>/``, a S
 ``serving_default`` signature takes ``text`` (tf.string [batch]) and returns ``ood_score``
 (float32 [batch], higher = more OoD), ``is_ood`` (bool [batch]) and the scorer's other outputs;
 ``assets.extra/detector.json`` holds the calibrated threshold and the metadata. Batch scoring
-(``pipelines.batch_ood_scoring``) reads these names from here without importing the training code.
+(``pipelines.scoring.batch_ood_scoring``) reads these names from here without importing the training code.
 """
 
 SIGNATURE = "serving_default"

@@ -157,7 +157,7 @@ class ServerProcess:
         self.log_path = log_path
         self._log = open(log_path, "w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "serving", f"--model_config_file={self.config_path}",
+            [sys.executable, "-m", "serving", "serve", f"--model_config_file={self.config_path}",
              f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}", *flags],
             stdout=self._log, stderr=subprocess.STDOUT,
         )
