@@ -361,11 +361,12 @@ def parse_command(prog: str, command: Command, argv: Sequence[str]) -> tuple[Any
     if problem:
         raise UsageError(f"{prog} {command.name}: {problem}")
     parser = build_command_parser(prog, command)
-    if command.pass_through is None:
-        namespace, unknown = parser.parse_known_args(argv)
-    else:
-        namespace, rest = parser.parse_known_args(argv)
-        unknown = command.pass_through(rest)
+    # Unknown arguments are reported first (a misspelt required flag is a typo, not a missing flag).
+    required = [action for action in parser._actions if action.required]  # noqa: SLF001
+    for action in required:
+        action.required = False
+    namespace, rest = parser.parse_known_args(argv)
+    unknown = rest if command.pass_through is None else command.pass_through(rest)
     if unknown:
         name = next((a for a in unknown if a.startswith("-")), unknown[0]).split("=", 1)[0]
         hint = closest_flag(name, parser)
@@ -373,19 +374,40 @@ def parse_command(prog: str, command: Command, argv: Sequence[str]) -> tuple[Any
         extra = " or Beam pipeline options" if command.pass_through is not None else ""
         raise UsageError(f"{prog} {command.name}: {what}{f'; did you mean {hint}?' if hint else ''} "
                          f"(arguments must be this command's flags{extra}, see --help)")
+    missing = [action.option_strings[0] for action in required if getattr(namespace, action.dest, None) is None]
+    if missing:
+        raise UsageError(f"{prog} {command.name}: the following arguments are required: {', '.join(missing)}")
     extra_args = [] if command.pass_through is None else [a for a in rest if a not in unknown]
     return options_from_namespace(command.options, namespace), extra_args, namespace.log_level
+
+
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (it may be replaced later)."""
+
+    _core_cli = True  # marks the handler :func:`setup_logging` owns
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ assigns it; the current sys.stderr always wins
+        pass
 
 
 def setup_logging(level: str = "INFO") -> None:
     """The one logging set-up of every command (library code only logs).
 
-    Adds a stderr handler unless the root logger has one already (an embedding program's, or
-    pytest's), and sets the level.
+    Logs go to the current ``sys.stderr`` through one handler of this module (replaced on every
+    call, so a program that runs several commands, or a test capturing stderr, sees each command's
+    output); handlers someone else added to the root logger (pytest's, an embedding program's) stay.
     """
     root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in [h for h in root.handlers if getattr(h, "_core_cli", False)]:
+        root.removeHandler(handler)
+    handler = _CurrentStderrHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
     root.setLevel(getattr(logging, level))
     for noisy in ("absl", "tensorflow", "h5py", "matplotlib"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, level)))

@@ -112,6 +112,10 @@ class AblateOptions:
 
 def ablate_command(options: AblateOptions) -> int:
     _config(options.preset, options.overrides)  # fail before any run
+    try:
+        ablation_lib.parse_pairs(options.versus, ablation_lib.parse_methods(",".join(options.methods), options.variant))
+    except ValueError as error:
+        raise cli.UsageError(str(error)) from None
     return ablation_lib.main_ablate(options)
 
 

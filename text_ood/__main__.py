@@ -227,15 +227,19 @@ class ExportOptions:
 
 
 def export_command(options: ExportOptions) -> int:
-    from text_ood.detectors import create_detector
+    from text_ood.detectors import RequiresFittingError, create_detector
     from text_ood.export import export_detector
+    from text_ood.scorers import ExportError
 
     ctx, run = _open_workdir(options.workdir, options.data_dir)
-    detector = create_detector(options.detector, ctx).restore(ctx.detector_dir(options.detector))
-    check = ctx.dataset.id_val[:32] + ctx.dataset.ood_test[:32]
-    path = export_detector(detector, ctx.dataset.id_val, options.export_dir,
-                           metadata={"workdir": os.path.abspath(options.workdir), "dataset": run["dataset"]},
-                           check_texts=check)
+    try:  # a detector that was never trained, or one that cannot be exported, is a usage error
+        detector = create_detector(options.detector, ctx).restore(ctx.detector_dir(options.detector))
+        check = ctx.dataset.id_val[:32] + ctx.dataset.ood_test[:32]
+        path = export_detector(detector, ctx.dataset.id_val, options.export_dir,
+                               metadata={"workdir": os.path.abspath(options.workdir), "dataset": run["dataset"]},
+                               check_texts=check)
+    except (ExportError, RequiresFittingError) as error:
+        raise cli.UsageError(str(error)) from None
     print(path)
     return 0
 

@@ -76,7 +76,7 @@ COLD_RELEASE_QUANTILES = (0.92, 0.96)
 
 @dataclasses.dataclass(frozen=True)
 class LongTailConfig(GeneratorSettings):
-    """What ``--regime long_tail_features`` generates. Every field is also a ``--flag``."""
+    """What ``python -m pipelines synthetic_long_tail`` generates. Every field is also a ``--flag``."""
 
     zipf_exponent: float = flag("hidden id-level appeal q = rank^-zipf_exponent", default=1.0)
     appeal_exponent: float = flag("within a brand, choice ~ q^appeal_exponent * exp(tag_affinity * m)", default=1.0)

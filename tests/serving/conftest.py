@@ -156,6 +156,7 @@ class ServerProcess:
             f.write(config.format(root=root))
         self.log_path = log_path
         self._log = open(log_path, "w")
+        self.started_at = time.time()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "serving", "serve", f"--model_config_file={self.config_path}",
              f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}", *flags],

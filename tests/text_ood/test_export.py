@@ -68,7 +68,14 @@ def test_threshold_is_calibrated_on_id_validation(exported, trained_workdir, ood
     assert 0.95 <= share < 0.95 + 2 / len(val_scores)
 
 
-def test_second_export_is_a_new_version(exported, trained_workdir):
-    assert main(["export", "--workdir", trained_workdir, "--export_dir", exported,
-                 "--detector", "scratch"]) == 0
-    assert sorted(os.listdir(exported)) == ["1", "2"]
+def test_second_export_is_a_new_version(trained_workdir, tmp_path):
+    """Its own export directory: the session's shared export (read by other tests) stays at version 1."""
+    import shutil
+
+    exported = str(tmp_path / "export")
+    for detector, versions in (("mlkd", ["1"]), ("scratch", ["1", "2"])):
+        assert main(["export", "--workdir", trained_workdir, "--export_dir", exported, "--detector", detector]) == 0
+        assert sorted(os.listdir(exported)) == versions
+    with open(os.path.join(exported, "2", "assets.extra", "detector.json")) as f:
+        assert json.load(f)["detector"] == "scratch"
+    shutil.rmtree(exported)

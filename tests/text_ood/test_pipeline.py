@@ -66,18 +66,22 @@ def test_detector_contract_and_bad_inputs(trained_workdir, ood_data_dir):
     assert {"mlkd", "mlkd_no_intermediate", "teacher", "scratch"} <= set(DETECTORS)
 
 
-def test_cli_errors_are_clear(tmp_path, ood_data_dir, caplog):
+def test_cli_errors_are_clear(tmp_path, ood_data_dir, pretrain_dir, capsys):
+    not_pretrained = tmp_path / "not_pretrained"
+    not_pretrained.mkdir()
+    assert main(["train", "--dataset", "files", "--input", ood_data_dir, "--workdir",
+                 str(tmp_path / "w"), "--teacher", str(not_pretrained), "--preset", "tiny"]) == 2
+    assert "no finished pre-training" in capsys.readouterr().err
     assert main(["train", "--dataset", "files", "--input", ood_data_dir, "--workdir",
                  str(tmp_path / "w"), "--teacher", str(tmp_path / "missing"), "--preset", "tiny"]) == 2
-    assert "no finished pre-training" in caplog.text
+    assert "--teacher" in capsys.readouterr().err
     assert main(["train", "--dataset", "files", "--input", ood_data_dir, "--workdir",
-                 str(tmp_path / "w"), "--teacher", "x", "--set", "model.n_head=5"]) == 2
-    assert "must divide" in caplog.text
-    with pytest.raises(SystemExit):
-        main(["evaluate", "--workdir", str(tmp_path / "never-trained")])
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--help"])
-    assert exit_info.value.code == 0
+                 str(tmp_path / "w"), "--teacher", pretrain_dir, "--set", "model.n_head=5"]) == 2
+    assert "must divide" in capsys.readouterr().err
+    assert main(["evaluate", "--workdir", str(tmp_path / "never-trained")]) == 2
+    assert main(["train", "--dataset", "files", "--workdir", str(tmp_path / "w"), "--teacher", pretrain_dir]) == 2
+    assert "--dataset files needs --input DIR" in capsys.readouterr().err
+    assert main(["--help"]) == 0
 
 
 def test_workdir_refuses_a_different_config(trained_workdir, pretrain_dir, ood_data_dir, caplog):

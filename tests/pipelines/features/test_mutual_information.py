@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 
 from pipelines.features import mutual_information as mi_lib
@@ -38,3 +40,17 @@ def test_mutual_information_hand_computed():
         {("a", "c"): 0.5, ("a", "d"): 0.5, ("b", "c"): 1.0}, 2)
     # Independent features have zero MI.
     assert mi_lib.joint_statistics({("a", "c"): 1, ("a", "d"): 1, ("b", "c"): 1, ("b", "d"): 1})[0] == pytest.approx(0)
+
+
+def test_the_vectorised_estimator_equals_the_pipelines():
+    """The synthetic generators check their output with ``coded_mutual_information``: same definition."""
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 4, 500), rng.integers(0, 3, 500)
+    y = np.where(rng.random(500) < 0.6, x % 3, y)  # dependent
+    weight = rng.choice([1.0, 0.5, 0.25], 500)
+    joint = {}
+    for a, b, w in zip(x, y, weight):
+        joint[(str(a), str(b))] = joint.get((str(a), str(b)), 0.0) + w
+    expected, _, _ = mi_lib.joint_statistics(joint)
+    assert mi_lib.coded_mutual_information(x, y, weight) == pytest.approx(expected, abs=1e-12)
+    assert mi_lib.coded_mutual_information(x, x * 0, np.ones(500)) == pytest.approx(0.0, abs=1e-12)
