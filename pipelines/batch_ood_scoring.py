@@ -40,10 +40,11 @@ from pipelines.cli import add_max_reject_fraction, parse_job_args, rejection_pro
 from pipelines.feature_outputs import WriteJson
 from pipelines.readers import ReadTFRecordsWithPositions
 from pipelines.sources import (
-    COUNTS_TAG, DEAD_LETTER_TAG, DeadLetter, RawLine, ReadSourceLines, RowError, bundle_count, parse_row, raw_text,
+    COUNTS_TAG, DEAD_LETTER_TAG, DeadLetter, RawLine, ReadSourceLines, RowError, bundle_count, guarded, parse_row,
+    raw_text,
 )
 from serving.export import list_versions
-from text_ood.contract import DETECTOR_JSON, SCORE_OUTPUT, SIGNATURE
+from text_ood.contract import DETECTOR_JSON, MAX_TEXT_BYTES_FIELD, SCORE_OUTPUT, SIGNATURE
 
 SOURCE = "texts"
 OUTPUT_FIELDS = ("id", "ood_score", "perplexity", "is_ood")
@@ -68,12 +69,27 @@ def resolve_model_dir(model: str) -> str:
     return os.path.join(model, str(versions[-1]))
 
 
-def read_threshold(model_dir: str) -> float | None:
+def read_detector_info(model_dir: str) -> dict:
+    """The export's ``assets.extra/detector.json`` (``{}`` when the export has none)."""
     path = os.path.join(model_dir, "assets.extra", DETECTOR_JSON)
     if not os.path.isfile(path):
-        return None
+        return {}
     with open(path) as f:
-        return float(json.load(f)["threshold"])
+        return json.load(f)
+
+
+def read_threshold(model_dir: str) -> float | None:
+    info = read_detector_info(model_dir)
+    return float(info["threshold"]) if "threshold" in info else None
+
+
+def check_text_length(text: bytes, max_bytes: int | None, field: str) -> bytes:
+    """``text``, or RowError ``text_too_long`` when it exceeds the export's ``max_text_bytes``
+    (the served model answers such a text with 400 too: one rule for both paths)."""
+    if max_bytes is not None and len(text) > max_bytes:
+        raise RowError("text_too_long", f"field {field!r} holds {len(text)} bytes, more than the model's "
+                       f"max_text_bytes {max_bytes} (assets.extra/{DETECTOR_JSON})")
+    return text
 
 
 def _text_of(value: Any, field: str) -> bytes:
@@ -137,22 +153,27 @@ def example_to_record(path: str, offset: int, serialized: bytes, text_field: str
 class _ToRecords(beam.DoFn):
     """Input (line or tf.Example) -> record, or a dead letter; counts what it reads per bundle."""
 
-    def __init__(self, text_field: str, id_field: str):
-        self._text_field, self._id_field = text_field, id_field
+    def __init__(self, text_field: str, id_field: str, max_text_bytes: int | None = None):
+        self._text_field, self._id_field, self._max_text_bytes = text_field, id_field, max_text_bytes
 
     def start_bundle(self):
         self._read = 0
 
+    def _record(self, element) -> ScoringRecord:
+        if isinstance(element, RawLine):
+            record = line_to_record(element, self._text_field, self._id_field)
+        else:
+            path, offset, serialized, unreadable = element
+            if unreadable is not None:
+                raise RowError("unreadable_record", unreadable)
+            record = example_to_record(path, offset, serialized, self._text_field, self._id_field)
+        check_text_length(record.text, self._max_text_bytes, self._text_field)
+        return record
+
     def process(self, element):
         self._read += 1
         try:
-            if isinstance(element, RawLine):
-                yield line_to_record(element, self._text_field, self._id_field)
-            else:
-                path, offset, serialized, unreadable = element
-                if unreadable is not None:
-                    raise RowError("unreadable_record", unreadable)
-                yield example_to_record(path, offset, serialized, self._text_field, self._id_field)
+            yield guarded(lambda: self._record(element))
         except RowError as error:
             if isinstance(element, RawLine):
                 position, raw = element.position, raw_text(element)
@@ -227,7 +248,11 @@ def to_output(prediction: PredictionResult):
         return
     output = {f"input_{k}" if k in OUTPUT_FIELDS else k: v for k, v in record.fields.items()}
     output.update({"id": record.id, **result})
-    yield json.dumps(strict_json_values(output), ensure_ascii=False, default=str, allow_nan=False)
+    try:
+        yield guarded(lambda: json.dumps(strict_json_values(output), ensure_ascii=False, default=str, allow_nan=False))
+    except RowError as error:  # E.g. a pass-through field nested too deeply to write.
+        yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
+            SOURCE, record.position, error.kind, str(error), record.text.decode("utf-8", errors="replace")))
 
 
 _NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
@@ -255,12 +280,13 @@ def _input_kind(pattern: str) -> str:
     raise ValueError(f"--input {pattern!r}: expected a .jsonl, .json, .csv, .txt or .tfrecord(.gz) pattern")
 
 
-def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, model_dir: str, threshold: float | None) -> None:
+def build_pipeline(pipeline: beam.Pipeline, args: argparse.Namespace, model_dir: str, threshold: float | None,
+                   max_text_bytes: int | None = None) -> None:
     if _input_kind(args.input) == "tfrecord":
         raw = pipeline | "ReadTFRecords" >> ReadTFRecordsWithPositions(args.input)
     else:
         raw = pipeline | "ReadLines" >> ReadSourceLines(SOURCE, args.input)
-    records = raw | "ToRecords" >> beam.ParDo(_ToRecords(args.text_field, args.id_field)).with_outputs(
+    records = raw | "ToRecords" >> beam.ParDo(_ToRecords(args.text_field, args.id_field, max_text_bytes)).with_outputs(
         DEAD_LETTER_TAG, COUNTS_TAG, main="records")
     handler = OODScoringModelHandler(model_dir, threshold, args.batch_size)
     outputs = (
@@ -310,6 +336,8 @@ def parse_args(argv):
     parser.add_argument("--batch_size", type=int, default=256, help="maximum texts per model call")
     add_max_reject_fraction(parser, "more than this fraction of the records read is rejected")
     args, beam_args = parse_job_args(parser, argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch_size must be >= 1, received {args.batch_size}")
     return args, beam_args
 
 
@@ -317,13 +345,15 @@ def run(argv=None):
     args, beam_args = parse_args(argv)
     _input_kind(args.input)
     model_dir = resolve_model_dir(args.model)
+    info = read_detector_info(model_dir)
     threshold = args.threshold if args.threshold is not None else read_threshold(model_dir)
+    max_text_bytes = info.get(MAX_TEXT_BYTES_FIELD)
     options = PipelineOptions(beam_args)
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "DirectRunner"
     logging.info("scoring %s with %s (threshold %s)", args.input, model_dir, threshold)
     pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, args, model_dir, threshold)
+    build_pipeline(pipeline, args, model_dir, threshold, max_text_bytes)
     result = pipeline.run()
     result.wait_until_finish()
     return result, args

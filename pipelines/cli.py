@@ -48,6 +48,19 @@ def add_max_reject_fraction(parser: argparse.ArgumentParser, what: str) -> None:
                         help=f"fail (exit 1) when {what} (default: %(default)s)")
 
 
+def closest_flag(name: str, own: Sequence[str], beam: Sequence[str]) -> str | None:
+    """The flag a mistyped ``name`` most likely meant: a job flag it abbreviates (``--out`` ->
+    ``--output``), else the closest job flag, else the closest Beam option, else None."""
+    prefixed = [flag for flag in own if flag.startswith(name)] if len(name) > 2 else []
+    if prefixed:
+        return min(prefixed, key=len)
+    for candidates in (own, beam):
+        close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+        if close:
+            return close[0]
+    return None
+
+
 def parse_job_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     """Parses the job's flags; returns them and the (valid) Beam options.
 
@@ -67,11 +80,10 @@ def parse_job_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) 
     args, beam_args = parser.parse_known_args(argv)
     unknown = unknown_arguments(beam_args)
     if unknown:
-        valid = _flags(parser) + _flags(beam_option_parser())
         flag = next((a for a in unknown if a.startswith("-")), unknown[0])
         name = flag.split("=", 1)[0]
-        close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]}?" if close else ""
+        close = closest_flag(name, _flags(parser), _flags(beam_option_parser()))
+        hint = f"; did you mean {close}?" if close else ""
         what = f"unrecognized argument {name}" if name.startswith("-") else f"unexpected argument {name!r}"
         parser.error(f"{what}{hint} (arguments must be this job's flags, see --help, or Beam pipeline options; "
                      f"received {' '.join(unknown)})")
