@@ -10,8 +10,9 @@ Flags are named like tensorflow_model_server's, so existing launch scripts carry
 Differences from tensorflow_model_server: both servers bind 127.0.0.1 unless ``--host`` says
 otherwise (and warn that the APIs are unauthenticated when it does); ``--max_request_bytes`` bounds
 request bodies, ``--max_tensor_elements`` gRPC tensors; REST reads time out and connections are
-capped; the gRPC reload RPC is off unless ``--enable_reload_config_rpc``; SavedModels with ScaNN
-ops load.
+capped (in total and per client) and must read their responses in time; gRPC connections are
+capped and time out when idle; strings are capped (``--max_string_bytes``); the gRPC reload RPC is
+off unless ``--enable_reload_config_rpc``; SavedModels with ScaNN ops load.
 """
 
 from __future__ import annotations
@@ -82,6 +83,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="answer 408 when a request body has not arrived this long after its head")
     net.add_argument("--rest_max_connections", type=int, default=1000,
                      help="open REST connections at once; more are answered 503 and closed")
+    net.add_argument("--rest_max_connections_per_client", type=int, default=250,
+                     help="open REST connections from one client address; more are answered 503 (0: no limit)")
+    net.add_argument("--rest_write_timeout_seconds", type=float, default=60.0,
+                     help="disconnect a client that has not read its whole response this long after it was ready")
+    net.add_argument("--grpc_max_connections", type=int, default=1000,
+                     help="open gRPC connections at once; more are closed when accepted")
+    net.add_argument("--grpc_channel_arguments", default="",
+                     help="comma-separated grpc.<name>=<value> server arguments, overriding the defaults "
+                     "(idle timeout grpc.max_connection_idle_ms=60000, grpc.server_handshake_timeout_ms=10000, "
+                     "grpc.max_concurrent_streams=100, keepalive 60 s / 20 s)")
+    net.add_argument("--max_string_bytes", type=int, default=1 << 20,
+                     help="longest string element of a request, e.g. one text (400 beyond; an export's "
+                     "assets.extra/serving_limits.json may lower it for its model; 0: no limit)")
     net.add_argument("--enable_reload_config_rpc", action="store_true",
                      help="allow gRPC ModelService.HandleReloadConfigRequest (unauthenticated: anyone who can "
                      "reach the gRPC port can then replace the served models)")
@@ -130,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.batching_parameters_file:
             batching = load_batching_parameters_file(args.batching_parameters_file, batching)
-        from serving.server import ServerOptions, run_server  # Imports TensorFlow.
+        from serving.server import ServerOptions, parse_grpc_channel_arguments, run_server  # Imports TensorFlow.
 
         options = ServerOptions(
             host=args.host, port=args.port, rest_api_port=args.rest_api_port,
@@ -143,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
             rest_header_read_timeout_seconds=args.rest_header_read_timeout_seconds,
             rest_body_read_timeout_seconds=args.rest_body_read_timeout_seconds,
             rest_max_connections=args.rest_max_connections, enable_reload_config_rpc=args.enable_reload_config_rpc,
-            monitoring=monitoring,
+            monitoring=monitoring, rest_max_connections_per_client=args.rest_max_connections_per_client,
+            rest_write_timeout_seconds=args.rest_write_timeout_seconds, grpc_max_connections=args.grpc_max_connections,
+            grpc_channel_arguments=parse_grpc_channel_arguments(args.grpc_channel_arguments),
+            max_string_bytes=args.max_string_bytes,
         )
     except (ModelConfigError, ValueError) as error:
         logger.error("%s", error)

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 from tensorflow.core.framework import types_pb2
 
-from serving.errors import invalid_argument
+from serving.errors import invalid_argument, too_many_rows
 from serving.signature import DEFAULT_SIGNATURE, SignatureSpec, TensorSpec
 
 BYTES_SUFFIX = "_bytes"
@@ -79,8 +79,11 @@ def parse_predict_body(body: bytes) -> PredictBody:
     return PredictBody(signature_name or DEFAULT_SIGNATURE, "columnar", document["inputs"])
 
 
-def request_arrays(body: PredictBody, signature: SignatureSpec) -> dict[str, np.ndarray]:
+def request_arrays(body: PredictBody, signature: SignatureSpec, max_rows: int | None = None) -> dict[str, np.ndarray]:
     """Converts the body's values into one array per input, with the signature's dtypes.
+
+    ``max_rows`` (the batch queue's capacity) is checked on the parsed lists before any value is
+    converted: a request that could never run costs no conversion.
 
     Returns:
       ``{input name: array}``; ``DT_STRING`` inputs are ``object`` arrays of ``bytes``. Shapes are
@@ -91,6 +94,8 @@ def request_arrays(body: PredictBody, signature: SignatureSpec) -> dict[str, np.
         or instances that do not name the signature's inputs.
     """
     if body.format == "row":
+        if max_rows and isinstance(body.payload, list) and len(body.payload) > max_rows:
+            raise too_many_rows(len(body.payload), max_rows)
         return _row_arrays(body.payload, signature)
     payload = body.payload
     if _is_named_map(payload):
@@ -102,6 +107,9 @@ def request_arrays(body: PredictBody, signature: SignatureSpec) -> dict[str, np.
             f"'inputs' must be an object naming each input of signature {signature.name!r} "
             f"({signature.describe_inputs()}), received JSON {type(payload).__name__}"
         )
+    lengths = {len(value) if isinstance(value, list) else -1 for value in named.values()}
+    if max_rows and len(lengths) == 1 and lengths.pop() > max_rows:
+        raise too_many_rows(len(next(iter(named.values()))), max_rows)
     return {name: to_array(value, _spec_or_unknown(signature, name)) for name, value in named.items()}
 
 
