@@ -85,9 +85,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             if signature_name in servable.signatures:
                 key[3] = signature_name
             signature = servable.signature(signature_name)
-            elements = check_declared_sizes(request, self._predictor.max_rows)
+            elements = check_declared_sizes(request, signature, self._predictor.max_rows, self._max_tensor_elements)
             async with self._decode_lanes.admit(elements >= LARGE_ELEMENTS) as lane:
-                inputs = await lane.run(_decode_inputs, request, signature, self._max_tensor_elements)
+                inputs = await lane.run(_decode_inputs, request, self._max_tensor_elements)
                 remaining = context.time_remaining()
                 result = await self._predictor.predict(servable, signature_name, inputs, remaining)
                 del inputs
@@ -125,35 +125,36 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             await _abort(context, error)
 
 
-def check_declared_sizes(request: predict_pb2.PredictRequest, max_rows: int | None) -> int:
-    """Checks the rows the request's tensors declare against the batch queue before decoding.
+def check_declared_sizes(request: predict_pb2.PredictRequest, signature, max_rows: int | None,
+                         max_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS) -> int:
+    """Checks the request's tensors before any value is decoded (constant time per tensor).
 
-    Reads only the declared shapes (no values): when every input declares the same first
-    dimension, as the batcher counts rows, it must not exceed ``max_rows``.
+    Each tensor's dtype against the signature's, its declared shape and value count
+    (:func:`tensor_proto.checked_shape`);
+    then, when every input declares the same first dimension (as the batcher counts rows), it
+    must not exceed ``max_rows``.
 
     Returns:
       The total number of elements declared (picks the decode lane).
 
     Raises:
-      ServingError: INVALID_ARGUMENT for too many rows, an unknown rank or a negative dimension.
+      ServingError: INVALID_ARGUMENT for too many rows or a tensor that fails its checks.
     """
-    shapes = [tensor_proto.declared_shape(name, proto) for name, proto in request.inputs.items()]
+    for name, proto in request.inputs.items():
+        if name in signature.inputs and proto.dtype != signature.inputs[name].dtype:
+            expected = signature.inputs[name]
+            received = types_pb2.DataType.Name(proto.dtype) if proto.dtype in types_pb2.DataType.values() else proto.dtype
+            raise invalid_argument(f"input {name!r} expects {expected.dtype_name}, received a tensor of {received}")
+    shapes = [tensor_proto.checked_shape(name, proto, max_elements) for name, proto in request.inputs.items()]
     first = {shape[0] if shape else -1 for shape in shapes}
     if max_rows and len(first) == 1 and first.pop() > max_rows:
         raise too_many_rows(shapes[0][0], max_rows)
     return sum(math.prod(shape) for shape in shapes)
 
 
-def _decode_inputs(request: predict_pb2.PredictRequest, signature, max_elements: int) -> dict[str, np.ndarray]:
-    """The request's tensors as arrays (dtype and size checks first; see :mod:`serving.tensor_proto`)."""
-    inputs = {}
-    for name, proto in request.inputs.items():
-        if name in signature.inputs and proto.dtype != signature.inputs[name].dtype:
-            expected = signature.inputs[name]
-            received = types_pb2.DataType.Name(proto.dtype) if proto.dtype in types_pb2.DataType.values() else proto.dtype
-            raise invalid_argument(f"input {name!r} expects {expected.dtype_name}, received a tensor of {received}")
-        inputs[name] = tensor_proto.to_ndarray(name, proto, max_elements)
-    return inputs
+def _decode_inputs(request: predict_pb2.PredictRequest, max_elements: int) -> dict[str, np.ndarray]:
+    """The request's tensors as arrays (after :func:`check_declared_sizes`)."""
+    return {name: tensor_proto.to_ndarray(name, proto, max_elements) for name, proto in request.inputs.items()}
 
 
 def _encode_response(outputs: dict[str, np.ndarray], spec) -> predict_pb2.PredictResponse:
