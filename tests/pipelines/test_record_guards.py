@@ -163,8 +163,6 @@ def test_batch_scoring_finishes_and_reconciles_with_pathological_records(standin
 
 
 def test_batch_scoring_flag_mistakes_are_named(standin_ood, tmp_path, capsys):
-    from pipelines.cli import closest_flag
-
     args = ["--model", standin_ood, "--input", str(tmp_path / "x.jsonl"), "--output", str(tmp_path / "o")]
     with pytest.raises(SystemExit) as raised:
         batch_ood_scoring.parse_args(args + ["--batch_size", "0"])
@@ -172,4 +170,6 @@ def test_batch_scoring_flag_mistakes_are_named(standin_ood, tmp_path, capsys):
     with pytest.raises(SystemExit) as raised:
         batch_ood_scoring.parse_args(args + ["--out", "o"])
     assert raised.value.code == 2 and "did you mean --output?" in capsys.readouterr().err
+    from pipelines.cli import closest_flag
+
     assert closest_flag("--thresold", ["--threshold", "--output"], ["--no_auth"]) == "--threshold"
