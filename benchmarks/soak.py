@@ -352,18 +352,9 @@ def start_server(root: str, out: str, flags: list[str]) -> tuple[subprocess.Pope
          "--file_system_poll_wait_seconds=1", *flags], stdout=log, stderr=subprocess.STDOUT)
     server = {"rest": f"http://127.0.0.1:{rest_port}", "grpc": f"127.0.0.1:{grpc_port}",
               "rest_address": ("127.0.0.1", rest_port), "grpc_address": ("127.0.0.1", grpc_port)}
-    deadline = time.monotonic() + 300
-    for model in ("retrieval", "ood"):
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not come up; see {log_path}")
-            try:
-                with urllib.request.urlopen(f"{server['rest']}/v1/models/{model}", timeout=5) as response:
-                    if any(s["state"] == "AVAILABLE" for s in json.load(response)["model_version_status"]):
-                        break
-            except OSError:
-                pass
-            time.sleep(0.5)
+    from serving_load import wait_ready  # benchmarks/serving_load.py, beside this file.
+
+    wait_ready(server["rest"], ["retrieval", "ood"], process, timeout=300)
     return process, server, log_path
 
 
