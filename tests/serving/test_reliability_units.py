@@ -121,3 +121,14 @@ def test_messages_quoting_input_are_clipped():
     error = ServingError(grpc.StatusCode.INVALID_ARGUMENT, "bad name " + "s" * 10_000)
     assert len(error.message) < 2100 and error.message.endswith("(8,009 more characters)")
     assert clip("short") == "short"
+
+
+def test_grpc_channel_arguments_parse_like_tf_serving():
+    from serving.server import parse_grpc_channel_arguments
+
+    assert parse_grpc_channel_arguments("grpc.max_connection_idle_ms=5000, grpc.primary_user_agent=x") == (
+        ("grpc.max_connection_idle_ms", 5000), ("grpc.primary_user_agent", "x"))
+    assert parse_grpc_channel_arguments("") == ()
+    for bad in ("max_connection_idle_ms=5", "grpc.max_connection_idle_ms"):
+        with pytest.raises(ValueError, match="expected grpc.<name>=<value>"):
+            parse_grpc_channel_arguments(bad)
