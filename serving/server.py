@@ -48,6 +48,10 @@ DEFAULT_GRPC_ARGUMENTS = {
     "grpc.max_concurrent_streams": 100,  # Calls in flight per connection.
     "grpc.keepalive_time_ms": 60_000,  # Ping idle peers every 60 s ...
     "grpc.keepalive_timeout_ms": 20_000,  # ... and drop those that do not answer in 20 s.
+    # Reconnect every 30 min; calls still running 60 s after the GOAWAY are cut, which bounds how
+    # long a client that never reads its response can hold it (grpc.aio has no write timeout).
+    "grpc.max_connection_age_ms": 1_800_000,
+    "grpc.max_connection_age_grace_ms": 60_000,
 }
 
 

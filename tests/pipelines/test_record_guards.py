@@ -143,6 +143,7 @@ def standin_ood(tmp_path_factory) -> str:
     return version_dir
 
 
+@pytest.mark.slow  # A Beam job end to end (the stand-in model needs no training).
 def test_batch_scoring_finishes_and_reconciles_with_pathological_records(standin_ood, tmp_path):
     good = [json.dumps({"id": f"g{i}", "text": f"what is my balance {i}"}) for i in range(30)]
     bad = ['{"id": "deep", "text": ' + DEEP + "}", '{"id": "int", "n": ' + HUGE_INT + ', "text": "x"}',
