@@ -6,10 +6,10 @@ position with the record:
 - CSV / JSONL (:class:`ReadSourceLines`): the byte offset of the line. Splittable like Beam's
   text source (a split starting inside a line begins at the next line). A UTF-8 byte order mark
   at the start of a file is not part of its first record. A CSV record whose quoted field holds
-  a line break (RFC 4180) continues on the next lines, up to ``MAX_CSV_RECORD_BYTES`` (an
-  unterminated quote then ends the record, which is rejected downstream, instead of swallowing
-  the rest of the file); only a quoted line break that straddles a split boundary of a file
-  larger than the runner's split size (64 MiB on the Direct runner) is not joined.
+  a line break (RFC 4180) continues on the next lines (up to ``MAX_CSV_RECORD_LINES`` /
+  ``MAX_CSV_RECORD_BYTES``; a quote never closed costs only its own line); only a quoted line
+  break that straddles a split boundary of a file larger than the runner's split size (64 MiB on
+  the Direct runner) is not joined.
 - Parquet (:class:`ReadSourceLines` on ``*.parquet``): the 0-based row index in the file, read
   with pyarrow one row group at a time (one reader per file; Beam's ``ReadFromParquet`` does not
   expose file names or row indices). A row group that Python cannot convert (a ``timestamp[s]``
@@ -34,17 +34,49 @@ from apache_beam.io.filesystem import CompressionTypes
 
 
 BOM = b"\xef\xbb\xbf"
-MAX_CSV_RECORD_BYTES = 1 << 20  # A quoted field may span lines up to this record size.
+MAX_CSV_RECORD_BYTES = 1 << 20  # A quoted field may span lines up to this record size ...
+MAX_CSV_RECORD_LINES = 1000  # ... and this many lines.
 
 
 def _lossy(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
 
-def _open_quote(record: bytes) -> bool:
-    """True when ``record`` ends inside a quoted CSV field (an odd number of ``"``; RFC 4180
-    escapes a quote as ``""``, which toggles twice)."""
-    return record.count(b'"') % 2 == 1
+def _quote_state(record: bytes) -> str:
+    """``"open"`` when ``record`` ends inside a quoted CSV field, ``"malformed"`` when a quoted
+    field closes and is followed by text, else ``"closed"``, by the csv module's own rules (a quote
+    opens a field only at its start; ``""`` escapes; a quote inside an unquoted field is text)."""
+    if b'"' not in record:
+        return "closed"
+    try:
+        next(csv.reader([_lossy(record)], strict=True), None)
+    except csv.Error as error:
+        return "open" if "unexpected end of data" in str(error) else "malformed"
+    return "closed"
+
+
+def _rest_of_record(f, first: bytes) -> bytes:
+    """``first`` (a CSV line ending inside a quoted field) joined with the following lines until
+    the quote closes. When it does not close properly (after ``MAX_CSV_RECORD_LINES`` lines or
+    ``MAX_CSV_RECORD_BYTES``, at the end of the file, or followed by text: a stray quote), ``first``
+    is the record on its own (rejected or parsed downstream) and reading resumes on the next
+    line, so one stray quote costs one record, not the rest of the file."""
+    resume = f.tell()
+    parts, size = [first], len(first)
+    while len(parts) < MAX_CSV_RECORD_LINES and size < MAX_CSV_RECORD_BYTES:
+        more = f.readline()  # The quoted field goes on: the record is not over yet.
+        if not more:
+            break
+        parts.append(more)
+        size += len(more)
+        if b'"' in more:
+            state = _quote_state(b"".join(parts))
+            if state == "closed":
+                return b"".join(parts)
+            if state == "malformed":
+                break
+    f.seek(resume)
+    return first
 
 
 class _LinesWithOffsets(filebasedsource.FileBasedSource):
@@ -81,12 +113,8 @@ class _LinesWithOffsets(filebasedsource.FileBasedSource):
                 line = f.readline()
                 if not line:
                     break
-                if is_csv:
-                    while _open_quote(line) and len(line) < MAX_CSV_RECORD_BYTES:
-                        more = f.readline()  # The quoted field goes on: the record is not over yet.
-                        if not more:
-                            break
-                        line += more
+                if is_csv and _quote_state(line) == "open":
+                    line = _rest_of_record(f, line)
                 data = line.rstrip(b"\r\n")
                 if position == 0 and data.startswith(BOM):
                     data = data[len(BOM):]

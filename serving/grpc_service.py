@@ -88,6 +88,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             elements = check_declared_sizes(request, signature, self._predictor.max_rows, self._max_tensor_elements)
             async with self._decode_lanes.admit(elements >= LARGE_ELEMENTS) as lane:
                 inputs = await lane.run(_decode_inputs, request, self._max_tensor_elements)
+                await lane.run(self._predictor.check_strings, servable, inputs)
                 remaining = context.time_remaining()
                 result = await self._predictor.predict(servable, signature_name, inputs, remaining)
                 del inputs

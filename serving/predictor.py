@@ -68,6 +68,11 @@ class Predictor:
         limits = [v for v in (self.max_string_bytes, servable.max_string_bytes) if v]
         return min(limits) if limits else None
 
+    def check_strings(self, servable: Servable, arrays: dict[str, np.ndarray]) -> None:
+        """:func:`check_string_lengths` with ``servable``'s limit. Linear in the request size: the
+        front ends call it in their decode lane, before :meth:`predict`."""
+        check_string_lengths(arrays, self.string_limit(servable), servable)
+
     async def predict(self, servable: Servable, signature_name: str, inputs: dict[str, np.ndarray],
                       timeout_seconds: float | None = None) -> PredictResult:
         """Validates ``inputs`` against the signature and runs them (merged with concurrent requests).
@@ -85,7 +90,6 @@ class Predictor:
         """
         spec = servable.signature(signature_name)
         arrays = spec.validate(inputs)
-        check_string_lengths(arrays, self.string_limit(servable), servable)
         batcher = servable.batchers.get(signature_name)
         if batcher is None:
             on_batch = functools.partial(self.stats.record_batch, servable.name, servable.version, signature_name)

@@ -159,6 +159,7 @@ class _RestHandler:
                     key[3] = parsed.signature_name
                 signature = servable.signature(parsed.signature_name)
                 arrays = await lane.run(json_codec.request_arrays, parsed, signature, self._predictor.max_rows)
+                await lane.run(self._predictor.check_strings, servable, arrays)
                 result = await self._predictor.predict(servable, parsed.signature_name, arrays)
                 del arrays
                 text = await lane.run(json_codec.render_response, result.outputs, parsed.format)
