@@ -329,9 +329,16 @@ def sample(pid: int, log_path: str) -> dict:
         for line in f:
             key, _, value = line.partition(":")
             status[key] = value.strip()
+    names: collections.Counter = collections.Counter()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/comm") as f:
+                names[f.read().strip()] += 1
+        except OSError:
+            pass  # The thread ended meanwhile.
     return {"rss_mib": round(int(status["VmRSS"].split()[0]) / 1024, 1), "threads": int(status["Threads"]),
-            "fds": len(os.listdir(f"/proc/{pid}/fd")), "log_bytes": os.path.getsize(log_path),
-            "loadavg": open("/proc/loadavg").read().split()[:3]}
+            "thread_names": dict(names), "fds": len(os.listdir(f"/proc/{pid}/fd")),
+            "log_bytes": os.path.getsize(log_path), "loadavg": open("/proc/loadavg").read().split()[:3]}
 
 
 def start_server(root: str, out: str, flags: list[str]) -> tuple[subprocess.Popen, dict, str]:
