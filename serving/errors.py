@@ -72,7 +72,7 @@ def not_found(message: str) -> ServingError:
 
 
 
-def too_many_rows(rows: int, limit: int) -> ServingError:
+def too_many_rows(rows: int | str, limit: int) -> ServingError:
     """INVALID_ARGUMENT for a request with more rows than the batch queue holds (it could never
     run: retrying cannot help). Raised by the batcher, and before decoding by both APIs."""
     return invalid_argument(

@@ -28,7 +28,9 @@ from typing import Any, Literal
 import numpy as np
 from tensorflow.core.framework import types_pb2
 
+from serving import large_json
 from serving.errors import invalid_argument, too_many_rows
+from serving.pools import LARGE_BYTES
 from serving.signature import DEFAULT_SIGNATURE, SignatureSpec, TensorSpec
 
 BYTES_SUFFIX = "_bytes"
@@ -45,16 +47,20 @@ class PredictBody:
     payload: Any
 
 
-def parse_predict_body(body: bytes) -> PredictBody:
+def parse_predict_body(body: bytes, max_rows: int | None = None) -> PredictBody:
     """Parses a ``:predict`` body's JSON envelope.
+
+    Bodies of ``serving.pools.LARGE_BYTES`` (1 MiB) or more are parsed by :func:`serving.large_json.loads`: element
+    by element (never holding the GIL for the whole body) and stopping after ``max_rows`` rows.
 
     Raises:
       ServingError: INVALID_ARGUMENT for malformed JSON (also nesting deeper than the parser's
         recursion limit and integers over 4,300 digits), a non-object body, neither or both of
-        ``instances``/``inputs``, or a non-string ``signature_name``.
+        ``instances``/``inputs``, a non-string ``signature_name``, or (large bodies) more than
+        ``max_rows`` rows.
     """
     try:
-        document = json.loads(body)
+        document = large_json.loads(body, max_rows) if len(body) >= LARGE_BYTES else json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise invalid_argument(f"JSON Parse error: {error}") from None
     except RecursionError:

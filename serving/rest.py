@@ -153,7 +153,7 @@ class _RestHandler:
             servable = self._manager.resolve(name, version, label)
             key[1:3] = servable.name, servable.version
             async with self._options.decode_lanes.admit(len(body) >= LARGE_BYTES) as lane:
-                parsed = await lane.run(json_codec.parse_predict_body, body)
+                parsed = await lane.run(json_codec.parse_predict_body, body, self._predictor.max_rows)
                 del body
                 if parsed.signature_name in servable.signatures:
                     key[3] = parsed.signature_name

@@ -4,6 +4,7 @@ rate-limited logging, the descriptor budget and the decode lanes."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -132,3 +133,43 @@ def test_grpc_channel_arguments_parse_like_tf_serving():
     for bad in ("max_connection_idle_ms=5", "grpc.max_connection_idle_ms"):
         with pytest.raises(ValueError, match="expected grpc.<name>=<value>"):
             parse_grpc_channel_arguments(bad)
+
+
+@pytest.mark.parametrize("document", [
+    {"instances": [{"a": [1, 2.5, None], "b": "x\u00e9\"\\n"}, {"a": [], "b": ""}], "signature_name": "s"},
+    {"inputs": {"text": ["a", "b"], "n": [[1, 2], [3, 4]]}}, {"inputs": [1, 2, 3]}, {"instances": []}, {},
+    {"inputs": {"nested": {"instances": [1]}}, "other": [1, {"x": [2]}]},
+])
+def test_large_json_equals_json_loads(document):
+    from serving import large_json
+
+    for text in (json.dumps(document), json.dumps(document, indent=3)):
+        assert large_json.loads(text.encode()) == json.loads(text)
+        assert large_json.loads(("\ufeff" + text).encode("utf-8")) == json.loads(("\ufeff" + text).encode("utf-8"))
+
+
+@pytest.mark.parametrize("text, error", [
+    (b'{"instances": [1, 2,]}', json.JSONDecodeError), (b'{"instances": [1] x', json.JSONDecodeError),
+    (b'{"a" 1}', json.JSONDecodeError), (b"{'a': 1}", json.JSONDecodeError), (b'{"a": 1} 2', json.JSONDecodeError),
+    (b'{"instances": [' + b"1" * 4301 + b"]}", ValueError),
+    (b'{"instances": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}", RecursionError),
+])
+def test_large_json_fails_like_json_loads(text, error):
+    from serving import large_json
+
+    with pytest.raises(error):
+        json.loads(text)
+    with pytest.raises(error):
+        large_json.loads(text)
+
+
+def test_large_json_stops_at_the_row_cap():
+    from serving import large_json
+
+    body = json.dumps({"instances": ["abc"] * 1_000_000}).encode()
+    started = time.perf_counter()
+    with pytest.raises(ServingError, match="more than 3200 rows"):
+        large_json.loads(body, max_rows=3200)
+    assert time.perf_counter() - started < 0.5  # json.loads alone takes ~0.1-1 s on this body.
+    assert large_json.loads(json.dumps({"instances": [1] * 3200}).encode(), max_rows=3200)["instances"] == [1] * 3200
+    assert len(large_json.loads(json.dumps({"inputs": {"x": [1] * 5000}}).encode(), max_rows=3200)["inputs"]["x"]) == 5000

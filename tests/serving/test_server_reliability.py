@@ -189,7 +189,7 @@ def test_large_rest_bodies_do_not_delay_ordinary_requests(reliable):
     finally:
         for thread in big:
             thread.join()
-    assert all(status == 400 and "550000 rows" in document["error"] for status, document in results), results
+    assert all(status == 400 and "more than 3200 rows" in document["error"] for status, document in results), results
     assert max(latencies) < 1.0, latencies
 
 
