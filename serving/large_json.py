@@ -48,6 +48,17 @@ def _skip(text: str, index: int) -> int:
     return _WS.match(text, index).end()
 
 
+def _after_item(text: str, index: int, close: str) -> tuple[int, bool]:
+    """Past the ``,`` after a container item (``(index, False)``) or its closing ``close``
+    (``(index, True)``)."""
+    index = _skip(text, index)
+    if text.startswith(close, index):
+        return index + 1, True
+    if not text.startswith(",", index):
+        raise json.JSONDecodeError("Expecting ',' delimiter", text, index)
+    return _skip(text, index + 1), False
+
+
 def _object(text: str, index: int, max_rows: int | None, columns: bool = False) -> tuple[dict, int]:
     """The top-level object (``instances`` and ``inputs`` element by element), or with ``columns``
     the named ``inputs`` object (every list value element by element)."""
@@ -71,12 +82,9 @@ def _object(text: str, index: int, max_rows: int | None, columns: bool = False) 
             out[key], index = _object(text, index, None, columns=True)
         else:
             out[key], index = _DECODER.raw_decode(text, index)
-        index = _skip(text, index)
-        if text.startswith("}", index):
-            return out, index + 1
-        if not text.startswith(",", index):
-            raise json.JSONDecodeError("Expecting ',' delimiter", text, index)
-        index = _skip(text, index + 1)
+        index, closed = _after_item(text, index, "}")
+        if closed:
+            return out, index
 
 
 def _array(text: str, index: int, max_rows: int | None) -> tuple[list, int]:
@@ -89,9 +97,6 @@ def _array(text: str, index: int, max_rows: int | None) -> tuple[list, int]:
         out.append(value)
         if max_rows is not None and len(out) > max_rows:
             raise too_many_rows(f"more than {max_rows}", max_rows)
-        index = _skip(text, index)
-        if text.startswith("]", index):
-            return out, index + 1
-        if not text.startswith(",", index):
-            raise json.JSONDecodeError("Expecting ',' delimiter", text, index)
-        index = _skip(text, index + 1)
+        index, closed = _after_item(text, index, "]")
+        if closed:
+            return out, index
