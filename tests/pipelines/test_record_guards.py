@@ -169,9 +169,11 @@ def test_batch_scoring_flag_mistakes_are_named(standin_ood, tmp_path, capsys):
     with pytest.raises(SystemExit) as raised:
         batch_ood_scoring.parse_args(args + ["--batch_size", "0"])
     assert raised.value.code == 2 and "--batch_size must be >= 1, received 0" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as raised:
-        batch_ood_scoring.parse_args(args + ["--out", "o"])
-    assert raised.value.code == 2 and "did you mean --output?" in capsys.readouterr().err
+    from pipelines import recsys_features
+
+    with pytest.raises(SystemExit) as raised:  # main 9c7fa44 answered "did you mean --no_auth?".
+        recsys_features.parse_args(["--output_dir", str(tmp_path / "o"), "--out", "x"])
+    assert raised.value.code == 2 and "did you mean --output_dir?" in capsys.readouterr().err
     from pipelines.cli import closest_flag
 
     assert closest_flag("--thresold", ["--threshold", "--output"], ["--no_auth"]) == "--threshold"
