@@ -10,8 +10,9 @@ Flags are named like tensorflow_model_server's, so existing launch scripts carry
 Differences from tensorflow_model_server: both servers bind 127.0.0.1 unless ``--host`` says
 otherwise (and warn that the APIs are unauthenticated when it does); ``--max_request_bytes`` bounds
 request bodies, ``--max_tensor_elements`` gRPC tensors; REST reads time out and connections are
-capped; the gRPC reload RPC is off unless ``--enable_reload_config_rpc``; SavedModels with ScaNN
-ops load.
+capped (in total and per client) and must read their responses in time; gRPC connections are
+capped and time out when idle; strings are capped (``--max_string_bytes``); the gRPC reload RPC is
+off unless ``--enable_reload_config_rpc``; SavedModels with ScaNN ops load.
 """
 
 from __future__ import annotations
@@ -77,6 +78,21 @@ class ServeOptions:
         default=_SERVER.rest_body_read_timeout_seconds)
     rest_max_connections: int = cli.flag("open REST connections at once; more are answered 503 and closed",
                                          default=_SERVER.rest_max_connections)
+    rest_max_connections_per_client: int = cli.flag(
+        "open REST connections from one client address; more are answered 503 (0: no limit)",
+        default=_SERVER.rest_max_connections_per_client)
+    rest_write_timeout_seconds: float = cli.flag(
+        "disconnect a client that has not read its whole response this long after it was ready",
+        default=_SERVER.rest_write_timeout_seconds)
+    grpc_max_connections: int = cli.flag("open gRPC connections at once; more are closed when accepted",
+                                         default=_SERVER.grpc_max_connections)
+    grpc_channel_arguments: str = cli.flag(
+        "comma-separated grpc.<name>=<value> server arguments, overriding the defaults (idle timeout "
+        "grpc.max_connection_idle_ms=60000, grpc.server_handshake_timeout_ms=10000, grpc.max_concurrent_streams=100, "
+        "keepalive 60 s / 20 s)", default="")
+    max_string_bytes: int = cli.flag(
+        "longest string element of a request, e.g. one text (400 beyond; an export's "
+        "assets.extra/serving_limits.json may lower it for its model; 0: no limit)", default=_SERVER.max_string_bytes)
     enable_reload_config_rpc: bool = cli.flag(
         "allow gRPC ModelService.HandleReloadConfigRequest (unauthenticated: anyone who can reach the gRPC port "
         "can then replace the served models)", default=_SERVER.enable_reload_config_rpc)
@@ -121,11 +137,12 @@ def serve_command(args: ServeOptions) -> int:
         )
         if args.batching_parameters_file:
             batching = load_batching_parameters_file(args.batching_parameters_file, batching)
-        from serving.server import run_server
+        from serving.server import parse_grpc_channel_arguments, run_server
 
         server_fields = {f.name for f in dataclasses.fields(ServerOptions)}
-        options = ServerOptions(batching=batching, monitoring=monitoring, **{
-            k: v for k, v in dataclasses.asdict(args).items() if k in server_fields})
+        values = {k: v for k, v in dataclasses.asdict(args).items() if k in server_fields}
+        values["grpc_channel_arguments"] = parse_grpc_channel_arguments(args.grpc_channel_arguments)
+        options = ServerOptions(batching=batching, monitoring=monitoring, **values)
     except (ModelConfigError, ValueError) as error:
         raise cli.UsageError(str(error)) from None
     _configure_tensorflow(args.tensorflow_intra_op_parallelism, args.tensorflow_inter_op_parallelism)

@@ -12,3 +12,11 @@ TEXT_INPUT = "text"
 SCORE_OUTPUT = "ood_score"
 DECISION_OUTPUT = "is_ood"
 DETECTOR_JSON = "detector.json"  # in the SavedModel's assets.extra/
+
+# Longest text (UTF-8 bytes) an export accepts: the served model answers longer ones with 400 and
+# batch scoring rejects them (``text_too_long``), instead of tokenising megabytes of which the
+# scorer only reads its first max_text_tokens tokens. Both are recorded in detector.json at export
+# (max_text_bytes also in the server's assets.extra/serving_limits.json).
+MAX_TEXT_BYTES_FIELD = "max_text_bytes"
+MAX_TEXT_TOKENS_FIELD = "max_text_tokens"
+DEFAULT_MAX_TEXT_BYTES = 100_000

@@ -22,7 +22,8 @@ import numpy as np
 
 from pipelines.features.item_corpus import unknown_item_dead_letter
 from pipelines.io.records import (
-    COUNTS_TAG, DEAD_LETTER_TAG, DeadLetter, Interaction, RawLine, RowError, bundle_count, parse_row, raw_text,
+    COUNTS_TAG, DEAD_LETTER_TAG, MAX_TIMESTAMP, MIN_TIMESTAMP, DeadLetter, Interaction, RawLine, RowError,
+    bundle_count, parse_record, raw_text,
 )
 
 BATCH_LINES = 20_000  # Lines per block: large enough to amortise Beam's per-element cost.
@@ -131,7 +132,7 @@ def parse_csv_block(lines: list[RawLine], columns: tuple[str, str, str, str | No
     users, items, times = ([value.strip() for value in table[p]] for p in positions[:3])
     slow.update(index for index, (u, i) in enumerate(zip(users, items)) if not u or not i)
     timestamps = _numbers(times)
-    ok = np.isfinite(timestamps) & (np.abs(timestamps) < 2.0**62)
+    ok = np.isfinite(timestamps) & (timestamps >= MIN_TIMESTAMP) & (timestamps < MAX_TIMESTAMP)
     weights = None
     if positions[3] is not None:
         weights = _numbers([value.strip() for value in table[positions[3]]])
@@ -161,7 +162,7 @@ class _ParseBatchDoFn(beam.DoFn):
         for index in slow:
             line = lines[index]
             try:
-                records.append(self._parse_fn(line, parse_row(line)))
+                records.append(parse_record(line, self._parse_fn))
                 line_of_row.append(index)
             except RowError as error:
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
@@ -176,7 +177,7 @@ class _ParseBatchDoFn(beam.DoFn):
         known_mask = np.fromiter((item_id in known for item_id in batch.item_ids), bool, batch.size)
         for row in np.flatnonzero(~known_mask).tolist():  # Re-parsed to name the record in the dead letter.
             line = lines[line_of_row[row]]
-            record = self._parse_fn(line, parse_row(line))
+            record = parse_record(line, self._parse_fn)
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, unknown_item_dead_letter(self._source, record))
         if not known_mask.all():
             batch = batch.select(known_mask)

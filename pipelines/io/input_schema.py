@@ -181,7 +181,7 @@ def read_columns(pattern: str) -> tuple[str, set[str]]:
             for _, line in zip(range(JSONL_RECORDS_CHECKED), f):
                 try:
                     row = json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):  # Also over-long integers and deep nesting.
                     continue  # Bad lines become dead letters when the job runs.
                 if isinstance(row, dict):
                     columns.update(row)

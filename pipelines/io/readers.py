@@ -4,10 +4,17 @@ Dead letters must say where a bad record is, so each source yields the file and 
 position with the record:
 
 - CSV / JSONL (:class:`ReadSourceLines`): the byte offset of the line. Splittable like Beam's
-  text source (a split starting inside a line begins at the next line).
+  text source (a split starting inside a line begins at the next line). A UTF-8 byte order mark
+  at the start of a file is not part of its first record. A CSV record whose quoted field holds
+  a line break (RFC 4180) continues on the next lines (up to ``MAX_CSV_RECORD_LINES`` /
+  ``MAX_CSV_RECORD_BYTES``; a quote never closed costs only its own line); only a quoted line
+  break that straddles a split boundary of a file larger than the runner's split size (64 MiB on
+  the Direct runner) is not joined.
 - Parquet (:class:`ReadSourceLines` on ``*.parquet``): the 0-based row index in the file, read
   with pyarrow one row group at a time (one reader per file; Beam's ``ReadFromParquet`` does not
-  expose file names or row indices).
+  expose file names or row indices). A row group that Python cannot convert (a ``timestamp[s]``
+  beyond year 9999 raises OverflowError) is converted row by row, and each row that fails is one
+  :class:`UnconvertibleRow` (a dead letter downstream) instead of failing the job.
 - TFRecord (:class:`ReadTFRecordsWithPositions`): the record's byte offset (in the uncompressed
   stream for ``.gz``), with both CRC32C checksums verified. A record whose length or data fails
   its checksum, or a file that ends inside a record (truncated, or a gzip stream cut short), yields
@@ -24,6 +31,11 @@ from typing import NamedTuple
 import apache_beam as beam
 from apache_beam.io import filebasedsource
 from apache_beam.io.filesystem import CompressionTypes
+
+
+BOM = b"\xef\xbb\xbf"
+MAX_CSV_RECORD_BYTES = 1 << 20  # A quoted field may span lines up to this record size ...
+MAX_CSV_RECORD_LINES = 1000  # ... and this many lines.
 
 
 class RawLine(NamedTuple):
@@ -45,6 +57,43 @@ class RawLine(NamedTuple):
 
 def _lossy(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
+
+
+def _quote_state(record: bytes) -> str:
+    """``"open"`` when ``record`` ends inside a quoted CSV field, ``"malformed"`` when a quoted
+    field closes and is followed by text, else ``"closed"``, by the csv module's own rules (a quote
+    opens a field only at its start; ``""`` escapes; a quote inside an unquoted field is text)."""
+    if b'"' not in record:
+        return "closed"
+    try:
+        next(csv.reader([_lossy(record)], strict=True), None)
+    except csv.Error as error:
+        return "open" if "unexpected end of data" in str(error) else "malformed"
+    return "closed"
+
+
+def _rest_of_record(f, first: bytes) -> bytes:
+    """``first`` (a CSV line ending inside a quoted field) joined with the following lines until
+    the quote closes. When it does not close properly (after ``MAX_CSV_RECORD_LINES`` lines or
+    ``MAX_CSV_RECORD_BYTES``, at the end of the file, or followed by text: a stray quote), ``first``
+    is the record on its own (rejected or parsed downstream) and reading resumes on the next
+    line, so one stray quote costs one record, not the rest of the file."""
+    resume = f.tell()
+    parts, size = [first], len(first)
+    while len(parts) < MAX_CSV_RECORD_LINES and size < MAX_CSV_RECORD_BYTES:
+        more = f.readline()  # The quoted field goes on: the record is not over yet.
+        if not more:
+            break
+        parts.append(more)
+        size += len(more)
+        if b'"' in more:
+            state = _quote_state(b"".join(parts))
+            if state == "closed":
+                return b"".join(parts)
+            if state == "malformed":
+                break
+    f.seek(resume)
+    return first
 
 
 class _LinesWithOffsets(filebasedsource.FileBasedSource):
@@ -81,7 +130,11 @@ class _LinesWithOffsets(filebasedsource.FileBasedSource):
                 line = f.readline()
                 if not line:
                     break
+                if is_csv and _quote_state(line) == "open":
+                    line = _rest_of_record(f, line)
                 data = line.rstrip(b"\r\n")
+                if position == 0 and data.startswith(BOM):
+                    data = data[len(BOM):]
                 if data.strip():
                     yield file_name, position, header, data, None
                 position += len(line)
@@ -91,6 +144,28 @@ class Unreadable(NamedTuple):
     """Stands for the rest of a file that cannot be read (a dead letter downstream)."""
 
     reason: str
+
+
+class UnconvertibleRow(NamedTuple):
+    """Stands for one Parquet row whose values Python cannot hold (a dead letter downstream)."""
+
+    reason: str
+
+
+def _row_group_rows(table) -> list:
+    """The rows of one pyarrow table as dicts; a row that cannot be converted is an
+    :class:`UnconvertibleRow` naming the error (the other rows are unaffected)."""
+    try:
+        return table.to_pylist()
+    except (OverflowError, ValueError, TypeError, ArithmeticError):
+        rows = []
+        for index in range(table.num_rows):
+            try:
+                rows.extend(table.slice(index, 1).to_pylist())
+            except (OverflowError, ValueError, TypeError, ArithmeticError) as error:
+                rows.append(UnconvertibleRow(f"a value of this row cannot be converted: "
+                                             f"{type(error).__name__}: {str(error)[:300]}"))
+        return rows
 
 
 class _ParquetRows(filebasedsource.FileBasedSource):
@@ -114,7 +189,7 @@ class _ParquetRows(filebasedsource.FileBasedSource):
             with self.open_file(file_name) as f:
                 parquet = pq.ParquetFile(f)
                 for group in range(parquet.num_row_groups):
-                    for row in parquet.read_row_group(group).to_pylist():
+                    for row in _row_group_rows(parquet.read_row_group(group)):
                         yield file_name, index, None, b"", row
                         index += 1
         except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError, ArrowIOError an OSError.

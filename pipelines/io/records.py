@@ -23,10 +23,20 @@ from apache_beam.utils import timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.io.input_schema import InputSpec, ItemFeatureColumn  # noqa: F401  (re-exported)
-from pipelines.io.readers import RawLine, ReadSourceLines, Unreadable  # noqa: F401  (RawLine, ReadSourceLines re-exported)
+from pipelines.io.readers import (  # noqa: F401  (RawLine, ReadSourceLines re-exported)
+    RawLine, ReadSourceLines, UnconvertibleRow, Unreadable,
+)
 
 DEAD_LETTER_TAG = "dead_letter"
 MISSING_VALUES = frozenset({"", "(no genres listed)"})
+# Plausible event times, seconds since the Unix epoch: [1970-01-01, 2100-01-01) UTC. Anything outside
+# is corruption (flipped bytes gave 1918 dates) or a unit mix-up (milliseconds): it would land in the
+# wrong split and order histories wrongly, so such a record is rejected (``implausible_timestamp``).
+MIN_TIMESTAMP, MAX_TIMESTAMP = 0, 4_102_444_800
+MAX_MESSAGE_CHARS = 300  # An error text quoted in a reason is cut to this many characters.
+# Deepest JSON nesting accepted in a record: deeper values parse, but every later step that walks
+# them (Beam's pickling coder between stages, JSON output) would hit Python's recursion limit.
+MAX_JSON_DEPTH = 64
 
 
 class RowError(ValueError):
@@ -75,17 +85,51 @@ class ItemEvent(NamedTuple):
 
 def raw_text(line: RawLine) -> str:
     """The record as text for a dead letter: the line (lossy-decoded), or a Parquet row as JSON."""
-    if isinstance(line.row, Unreadable):
+    if isinstance(line.row, (Unreadable, UnconvertibleRow)):
         return ""
     if line.row is not None:
-        return json.dumps(line.row, ensure_ascii=False, default=str)
+        try:
+            return json.dumps(line.row, ensure_ascii=False, default=str)
+        except (ValueError, RecursionError):
+            return repr(line.row)[:10_000]
     return line.data.decode("utf-8", errors="replace")
+
+
+def clip(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters (with how much was cut), for messages quoting input."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def guarded(parse: Callable[[], object]) -> object:
+    """Runs one record's parse; every failure becomes a :class:`RowError` (never a job failure).
+
+    This is the one guard every per-record parse of the Beam jobs goes through: RowErrors pass
+    as they are; a value nested too deeply for Python's recursion limit becomes
+    ``too_deeply_nested``; any other exception (a value no converter accepts, an overflow) becomes
+    ``invalid_record`` naming the exception.
+    """
+    try:
+        return parse()
+    except RowError:
+        raise
+    except RecursionError:
+        raise RowError("too_deeply_nested", "the record is nested too deeply to process") from None
+    except Exception as error:  # noqa: BLE001 - one bad record must never fail the job.
+        raise RowError("invalid_record", f"cannot process the record: {type(error).__name__}: "
+                       f"{clip(str(error))}") from None
+
+
+def parse_record(line: RawLine, parse_fn: Callable[[RawLine, dict], object]) -> object:
+    """``parse_fn(line, parse_row(line))`` under :func:`guarded`: a record, or a RowError."""
+    return guarded(lambda: parse_fn(line, parse_row(line)))
 
 
 def parse_row(line: RawLine) -> dict:
     """Decodes a raw line into a ``{column: value}`` dict. Raises RowError with the reason."""
     if isinstance(line.row, Unreadable):
         raise RowError("unreadable_file", line.row.reason)
+    if isinstance(line.row, UnconvertibleRow):
+        raise RowError("invalid_value", line.row.reason)
     if line.row is not None:
         return dict(line.row)
     try:
@@ -106,8 +150,14 @@ def parse_row(line: RawLine) -> dict:
         row = json.loads(text)
     except json.JSONDecodeError as error:
         raise RowError("invalid_json", f"invalid JSON: {error.msg}") from None
+    except RecursionError:
+        raise RowError("too_deeply_nested", "invalid JSON: nested too deeply to parse") from None
+    except ValueError as error:  # An integer over sys.get_int_max_str_digits() digits.
+        raise RowError("invalid_json", f"invalid JSON: {clip(str(error).split(';')[0])}") from None
     if not isinstance(row, dict):
         raise RowError("invalid_json", f"expected a JSON object per line, received {type(row).__name__}")
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and json_depth(row) > MAX_JSON_DEPTH:
+        raise RowError("too_deeply_nested", f"JSON values nested more than {MAX_JSON_DEPTH} deep")
     if "\\u" in text:  # Escapes may encode lone surrogates, which no UTF-8 output can hold.
         try:
             json.dumps(row, ensure_ascii=False).encode("utf-8")
@@ -115,6 +165,19 @@ def parse_row(line: RawLine) -> dict:
             raise RowError("invalid_unicode", f"a JSON string holds a lone surrogate escape "
                            f"({ascii(error.object[error.start:error.end])}), which is not valid Unicode") from None
     return row
+
+
+def json_depth(value) -> int:
+    """Nesting depth of a parsed JSON value (a scalar is 0), computed without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth + 1)
+            stack.extend((child, depth + 1) for child in item if isinstance(child, (list, dict)))
+    return deepest
 
 
 def _required_text(row: Mapping, column: str) -> str:
@@ -140,13 +203,23 @@ def _finite_number(row: Mapping, column: str, what: str) -> float:
     return value
 
 
+def check_timestamp(seconds: float, column: str) -> int:
+    """``seconds`` as an int, or RowError ``implausible_timestamp`` outside the plausible range."""
+    if not MIN_TIMESTAMP <= seconds < MAX_TIMESTAMP:
+        raise RowError("implausible_timestamp",
+                       f"timestamp {seconds:.0f} in column {column!r} is outside the plausible range "
+                       f"[{MIN_TIMESTAMP}, {MAX_TIMESTAMP}) seconds (1970-01-01 to 2100-01-01 UTC; "
+                       "timestamps must be seconds since the Unix epoch, not milliseconds)")
+    return int(seconds)
+
+
 def _parse_timestamp(row: Mapping, column: str) -> int:
     value = row.get(column)
     if isinstance(value, datetime.datetime):  # Parquet timestamp columns; naive ones are taken as UTC.
         if value.tzinfo is None:
             value = value.replace(tzinfo=datetime.timezone.utc)
-        return int(value.timestamp())
-    return int(_finite_number(row, column, "timestamp"))
+        return check_timestamp(value.timestamp(), column)
+    return check_timestamp(_finite_number(row, column, "timestamp"), column)
 
 
 def _multi_values(value, column: ItemFeatureColumn) -> tuple[str, ...]:
@@ -186,7 +259,7 @@ class _ParseDoFn(beam.DoFn):
     def process(self, line: RawLine):
         self._counts[line.source] = self._counts.get(line.source, 0) + 1
         try:
-            yield self._parse_fn(line, parse_row(line))
+            yield parse_record(line, self._parse_fn)
         except RowError as error:
             yield beam.pvalue.TaggedOutput(
                 DEAD_LETTER_TAG, DeadLetter(line.source, line.position, error.kind, str(error), raw_text(line))

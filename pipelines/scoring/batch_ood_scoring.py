@@ -37,13 +37,14 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from core import cli
 from pipelines.beam_args import DEFAULT_MAX_REJECT_FRACTION, check_reject_fraction, rejection_problem, unknown_arguments
-from pipelines.io.writers import WriteJson
 from pipelines.io.readers import ReadTFRecordsWithPositions
+from pipelines.io.writers import WriteJson
 from pipelines.io.records import (
-    COUNTS_TAG, DEAD_LETTER_TAG, DeadLetter, RawLine, ReadSourceLines, RowError, bundle_count, parse_row, raw_text,
+    COUNTS_TAG, DEAD_LETTER_TAG, DeadLetter, RawLine, ReadSourceLines, RowError, bundle_count, guarded, parse_row,
+    raw_text,
 )
 from serving.export import list_versions
-from text_ood.contract import DETECTOR_JSON, SCORE_OUTPUT, SIGNATURE
+from text_ood.contract import DETECTOR_JSON, MAX_TEXT_BYTES_FIELD, SCORE_OUTPUT, SIGNATURE
 
 SOURCE = "texts"
 OUTPUT_FIELDS = ("id", "ood_score", "perplexity", "is_ood")
@@ -68,12 +69,27 @@ def resolve_model_dir(model: str) -> str:
     return os.path.join(model, str(versions[-1]))
 
 
-def read_threshold(model_dir: str) -> float | None:
+def read_detector_info(model_dir: str) -> dict:
+    """The export's ``assets.extra/detector.json`` (``{}`` when the export has none)."""
     path = os.path.join(model_dir, "assets.extra", DETECTOR_JSON)
     if not os.path.isfile(path):
-        return None
+        return {}
     with open(path) as f:
-        return float(json.load(f)["threshold"])
+        return json.load(f)
+
+
+def read_threshold(model_dir: str) -> float | None:
+    info = read_detector_info(model_dir)
+    return float(info["threshold"]) if "threshold" in info else None
+
+
+def check_text_length(text: bytes, max_bytes: int | None, field: str) -> bytes:
+    """``text``, or RowError ``text_too_long`` when it exceeds the export's ``max_text_bytes``
+    (the served model answers such a text with 400 too: one rule for both paths)."""
+    if max_bytes is not None and len(text) > max_bytes:
+        raise RowError("text_too_long", f"field {field!r} holds {len(text)} bytes, more than the model's "
+                       f"max_text_bytes {max_bytes} (assets.extra/{DETECTOR_JSON})")
+    return text
 
 
 def _text_of(value: Any, field: str) -> bytes:
@@ -137,22 +153,27 @@ def example_to_record(path: str, offset: int, serialized: bytes, text_field: str
 class _ToRecords(beam.DoFn):
     """Input (line or tf.Example) -> record, or a dead letter; counts what it reads per bundle."""
 
-    def __init__(self, text_field: str, id_field: str):
-        self._text_field, self._id_field = text_field, id_field
+    def __init__(self, text_field: str, id_field: str, max_text_bytes: int | None = None):
+        self._text_field, self._id_field, self._max_text_bytes = text_field, id_field, max_text_bytes
 
     def start_bundle(self):
         self._read = 0
 
+    def _record(self, element) -> ScoringRecord:
+        if isinstance(element, RawLine):
+            record = line_to_record(element, self._text_field, self._id_field)
+        else:
+            path, offset, serialized, unreadable = element
+            if unreadable is not None:
+                raise RowError("unreadable_record", unreadable)
+            record = example_to_record(path, offset, serialized, self._text_field, self._id_field)
+        check_text_length(record.text, self._max_text_bytes, self._text_field)
+        return record
+
     def process(self, element):
         self._read += 1
         try:
-            if isinstance(element, RawLine):
-                yield line_to_record(element, self._text_field, self._id_field)
-            else:
-                path, offset, serialized, unreadable = element
-                if unreadable is not None:
-                    raise RowError("unreadable_record", unreadable)
-                yield example_to_record(path, offset, serialized, self._text_field, self._id_field)
+            yield guarded(lambda: self._record(element))
         except RowError as error:
             if isinstance(element, RawLine):
                 position, raw = element.position, raw_text(element)
@@ -227,12 +248,21 @@ def to_output(prediction: PredictionResult):
         return
     output = {f"input_{k}" if k in OUTPUT_FIELDS else k: v for k, v in record.fields.items()}
     output.update({"id": record.id, **result})
-    yield output
+    try:
+        line = guarded(lambda: json.dumps(strict_json_values(output), ensure_ascii=False, default=str,
+                                          allow_nan=False))
+    except RowError as error:  # E.g. a pass-through field nested too deeply to write.
+        yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
+            SOURCE, record.position, error.kind, str(error), record.text.decode("utf-8", errors="replace")))
+        return
+    yield ScoredLine(line, result.get("is_ood"))
 
 
-def to_json_line(output: dict) -> str:
-    """One output record as a strict JSON line."""
-    return json.dumps(strict_json_values(output), ensure_ascii=False, default=str, allow_nan=False)
+class ScoredLine(NamedTuple):
+    """One scored record: its output JSON line, and whether it was flagged OoD (None: no threshold)."""
+
+    line: str
+    is_ood: bool | None
 
 
 _NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
@@ -263,14 +293,16 @@ def _input_kind(pattern: str) -> str:
 SCORES_PREFIX, DEAD_LETTER_PREFIX, SUMMARY_FILE = "scores", "dead_letter", "summary.json"
 
 
-def build_pipeline(pipeline: beam.Pipeline, options: "ScoringOptions", model_dir: str, threshold: float | None) -> None:
+def build_pipeline(pipeline: beam.Pipeline, options: "ScoringOptions", model_dir: str, threshold: float | None,
+                   max_text_bytes: int | None = None) -> None:
     """Adds every step of the scoring job to ``pipeline`` (see the module docstring)."""
     out = options.output_dir.rstrip("/")
     if _input_kind(options.input) == "tfrecord":
         raw = pipeline | "ReadTFRecords" >> ReadTFRecordsWithPositions(options.input)
     else:
         raw = pipeline | "ReadLines" >> ReadSourceLines(SOURCE, options.input)
-    records = raw | "ToRecords" >> beam.ParDo(_ToRecords(options.text_field, options.id_field)).with_outputs(
+    records = raw | "ToRecords" >> beam.ParDo(
+        _ToRecords(options.text_field, options.id_field, max_text_bytes)).with_outputs(
         DEAD_LETTER_TAG, COUNTS_TAG, main="records")
     handler = OODScoringModelHandler(model_dir, threshold, options.batch_size)
     outputs = (
@@ -278,7 +310,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: "ScoringOptions", model_dir
         | "Score" >> RunInference(handler)
         | "ToOutput" >> beam.FlatMap(to_output).with_outputs(DEAD_LETTER_TAG, main="scored")
     )
-    _ = (outputs.scored | "ToJsonLines" >> beam.Map(to_json_line)
+    _ = (outputs.scored | "Lines" >> beam.Map(lambda scored: scored.line)
          | "WriteScores" >> beam.io.WriteToText(f"{out}/{SCORES_PREFIX}", file_name_suffix=".jsonl"))
     dead = (records[DEAD_LETTER_TAG], outputs[DEAD_LETTER_TAG]) | "AllDeadLetters" >> beam.Flatten()
     _ = (dead | "DeadLetterJson" >> beam.Map(lambda d: d.to_json())
@@ -286,7 +318,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: "ScoringOptions", model_dir
     counts = (
         (records[COUNTS_TAG],
          outputs.scored | "ScoredCount" >> beam.Map(lambda output: ("scored", 1)),
-         outputs.scored | "OodCount" >> beam.Map(lambda output: ("is_ood", int(output["is_ood"] is True))),
+         outputs.scored | "OodCount" >> beam.Map(lambda scored: ("is_ood", int(scored.is_ood is True))),
          dead | "RejectedCount" >> beam.Map(lambda d: (f"rejected:{d.kind}", 1)))
         | "AllCounts" >> beam.Flatten() | "SumCounts" >> beam.CombinePerKey(sum)
     )
@@ -338,12 +370,13 @@ def run_job(options: ScoringOptions, beam_args: list[str]) -> beam.runners.runne
     except FileNotFoundError as error:
         raise cli.UsageError(f"--export_dir: {error}") from None
     threshold = options.threshold if options.threshold is not None else read_threshold(model_dir)
+    max_text_bytes = read_detector_info(model_dir).get(MAX_TEXT_BYTES_FIELD)
     pipeline_options = PipelineOptions(beam_args)
     if pipeline_options.view_as(StandardOptions).runner is None:
         pipeline_options.view_as(StandardOptions).runner = "DirectRunner"
     logging.info("scoring %s with %s (threshold %s)", options.input, model_dir, threshold)
     pipeline = beam.Pipeline(options=pipeline_options)
-    build_pipeline(pipeline, options, model_dir, threshold)
+    build_pipeline(pipeline, options, model_dir, threshold, max_text_bytes)
     result = pipeline.run()
     result.wait_until_finish()
     return result

@@ -230,3 +230,39 @@ def test_portable_runner_scores_like_the_direct_runner(exported_detector, tmp_pa
     assert portable[1:] == direct[1:]
     assert [(r["id"], r["k"], r["is_ood"]) for r in portable[0]] == [(r["id"], r["k"], r["is_ood"]) for r in direct[0]]
     np.testing.assert_allclose([r["ood_score"] for r in portable[0]], [r["ood_score"] for r in direct[0]], rtol=1e-5)
+
+
+# Issue 23: pathological records never kill the job.
+
+DEEP = "[" * 100_000 + "]" * 100_000
+HUGE_INT = "1" * 4301
+
+
+@pytest.fixture(scope="module")
+def standin_ood(tmp_path_factory) -> str:
+    """The OoD stand-in export (same contract as text_ood's), with a detector.json limit of 1,000 bytes."""
+    from serving import standins
+
+    version_dir = standins.export_ood(str(tmp_path_factory.mktemp("ood") / "ood"))
+    os.makedirs(os.path.join(version_dir, "assets.extra"), exist_ok=True)
+    with open(os.path.join(version_dir, "assets.extra", "detector.json"), "w") as f:
+        json.dump({"threshold": 5.0, "max_text_bytes": 1000}, f)
+    return version_dir
+
+
+@pytest.mark.slow  # A Beam job end to end (the stand-in model needs no training).
+def test_batch_scoring_finishes_and_reconciles_with_pathological_records(standin_ood, tmp_path):
+    good = [json.dumps({"id": f"g{i}", "text": f"what is my balance {i}"}) for i in range(30)]
+    bad = ['{"id": "deep", "text": ' + DEEP + "}", '{"id": "int", "n": ' + HUGE_INT + ', "text": "x"}',
+           json.dumps({"id": "long", "text": "a" * 1001}),
+           '{"id": "deep_field", "text": "ok", "extra": ' + "[" * 900 + "]" * 900 + "}"]
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + ("\n".join(good + bad) + "\n").encode())
+    out = str(tmp_path / "out")
+    assert main(["batch_score", "--export_dir", standin_ood, "--input", str(path), "--output_dir", out,
+                 "--max_reject_fraction=0.2", "--runner=DirectRunner"]) == 0
+    scored, dead, summary = _outputs(out)
+    assert summary["read"] == 34 and summary["reconciled"], summary
+    assert summary["scored"] == 30 and {r["id"] for r in scored} == {f"g{i}" for i in range(30)}  # g0 kept (BOM)
+    assert summary["rejected_by_reason"] == {"invalid_json": 1, "text_too_long": 1, "too_deeply_nested": 2}, summary
+    assert all(d["reason"] and "@" in d["position"] for d in dead)
