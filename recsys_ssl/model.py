@@ -24,7 +24,7 @@ from recsys_ssl.augment import FeatureMasking, drop_values
 from recsys_ssl.config import Config
 from recsys_ssl.data import FIRST_ID, FeatureSet
 from recsys_ssl.losses import info_nce, retrieval_task
-from recsys_ssl.towers import CorpusHistoryEncoder, ItemTower, QueryTower, hash_item_ids
+from recsys_ssl.towers import CorpusHistoryEncoder, ItemTower, QueryTower, hash_item_ids, string_lookup
 
 
 def feature_affinity(feature_set: FeatureSet, affinity: str) -> np.ndarray:
@@ -77,6 +77,10 @@ class SSLTwoTowerModel(tfrs.Model):
             history_encoder=history_encoder,
         )
         self.item_tower = item_tower
+        # Target ids -> corpus rows: the query tower's lookup, or (hashed history, no lookup there) our own.
+        self._item_lookup = None
+        if self.query_tower.item_lookup is None:
+            self._item_lookup = string_lookup(feature_set.vocabularies[fs.ITEM_ID], "item_lookup")
         self.retrieval = retrieval_task(config.train.temperature, config.train.remove_accidental_hits)
         self._corpus = corpus
         self._item_probability = tf.constant(np.maximum(feature_set.item_probability, 1e-9))
@@ -96,7 +100,8 @@ class SSLTwoTowerModel(tfrs.Model):
 
     def item_rows(self, item_ids: tf.Tensor) -> tf.Tensor:
         """Corpus rows of item id strings [batch] -> int32 [batch] (-1 for unknown items)."""
-        return tf.cast(self.query_tower.item_lookup(item_ids), tf.int32) - FIRST_ID
+        lookup = self.query_tower.item_lookup if self._item_lookup is None else self._item_lookup
+        return tf.cast(lookup(item_ids), tf.int32) - FIRST_ID
 
     def corpus_features(self, rows: tf.Tensor) -> dict[str, tf.Tensor]:
         """The item tower's id inputs of corpus rows int32 [batch]."""

@@ -68,7 +68,9 @@ class QueryTower(tf.keras.Model):
                  name: str = "query_tower", history_encoder=None):
         super().__init__(name=name)
         self.user_lookup = string_lookup(user_vocabulary, "user_lookup")
-        self.item_lookup = string_lookup(item_vocabulary, "item_lookup")
+        # A hashed history table needs no item vocabulary: the tower (and its export) then holds none.
+        hashed_history = bool(config.item_id_buckets) and history_encoder is None
+        self.item_lookup = None if hashed_history else string_lookup(item_vocabulary, "item_lookup")
         self.user_embedding = tf.keras.layers.Embedding(len(user_vocabulary) + 2, config.embedding_dim,
                                                         name="user_embedding")
         self.history_encoder = history_encoder

@@ -6,6 +6,7 @@ All on an in-memory synthetic feature set (no feature pipeline): seconds per tes
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -111,6 +112,32 @@ def test_hashed_ids_feed_both_towers_and_training_lowers_the_loss(feature_set):
     # A history of one unknown item hashes into a bucket (exact ids would use the OOV row).
     query = model.query_tower({"user_id": tf.constant(["u0"]), "history": tf.constant([["never-seen", ""]])})
     assert np.isfinite(query.numpy()).all()
+
+
+class _QueryModule(tf.Module):
+    def __init__(self, tower):
+        super().__init__()
+        self.tower = tower
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None, None], tf.string)])
+    def serve(self, user_id, history):
+        return self.tower({"user_id": user_id, "history": history})
+
+
+def test_a_hashed_query_tower_exports_without_the_item_vocabulary(feature_set, tmp_path):
+    # The query side of a hashed model does not grow with the catalogue: no item StringLookup in the
+    # tower (the model keeps its own, for training's target rows), so the SavedModel has no item vocabulary.
+    exact = build_model(feature_set, _config())
+    hashed = build_model(feature_set, _config("model.item_id_buckets=64"))
+    assert hashed.query_tower.item_lookup is None
+    np.testing.assert_array_equal(hashed.item_rows(tf.constant(["i5", "nope"])).numpy(), [5, -1])
+    for name, model in (("exact", exact), ("hashed", hashed)):
+        tf.saved_model.save(_QueryModule(model.query_tower), str(tmp_path / name))
+    saved = {name: b"".join(open(os.path.join(root, f), "rb").read()
+                           for root, _, files in os.walk(tmp_path / name) for f in files)
+             for name in ("exact", "hashed")}
+    last_item = f"i{NUM_ITEMS - 1}".encode()
+    assert last_item in saved["exact"] and last_item not in saved["hashed"]
 
 
 def test_lazy_adam_moves_only_the_rows_a_batch_touched_by_hand():
