@@ -6,9 +6,10 @@ For every catalogue size N and variant, a fresh process (clean RSS) builds an in
 feature set of N items (:mod:`recsys_ssl.synthetic_features`; N / 10 users, long-tail-shaped item
 features), the two-tower model (preset ``synthetic``, CFM) and its optimizer's slots, and records:
 
-- RSS after each phase: feature set, model (tables, lookups, corpus), optimizer slots; beside the
-  computed sizes of ``recsys_ssl.memory`` (tables, tables + slots, corpus). Measured slots vs
-  computed slots is the check of the formula (both exact-size float32 arrays).
+- RSS after each phase: feature set, model (tables, lookups, corpus), optimizer slots (created,
+  then written once: zero pages are not resident until written); beside the computed sizes of
+  ``recsys_ssl.memory`` (tables, tables + slots, corpus). Measured slots (written) vs computed
+  slots is the check of the formula (both exact-size float32 arrays).
 - training step time (median over ``--steps`` steps after warm-up) and examples/s, on batches
   drawn by popularity;
 - the SSL batch sampler alone: ``ssl.batch_size`` corpus rows drawn uniformly and their features
@@ -99,6 +100,11 @@ def run_one(num_items: int, variant: str, args: argparse.Namespace) -> dict:
     optimizer = make_optimizer(config.train)
     optimizer.build(model.trainable_variables)
     result["rss_bytes"]["optimizer_slots"] = _rss_bytes()
+    # Zero-initialised slots may not be resident until written (Adam writes every row each step,
+    # lazy Adam only the rows it meets): write them all once, so RSS counts the full slots.
+    for variable in optimizer.variables:
+        variable.assign(tf.zeros_like(variable))
+    result["rss_bytes"]["optimizer_slots_written"] = _rss_bytes()
     trainable = sum(v.shape.num_elements() for v in model.trainable_variables) * memory.BYTES_PER_VALUE
     result["computed_slot_bytes_all_variables"] = trainable * memory.OPTIMIZER_SLOTS[config.train.optimizer]
 
@@ -149,7 +155,7 @@ def markdown(results: dict) -> str:
             lines.append(f"| {r['num_items']:,} | {r['variant']} | failed: {r['error']} | | | | | | | |")
             continue
         rss = r["rss_bytes"]
-        slots = rss["optimizer_slots"] - rss["model"]
+        slots = rss.get("optimizer_slots_written", rss["optimizer_slots"]) - rss["model"]
         lines.append(
             f"| {r['num_items']:,} | {r['variant']} | {r['computed']['training_bytes'] / gib:.2f} | "
             f"{slots / gib:.2f} / {r['computed_slot_bytes_all_variables'] / gib:.2f} | "
