@@ -6,6 +6,7 @@ Commands (each has ``--help``):
   evaluate  recall@K of the best model on a held-out split -> eval.json, plots
   ablate    does SSL help on this data? methods x seeds x data fractions, alpha tuned on validation
   export    a versioned SavedModel: raw query features -> top-k items (brute force or ScaNN)
+  memory    what the embedding tables (+ optimizer slots) and the item corpus of a config will cost
 
 Typical run (MovieLens, features from ``python -m pipelines features``)::
 
@@ -140,6 +141,28 @@ def export_command(options: ExportOptions) -> int:
     return 0
 
 
+@dataclasses.dataclass(frozen=True)
+class MemoryOptions:
+    features: str = cli.features_flag()
+    preset: str = cli.preset_flag(sorted(config_lib.PRESETS), "movielens")
+    overrides: tuple[str, ...] = cli.overrides_flag()
+
+
+def memory_command(options: MemoryOptions) -> int:
+    from recsys_ssl import memory
+    from recsys_ssl import schema as fs
+    from recsys_ssl.data import read_vocabularies
+
+    config = _config(options.preset, options.overrides)
+    schema = fs.FeatureSchema.load(options.features)
+    sizes = {name: len(values) for name, values in
+             read_vocabularies(options.features, schema, config.model.min_count).items()}
+    report = memory.memory_report(schema, sizes, config)
+    print(memory.markdown(report))
+    print(json.dumps(report))
+    return 0
+
+
 COMMANDS = (
     cli.Command("train", TrainOptions, train_command,
                 help="train a model into a workdir (resumes if it has checkpoints)"),
@@ -150,6 +173,11 @@ COMMANDS = (
                 description=ablation_lib.__doc__),
     cli.Command("export", ExportOptions, export_command,
                 help="versioned SavedModel: raw query features -> top-k items"),
+    cli.Command("memory", MemoryOptions, memory_command,
+                help="memory of the embedding tables (+ optimizer slots) and the item corpus of a config",
+                description="Prints, for the config (--preset, --set) on the feature directory's vocabularies, every "
+                            "embedding table's rows and MiB with and without the optimizer's slots, and the item "
+                            "corpus (markdown, then JSON). What is and is not counted: recsys_ssl/memory.py."),
 )
 
 

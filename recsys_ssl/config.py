@@ -30,11 +30,25 @@ class ModelConfig:
     # "item_tower" = the (shared) item tower's embeddings of the history items, so the query side
     # sees the items' features (and the SSL task on the item tower shapes the queries too).
     query_history: Literal["ids", "item_tower"] = "ids"
+    # 0: one embedding row per catalogue item (exact ids). B > 0: item ids hashed into B rows
+    # (FarmHash of the id string), for the item tower's item_id table and the query tower's history
+    # table: memory O(B) instead of O(items) for catalogues whose id tables do not fit
+    # (`python -m recsys_ssl memory` computes them). Items that share a bucket share its embedding;
+    # unknown history items hash into a bucket too (exact ids send them to one OOV row).
+    item_id_buckets: int = 0
+    # With item_id_buckets: each id takes the mean of this many buckets (independent hashes of one
+    # table, "hash embeddings"): with B = items / 10 and 2 hashes, almost no two items share both.
+    item_id_hashes: int = 1
 
     def __post_init__(self):
-        for name in ("embedding_dim", "output_dim", "max_values", "min_count"):
+        for name in ("embedding_dim", "output_dim", "max_values", "min_count", "item_id_hashes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be >= 1, received {getattr(self, name)}")
+        if self.item_id_buckets < 0:
+            raise ValueError(f"model.item_id_buckets must be >= 0 (0 = exact ids), received {self.item_id_buckets}")
+        if self.item_id_hashes > 1 and not self.item_id_buckets:
+            raise ValueError(f"model.item_id_hashes={self.item_id_hashes} needs model.item_id_buckets > 0 "
+                             "(exact ids have one row per item)")
         if any(h < 1 for h in self.query_hidden + self.item_hidden):
             raise ValueError("hidden layer sizes must be >= 1")
         if self.query_history not in ("ids", "item_tower"):
@@ -89,7 +103,10 @@ class TrainConfig:
 
     batch_size: int = 256  # interactions per batch (in-batch negatives)
     epochs: int = 8  # maximum epochs; early stopping usually ends sooner
-    optimizer: Literal["adam", "adagrad"] = "adam"
+    # adam: tf.keras Adam, whose sparse update still decays and applies to every row of every embedding
+    # table each step (O(table) per step); lazy_adam: Adam on the rows a batch touched only (O(batch));
+    # adagrad: one slot instead of two, sparse updates.
+    optimizer: Literal["adam", "lazy_adam", "adagrad"] = "adam"
     learning_rate: float = 0.003
     temperature: float = 0.1  # softmax temperature of the main task (cosine scores / temperature)
     logq_correction: bool = True  # subtract log(item sampling probability) from logits

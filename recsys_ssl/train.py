@@ -32,6 +32,7 @@ from recsys_ssl.config import Config
 from recsys_ssl.data import FeatureSet
 from recsys_ssl.metrics import corpus_embeddings, hits_at_k, query_embeddings, seen_rows
 from recsys_ssl.model import SSLTwoTowerModel
+from recsys_ssl.optimizers import make_optimizer
 from recsys_ssl.workdir import build_model
 
 SUMMARY_FILE = "train_summary.json"
@@ -153,8 +154,7 @@ class Trainer:
         with self.strategy.scope():
             tf.keras.utils.set_random_seed(config.train.seed)  # initial weights follow the seed
             self.model = build_model(self.feature_set, config)
-            optimizer_class = {"adam": tf.keras.optimizers.Adam, "adagrad": tf.keras.optimizers.Adagrad}
-            self.optimizer = optimizer_class[config.train.optimizer](learning_rate=config.train.learning_rate)
+            self.optimizer = make_optimizer(config.train)
         best_dir = os.path.join(self.workdir, "best") if self.is_chief else tempfile.mkdtemp()
         self._best_manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=self.model), best_dir, max_to_keep=1)
         self._prepare_validation()

@@ -100,17 +100,31 @@ def assemble_matrix(names: Sequence[str], pair_stats: Mapping, feature_stats: Ma
     }
 
 
-def coded_mutual_information(x: np.ndarray, y: np.ndarray, weight: np.ndarray) -> float:
-    """The same plug-in MI, vectorised over integer codes (the synthetic generators' check of their output).
+def coded_joint_statistics(x: np.ndarray, y: np.ndarray, weight: np.ndarray) -> tuple[float, float, float]:
+    """:func:`joint_statistics` vectorised over integer codes: ``(MI, H(x), H(y))`` of the weighted joint.
 
     Args:
       x, y: int64 [n] non-negative value codes, aligned (row k = one unit of mass).
       weight: float64 [n] the mass of each row (a multivalent value's share of its item).
 
     Returns:
-      MI in nats of the weighted joint of ``(x, y)`` (equal to :func:`joint_statistics`'s MI of the
-      same table; tested).
+      ``MI = H(x) + H(y) - H(x, y)`` in nats (clipped at 0) and the entropies of the joint's
+      marginals (equal to :func:`joint_statistics` of the same table up to float summation order; tested).
     """
-    _, pair = np.unique(x * (int(y.max()) + 1) + y, return_inverse=True)
-    p_joint, p_x, p_y = (np.bincount(v, weights=weight) / weight.sum() for v in (pair, x, y))
-    return float(sum(np.sum(p[p > 0] * np.log(p[p > 0])) * sign for p, sign in ((p_joint, 1), (p_x, -1), (p_y, -1))))
+    total = float(weight.sum())
+    if len(x) == 0 or total <= 0:
+        return 0.0, 0.0, 0.0
+    _, pair = np.unique(x.astype(np.int64) * (int(y.max()) + 1) + y, return_inverse=True)
+
+    def h(codes: np.ndarray) -> float:
+        p = np.bincount(codes, weights=weight) / total
+        p = p[p > 0]
+        return -float(np.sum(p * np.log(p)))
+
+    h_x, h_y = h(x), h(y)
+    return max(h_x + h_y - h(pair), 0.0), h_x, h_y
+
+
+def coded_mutual_information(x: np.ndarray, y: np.ndarray, weight: np.ndarray) -> float:
+    """The MI of :func:`coded_joint_statistics` (the synthetic generators' check of their output)."""
+    return coded_joint_statistics(x, y, weight)[0]
