@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
                                    allow_abbrev=False)
     evaluate.add_argument("--workdir", required=True)
     evaluate.add_argument("--split", default="eval", choices=["eval", "validation"])
+    evaluate.add_argument("--peers", default=None, metavar="DIR",
+                          help="a `baselines` output directory: peers and paired differences in eval.json")
     ablate = commands.add_parser(
         "ablate", help="does SSL help on this data? methods x seeds x data fractions, alpha tuned on validation",
         description=ablation_lib.__doc__,
@@ -49,9 +51,27 @@ def _parser() -> argparse.ArgumentParser:
                         help="ssl.weight grid tuned on the validation split with seed 0 (default: %(default)s)")
     ablate.add_argument("--tune_metric", default="overall", choices=["overall", "tail"],
                         help="validation recall@100 slice that picks alpha (default: %(default)s)")
+    ablate.add_argument("--peers", default=None, metavar="DIR",
+                        help="baselines output directory (computed there unless done): peers in the report, "
+                             "each method's paired difference to the best peer")
     ablate.add_argument("--preset", default="movielens", choices=sorted(config_lib.PRESETS))
     ablate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every run (repeatable)")
+    peers = commands.add_parser(
+        "baselines", help="popularity, item-kNN and EASE under the same protocol (tuned on validation)",
+        description=baselines_doc(), formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    peers.add_argument("--features", required=True, help="feature-pipeline output directory")
+    peers.add_argument("--output_dir", required=True, help="OUT/<peer>/eval.json, eval_hits.npz; baselines.json/.md")
+    peers.add_argument("--peers", default="popularity,itemknn,ease", help="comma-separated (default: %(default)s)")
+    peers.add_argument("--query_mode", default="user", choices=["user", "item"],
+                       help="user: the user's items; item: the seed item (item-to-item) (default: %(default)s)")
+    peers.add_argument("--ease_lambdas", default="10,30,100,300,1000,3000,10000",
+                       help="EASE lambda grid, extended until the chosen value has a decade on either side "
+                            "(default: %(default)s)")
+    peers.add_argument("--knn_neighbours", default="10,20,50,100,200,500,1000",
+                       help="item-kNN neighbourhood sizes (default: %(default)s)")
+    peers.add_argument("--ease_max_items", type=int, default=20_000,
+                       help="EASE refuses larger corpora (dense items x items float64) (default: %(default)s)")
     export = commands.add_parser("export", help="versioned SavedModel: raw query features -> top-k items",
                                  allow_abbrev=False)
     export.add_argument("--workdir", required=True)
@@ -59,6 +79,15 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--index", default="brute_force", choices=["brute_force", "scann"])
     export.add_argument("--k", type=int, default=100)
     return parser
+
+
+def baselines_doc() -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec("recsys_ssl.baselines")  # its docstring, without importing TensorFlow
+    with open(spec.origin) as f:
+        source = f.read()
+    return source.split('"""')[1]
 
 
 def make_strategy(name: str):
@@ -84,11 +113,19 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "evaluate":
             from recsys_ssl.evaluate import evaluate
 
-            result = evaluate(args.workdir, args.split)
+            result = evaluate(args.workdir, args.split, peers=args.peers)
             print(json.dumps(result["metrics"], indent=1))
         elif args.command == "ablate":
             dataclass_config.apply_overrides(config_lib.preset(args.preset), args.overrides)  # fail early
             return ablation_lib.main_ablate(args)
+        elif args.command == "baselines":
+            from recsys_ssl.baselines import markdown, run_baselines
+
+            document = run_baselines(
+                args.features, args.output_dir, [p.strip() for p in args.peers.split(",") if p.strip()],
+                args.query_mode, [float(v) for v in args.ease_lambdas.split(",")],
+                [int(v) for v in args.knn_neighbours.split(",")], args.ease_max_items)
+            print(markdown(document))
         elif args.command == "export":
             from recsys_ssl.export import export
 

@@ -30,6 +30,10 @@ class ModelConfig:
     # "item_tower" = the (shared) item tower's embeddings of the history items, so the query side
     # sees the items' features (and the SSL task on the item tower shapes the queries too).
     query_history: Literal["ids", "item_tower"] = "ids"
+    # What a query is: "user" (user_id + history, user-to-item retrieval) or "item" (item-to-item:
+    # the seed item, i.e. the user's latest earlier item, encoded from its features by the item
+    # tower's shared embeddings and the query MLP; examples without a seed are skipped).
+    query_mode: Literal["user", "item"] = "user"
 
     def __post_init__(self):
         for name in ("embedding_dim", "output_dim", "max_values", "min_count"):
@@ -37,6 +41,8 @@ class ModelConfig:
                 raise ValueError(f"model.{name} must be >= 1, received {getattr(self, name)}")
         if any(h < 1 for h in self.query_hidden + self.item_hidden):
             raise ValueError("hidden layer sizes must be >= 1")
+        if self.query_mode not in ("user", "item"):
+            raise ValueError(f"model.query_mode must be user or item, received {self.query_mode!r}")
         if self.query_history not in ("ids", "item_tower"):
             raise ValueError(f"model.query_history must be ids or item_tower, received {self.query_history!r}")
 
@@ -98,6 +104,10 @@ class TrainConfig:
     # logq_correction=false is the same as logq_strength=0 (kept: earlier runs' configs use it).
     logq_strength: float = 1.0
     remove_accidental_hits: bool = True
+    # Mixed negative sampling (Yang et al. 2020): this many items drawn uniformly from the corpus
+    # per batch join the in-batch negatives of every query (logQ of the mixture; see
+    # losses.mixed_sampling_probability). 0 = in-batch negatives only.
+    mns_negatives: int = 0
     feature_dropout: float = 0.0  # value dropout on the main task's items (the dropout-only baseline)
     train_fraction: float = 1.0  # share of training examples used (data-scarcity experiments)
     early_stopping_patience: int = 2  # epochs without validation improvement before stopping
@@ -114,6 +124,8 @@ class TrainConfig:
             raise ValueError(f"train.train_fraction must be in (0, 1], received {self.train_fraction}")
         if not 0.0 <= self.feature_dropout < 1.0:
             raise ValueError(f"train.feature_dropout must be in [0, 1), received {self.feature_dropout}")
+        if self.mns_negatives < 0:
+            raise ValueError(f"train.mns_negatives must be >= 0, received {self.mns_negatives}")
         if not 0.0 <= self.logq_strength <= 2.0:
             raise ValueError(f"train.logq_strength must be in [0, 2], received {self.logq_strength}")
 
