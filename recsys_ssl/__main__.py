@@ -10,6 +10,7 @@ import sys
 import recsys_ssl  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from recsys_ssl import ablation as ablation_lib
 from recsys_ssl import config as config_lib
+from recsys_ssl import tuning as tuning_lib
 from core import config as dataclass_config
 
 
@@ -57,6 +58,19 @@ def _parser() -> argparse.ArgumentParser:
     ablate.add_argument("--preset", default="movielens", choices=sorted(config_lib.PRESETS))
     ablate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every run (repeatable)")
+    tune = commands.add_parser(
+        "tune", help="choose knobs on the validation split (coordinate search), optionally tune the peers alike",
+        description=tuning_lib.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    tune.add_argument("--features", required=True, help="feature-pipeline output directory")
+    tune.add_argument("--out", required=True, help="output directory (runs/, tune.json, tune.md); resumable")
+    tune.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2[,...]",
+                      help="a knob and its values, searched in the order given (repeatable)")
+    tune.add_argument("--rounds", type=int, default=1, help="passes over the grids (default: %(default)s)")
+    tune.add_argument("--peers", action="store_true",
+                      help="also tune popularity / item-kNN / EASE on validation with the same number of runs")
+    tune.add_argument("--preset", default="movielens", choices=sorted(config_lib.PRESETS))
+    tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="config override for every run (repeatable)")
     peers = commands.add_parser(
         "baselines", help="popularity, item-kNN and EASE under the same protocol (tuned on validation)",
         description=baselines_doc(), formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
@@ -72,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="item-kNN neighbourhood sizes (default: %(default)s)")
     peers.add_argument("--ease_max_items", type=int, default=20_000,
                        help="EASE refuses larger corpora (dense items x items float64) (default: %(default)s)")
+    peers.add_argument("--no_refit", action="store_true",
+                       help="fit the eval peers on train only (default: refit on train + validation)")
     export = commands.add_parser("export", help="versioned SavedModel: raw query features -> top-k items",
                                  allow_abbrev=False)
     export.add_argument("--workdir", required=True)
@@ -118,13 +134,21 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "ablate":
             dataclass_config.apply_overrides(config_lib.preset(args.preset), args.overrides)  # fail early
             return ablation_lib.main_ablate(args)
+        elif args.command == "tune":
+            base = dataclass_config.apply_overrides(config_lib.preset(args.preset), args.overrides)  # fail early
+            document = tuning_lib.tune(args.features, args.out, args.preset, args.overrides,
+                                       tuning_lib.parse_grids(args.grid), args.rounds)
+            if args.peers:
+                tuning_lib.tune_peers(args.features, args.out, len(document["runs"]), base.model.query_mode)
+            print(tuning_lib.markdown(document))
         elif args.command == "baselines":
             from recsys_ssl.baselines import markdown, run_baselines
 
             document = run_baselines(
                 args.features, args.output_dir, [p.strip() for p in args.peers.split(",") if p.strip()],
                 args.query_mode, [float(v) for v in args.ease_lambdas.split(",")],
-                [int(v) for v in args.knn_neighbours.split(",")], args.ease_max_items)
+                [int(v) for v in args.knn_neighbours.split(",")], args.ease_max_items,
+                not args.no_refit)
             print(markdown(document))
         elif args.command == "export":
             from recsys_ssl.export import export

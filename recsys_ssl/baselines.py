@@ -28,6 +28,9 @@ Protocol (``recsys_ssl.protocol``, the same queries, exclusions, slices and K as
 - The **best peer** is the one with the highest validation recall@100 (overall), chosen on the
   validation split like every other choice here.
 
+``refit=False`` (``--no_refit``) fits the eval peers on the train split only, the data the two-tower
+model's weights see: the comparison of the data each side learns from, not of the usual practice.
+
 Outputs: ``OUT/<peer>/eval.json``, ``eval_hits.npz`` (the format of ``evaluate``'s, so ``ablate``
 and ``evaluate --peers`` can bootstrap paired differences), ``OUT/baselines.json`` (tuning on
 validation, chosen values, eval metrics, fit / score seconds, model bytes) and ``OUT/baselines.md``.
@@ -281,7 +284,8 @@ def _summary(hits: np.ndarray, ks: Sequence[int], slices: Mapping[str, np.ndarra
 
 def run_baselines(features_dir: str, output_dir: str, peers: Sequence[str] = PEERS, mode: str = "user",
                   ease_lambdas: Sequence[float] = DEFAULT_EASE_LAMBDAS,
-                  knn_neighbours: Sequence[int] = DEFAULT_KNN_NEIGHBOURS, ease_max_items: int = EASE_MAX_ITEMS) -> dict:
+                  knn_neighbours: Sequence[int] = DEFAULT_KNN_NEIGHBOURS, ease_max_items: int = EASE_MAX_ITEMS,
+                  refit: bool = True) -> dict:
     """Tunes every peer on validation, refits it on train + validation, scores the eval split.
 
     A peer whose ``OUT/<peer>/eval.json`` exists with the same settings is not recomputed.
@@ -310,22 +314,23 @@ def run_baselines(features_dir: str, output_dir: str, peers: Sequence[str] = PEE
     check_mode(mode)
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, "baselines.json")
-    document = {"features": os.path.abspath(features_dir), "mode": mode, "peers": {}}
+    document = {"features": os.path.abspath(features_dir), "mode": mode, "refit": refit, "peers": {}}
     if os.path.isfile(path):
         with open(path) as f:
             previous = json.load(f)
-        if previous.get("features") == document["features"] and previous.get("mode") == mode:
+        if all(previous.get(k) == document[k] for k in ("features", "mode", "refit")):
             document["peers"] = previous.get("peers", {})
     data = PeerData(feature_set, mode, read_splits(feature_set, ("train", "validation", "eval")))
     validation, validation_queries = data.queries("validation")
     evaluation, eval_queries = data.queries("eval")
     fit_validation, _ = data.fit_matrix("validation")
-    fit_eval, _ = data.fit_matrix("eval")
+    fit_eval, _ = data.fit_matrix("eval" if refit else "validation")
     curve_ks = sorted(set(CURVE_KS) | set(REPORT_KS) | {SELECTION_K})
     validation_slices = validation.slices(feature_set.is_head, feature_set.is_cold)
     eval_slices = evaluation.slices(feature_set.is_head, feature_set.is_cold)
     document["protocol"] = evaluation.protocol(feature_set.num_items) + (
-        "; peers: tuned on validation (fit on train), refit on train + validation for eval")
+        "; peers: tuned on validation (fit on train), " + ("refit on train + validation for eval" if refit else
+                                                          "fit on train only for eval too (no refit)"))
     document["queries"] = {"validation": len(validation), "eval": len(evaluation)}
     for name in peers:
         settings = {"grid": grids[name], "ease_max_items": ease_max_items if name == "ease" else None}
