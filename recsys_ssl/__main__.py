@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="ssl.weight grid tuned on the validation split with seed 0 (default: %(default)s)")
     ablate.add_argument("--tune_metric", default="overall", choices=["overall", "tail"],
                         help="validation recall@100 slice that picks alpha (default: %(default)s)")
+    ablate.add_argument("--refit", action="store_true",
+                        help="eval runs train on train + validation for the epochs chosen on validation (seed 0), "
+                             "as the peers are refit")
     ablate.add_argument("--peers", default=None, metavar="DIR",
                         help="baselines output directory (computed there unless done): peers in the report, "
                              "each method's paired difference to the best peer")

@@ -9,7 +9,10 @@ ablation resumes where it stopped. After every run ``OUT/ablation.json``, ``OUT/
 (mean ± std over seeds of recall@{10,50,100} per slice: overall / head / tail / cold; paired
 per-user bootstrap 95% intervals of each method's difference to ``none``, and of method A minus
 method B for every ``--versus A:B``) and ``OUT/ablation.png`` are rewritten from what has finished.
-With ``--peers DIR`` the peers of ``python -m recsys_ssl baselines`` (computed into DIR unless
+With ``--refit`` every eval run is a refit, the protocol the peers follow: the method's seed-0 run
+on the train split picks the number of epochs on validation (early stopping), then each seed
+trains on train + validation for that many epochs (``train.train_on_validation``), in
+``.../refit_seed<k>/``. With ``--peers DIR`` the peers of ``python -m recsys_ssl baselines`` (computed into DIR unless
 already there, for the run's query mode) join the table at 100% of the data, with each method's
 paired difference to the best peer (chosen on validation).
 
@@ -126,7 +129,7 @@ class Ablation:
     def __init__(self, features: str, out: str, methods: dict[str, tuple[str, ...]], seeds: int,
                  fractions: Sequence[float], alphas: Sequence[float], preset: str, overrides: Sequence[str],
                  tune_metric: str = "overall", pairs: Sequence[tuple[str, str]] = (), peers_dir: str | None = None,
-                 query_mode: str = "user"):
+                 query_mode: str = "user", refit: bool = False):
         if seeds < 1 or not fractions or not alphas:
             raise ValueError("--seeds must be >= 1 and --fractions / --alphas non-empty")
         if any(not 0 < f <= 1 for f in fractions):
@@ -137,10 +140,10 @@ class Ablation:
         self.seeds, self.fractions, self.alphas = list(range(seeds)), list(fractions), list(alphas)
         self.preset, self.overrides, self.tune_metric = preset, list(overrides), tune_metric
         self.pairs = list(pairs)
-        self.peers_dir, self.query_mode = peers_dir, query_mode
+        self.peers_dir, self.query_mode, self.refit = peers_dir, query_mode, refit
         self.document = {"features": os.path.abspath(features), "preset": preset, "overrides": self.overrides,
                          "methods": {k: list(v) for k, v in methods.items()}, "alphas": self.alphas,
-                         "tune_metric": tune_metric, "fractions": {}}
+                         "tune_metric": tune_metric, "refit": refit, "fractions": {}}
 
     def _workdir(self, fraction: float, method: str, alpha: float | None, seed: int) -> str:
         tag = "base" if alpha is None else f"alpha{_format_alpha(alpha)}"
@@ -177,6 +180,14 @@ class Ablation:
                             "validation_recall@100": r["validation_recall@100"], "metrics": r["metrics"]}
                      for name, r in document["peers"].items()}}
 
+    def _selected_epochs(self, fraction: float, method: str, alpha: float | None) -> int:
+        """``--refit``: the best epoch of the method's seed-0 run on the train split (selected on
+        validation; the tuning run of the chosen alpha, trained here if missing)."""
+        workdir = self._workdir(fraction, method, alpha, 0)
+        run_one(self.features, workdir, self.preset, self._overrides(fraction, method, alpha, 0), "validation")
+        with open(os.path.join(workdir, "train_summary.json")) as f:
+            return max(1, int(json.load(f)["best_epoch"]))
+
     def run(self) -> dict:
         """Runs everything not yet finished; returns (and writes) the ablation document."""
         if self.peers_dir:
@@ -196,10 +207,15 @@ class Ablation:
                     alpha = max(self.alphas, key=lambda a: (
                         record["tuning"][_format_alpha(a)][self.tune_metric]["recall@100"], -a))
                 record["alpha"] = alpha
+                refit_epochs = self._selected_epochs(fraction, method, alpha) if self.refit else None
+                record["refit_epochs"] = refit_epochs
                 for seed in self.seeds:
                     workdir = self._workdir(fraction, method, alpha, seed)
-                    result = run_one(self.features, workdir, self.preset,
-                                     self._overrides(fraction, method, alpha, seed), "eval")
+                    overrides = self._overrides(fraction, method, alpha, seed)
+                    if refit_epochs is not None:
+                        workdir = os.path.join(os.path.dirname(workdir), f"refit_seed{seed}")
+                        overrides += ["train.train_on_validation=true", f"train.epochs={refit_epochs}"]
+                    result = run_one(self.features, workdir, self.preset, overrides, "eval")
                     record["runs"] = [r for r in record["runs"] if r["seed"] != seed] + [
                         {"seed": seed, "workdir": workdir, "metrics": result["metrics"],
                          "train_seconds": result.get("train_seconds")}]
@@ -346,7 +362,9 @@ def markdown(document: dict) -> str:
     """The ablation's tables (eval split), the peers, and the alpha tuning (validation split)."""
     lines = [f"Features: `{document['features']}`; preset `{document['preset']}`; overrides "
              f"{document['overrides'] or 'none'}; alpha grid {document['alphas']} tuned on validation "
-             f"{document['tune_metric']} recall@100 with seed 0.", ""]
+             f"{document['tune_metric']} recall@100 with seed 0"
+             + ("; eval runs refit on train + validation for the epochs chosen on validation" if document.get("refit")
+                else "") + ".", ""]
     peers = document.get("peers")
     if peers:
         lines += [f"Peers (`python -m recsys_ssl baselines`, `{peers['dir']}`): tuned on validation, refit on "
@@ -416,7 +434,7 @@ def main_ablate(args) -> int:
 
     query_mode = dataclass_config.apply_overrides(config_lib.preset(args.preset), args.overrides).model.query_mode
     ablation = Ablation(args.features, args.out, methods, args.seeds, fractions, alphas, args.preset,
-                        args.overrides, args.tune_metric, pairs, args.peers, query_mode)
+                        args.overrides, args.tune_metric, pairs, args.peers, query_mode, args.refit)
     ablation.run()
     logging.info("ablation written to %s (ablation.json, ablation.md, ablation.png)", args.out)
     print(markdown(ablation.document))

@@ -110,6 +110,10 @@ class TrainConfig:
     mns_negatives: int = 0
     feature_dropout: float = 0.0  # value dropout on the main task's items (the dropout-only baseline)
     train_fraction: float = 1.0  # share of training examples used (data-scarcity experiments)
+    # True: train on the train and validation examples for exactly ``epochs`` epochs and keep the
+    # last (no selection: validation is training data then). The refit step of the protocol that
+    # first chooses the epochs on validation (``ablate --refit``), as the peers are refit.
+    train_on_validation: bool = False
     early_stopping_patience: int = 2  # epochs without validation improvement before stopping
     selection_k: int = 100  # model selection on validation recall@selection_k
     validation_max_examples: int = 20_000  # validation examples scored each epoch (a fixed sample)

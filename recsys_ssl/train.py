@@ -74,6 +74,8 @@ class Trainer:
         in item-to-item mode only those with a seed item (a non-empty history)."""
         train = self.config.train
         dataset = self.feature_set.examples("train")
+        if train.train_on_validation:
+            dataset = dataset.concatenate(self.feature_set.examples("validation"))
         if train.train_fraction < 1.0:
             threshold = int(train.train_fraction * 10_000)
             dataset = dataset.filter(lambda x: tf.strings.to_hash_bucket_fast(
@@ -95,9 +97,13 @@ class Trainer:
         return self.strategy.experimental_distribute_dataset(dataset.with_options(options))
 
     def _steps_per_epoch(self) -> int:
-        if self.config.train.train_fraction >= 1.0 and self.config.model.query_mode == "user":
+        train = self.config.train
+        if train.train_fraction >= 1.0 and self.config.model.query_mode == "user":
             with open(os.path.join(self.features_dir, fs.STATS_FILE)) as f:
-                count = json.load(f)["splits"]["train"]["examples"]
+                splits = json.load(f)["splits"]
+            count = splits["train"]["examples"]
+            if train.train_on_validation:
+                count += splits["validation"]["examples"]
         else:
             count = int(self._train_examples().reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
         return count // self.config.train.batch_size
@@ -140,6 +146,8 @@ class Trainer:
         return self._step(batch, self.model.step_seed(step))
 
     def validate(self, epoch: int) -> dict[str, float]:
+        if self.config.train.train_on_validation:  # validation is training data: keep the last epoch
+            return {"selection": float(epoch)}
         recalls = self.validation_recall()
         return {"selection": recalls["overall"], **{f"validation_recall{'' if k == 'overall' else '_' + k}": v
                                                      for k, v in recalls.items()}}
@@ -160,7 +168,8 @@ class Trainer:
             self.optimizer = optimizer_class[config.train.optimizer](learning_rate=config.train.learning_rate)
         best_dir = os.path.join(self.workdir, "best") if self.is_chief else tempfile.mkdtemp()
         self._best_manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=self.model), best_dir, max_to_keep=1)
-        self._prepare_validation()
+        if not config.train.train_on_validation:
+            self._prepare_validation()
         steps_per_epoch = self._steps_per_epoch()
         if steps_per_epoch < 1:
             raise ValueError(f"fewer training examples than one batch of {config.train.batch_size}")
