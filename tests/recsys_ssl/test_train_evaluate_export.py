@@ -42,6 +42,8 @@ def test_feature_set_reads_the_pipeline_contract(features_dir):
     ("cfm", {"ssl.mask_granularity": "example", "ssl.identifiers": "both_masked", "ssl.projection_head": 8}),
     # features-only item tower, history read through it (shared weights)
     ("cfm", {"model.item_tower_identifiers": "false", "model.query_history": "item_tower"}),
+    # item-to-item queries with mixed negative sampling (issue 21)
+    ("cfm", {"model.query_mode": "item", "train.mns_negatives": 16}),
 ])
 def test_training_lowers_the_loss(features_dir, method, variant):
     # Seeded initial weights (otherwise they follow whichever tests ran before in the process),
