@@ -20,10 +20,11 @@ import logging
 import os
 
 import numpy as np
+
+from core.files import write_json_atomic
 from recsys_ssl import schema as fs
 from recsys_ssl.metrics import corpus_embeddings, hits_at_k, query_embeddings, recall_summary
 from recsys_ssl.protocol import EARLIER_SPLITS, held_out, read_splits
-from core.files import write_json_atomic
 from recsys_ssl.workdir import restore_best
 
 REPORT_KS = (10, 50, 100)

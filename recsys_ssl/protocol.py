@@ -102,7 +102,7 @@ class HeldOut:
     def __len__(self) -> int:
         return len(self.targets)
 
-    def subset(self, index: np.ndarray) -> "HeldOut":
+    def subset(self, index: np.ndarray) -> HeldOut:
         """The queries at ``index`` (int or bool array), in that order."""
         index = np.asarray(index)
         if index.dtype == bool:

@@ -82,7 +82,7 @@ class CorpusHistoryEncoder(tf.keras.layers.Layer):
     rows of padding or unknown items are computed on row 0 and must be masked by the caller.
     """
 
-    def __init__(self, item_tower: "ItemTower", corpus: Mapping[str, tf.Tensor], name: str = "history_item_encoder"):
+    def __init__(self, item_tower: ItemTower, corpus: Mapping[str, tf.Tensor], name: str = "history_item_encoder"):
         super().__init__(name=name)
         self.item_tower = item_tower
         self.corpus = dict(corpus)

@@ -11,7 +11,8 @@ import pytest
 import scipy.sparse as sp
 
 from recsys_ssl import __main__ as cli
-from recsys_ssl.baselines import EASE, ItemKNN, Popularity, cosine_neighbours, extend_grid, run_baselines
+from recsys_ssl.baselines import extend_grid, run_baselines
+from recsys_ssl.peers import EASE, ItemKNN, Popularity, cosine_neighbours
 
 # 3 users x 3 items: user 0 has items {0, 1}, user 1 {1, 2}, user 2 {0, 1, 2}.
 X = sp.csr_matrix(np.array([[1, 1, 0], [0, 1, 1], [1, 1, 1]], np.float32))

@@ -6,7 +6,6 @@ import json
 import os
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from core import config as dataclass_config
