@@ -165,7 +165,8 @@ class Ablation:
 
     def run_peers(self) -> None:
         """The peers (``recsys_ssl.baselines``) in ``peers_dir``: computed there unless done."""
-        from recsys_ssl.baselines import run_baselines
+        from recsys_ssl.baselines import PEERS, run_baselines
+        from recsys_ssl.peers import EASE_MAX_ITEMS
 
         path = os.path.join(self.peers_dir, "baselines.json")
         document = None
@@ -173,7 +174,13 @@ class Ablation:
             with open(path) as f:
                 document = json.load(f)
         if not document or document.get("mode") != self.query_mode or not document.get("best_peer"):
-            document = run_baselines(self.features, self.peers_dir, mode=self.query_mode)
+            with open(os.path.join(self.features, "stats.json")) as f:
+                num_items = json.load(f)["num_items"]
+            peers = [p for p in PEERS if p != "ease" or num_items <= EASE_MAX_ITEMS]
+            if len(peers) < len(PEERS):
+                logging.warning("EASE left out of the peers: %d items is above its limit of %d", num_items,
+                                EASE_MAX_ITEMS)
+            document = run_baselines(self.features, self.peers_dir, peers, mode=self.query_mode)
         self.document["peers"] = {
             "dir": os.path.abspath(self.peers_dir), "best_peer": document["best_peer"],
             "runs": {name: {"chosen": r["chosen"], "parameter": r["parameter"],

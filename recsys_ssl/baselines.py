@@ -209,6 +209,11 @@ def run_baselines(features_dir: str, output_dir: str, peers: Sequence[str] = PEE
                 break
             grid.append(extra)
         record["grid_evaluated"] = grid
+        if name == "ease":
+            record["grid_spans_decade"] = extend_grid(grid, chosen) is None
+            if not record["grid_spans_decade"]:
+                logging.warning("ease: lambda %g chosen at the edge after %d extensions of the grid %s", chosen,
+                                MAX_GRID_EXTENSIONS, grid)
         record["chosen"] = chosen
         record["validation_recall@100"] = record["tuning"]["-" if chosen is None else f"{chosen:g}"]["overall"][
             f"recall@{SELECTION_K}"]

@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 
 from recsys_ssl import __main__ as cli
-from recsys_ssl.baselines import extend_grid, run_baselines
+from recsys_ssl.baselines import MAX_GRID_EXTENSIONS, extend_grid, run_baselines
 from recsys_ssl.peers import EASE, ItemKNN, Popularity, cosine_neighbours
 
 # 3 users x 3 items: user 0 has items {0, 1}, user 1 {1, 2}, user 2 {0, 1, 2}.
@@ -75,8 +75,11 @@ def test_run_baselines_end_to_end(features_dir, tmp_path):
         for file in ("eval.json", "eval_hits.npz"):
             assert os.path.isfile(os.path.join(out, name, file)), (name, file)
     ease = document["peers"]["ease"]
-    chosen = ease["chosen"]
-    assert min(ease["grid_evaluated"]) <= chosen / 10 and max(ease["grid_evaluated"]) >= chosen * 10
+    chosen, grid = ease["chosen"], ease["grid_evaluated"]
+    if ease["grid_spans_decade"]:
+        assert min(grid) <= chosen / 10 and max(grid) >= chosen * 10
+    else:  # the extension stops after MAX_GRID_EXTENSIONS values, with the chosen value at the edge
+        assert len(grid) == 2 + MAX_GRID_EXTENSIONS and chosen in (min(grid), max(grid))
     assert document["best_peer"] == max(document["peers"], key=lambda n: document["peers"][n]["validation_recall@100"])
     # Popularity by hand: count users per item over train + validation, rank the non-excluded items
     # (ties by lower corpus row), hit when the target is in the top 10.
