@@ -4,7 +4,7 @@ For every data fraction and method: SSL methods first tune alpha (``ssl.weight``
 grid on the **validation** split with seed 0 (the eval split is never looked at while choosing);
 then the chosen alpha (and ``none``) is trained with every seed and evaluated on the eval split.
 Every run is ``python -m recsys_ssl train`` + ``evaluate`` in a subprocess, in
-``OUT/f<fraction>/<method>/alpha<a>/seed<k>/``; a finished run is never repeated, so an interrupted
+``OUTPUT_DIR/f<fraction>/<method>/alpha<a>/seed<k>/``; a finished run is never repeated, so an interrupted
 ablation resumes where it stopped. After every run ``OUT/ablation.json``, ``OUT/ablation.md``
 (mean ± std over seeds of recall@{10,50,100} per slice: overall / head / tail / cold; paired
 per-user bootstrap 95% intervals of each method's difference to ``none``, and of method A minus
@@ -18,8 +18,8 @@ paired difference to the best peer (chosen on validation).
 
 Example::
 
-  python -m recsys_ssl ablate --features runs/features --out runs/ablation \\
-      --methods none,dropout,rfm,cfm --seeds 3 --fractions 0.25,0.5,1 --preset movielens --versus cfm:rfm
+  python -m recsys_ssl ablate --features runs/features --output_dir runs/ablation \\
+      --methods none,dropout,rfm,cfm --seeds 0,1,2 --fractions 0.25,0.5,1 --preset movielens --versus cfm:rfm
 """
 
 from __future__ import annotations
@@ -34,13 +34,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from recsys_ssl.comparison import KS, load_hits, paired_difference
+
 METHODS = {
     "none": ("ssl.method=none",),
     "dropout": ("ssl.method=feature_dropout",),  # whole features dropped per view, not complementary
     "rfm": ("ssl.method=rfm",),
     "cfm": ("ssl.method=cfm",),
 }
-KS = (10, 50, 100)
 SLICES = ("overall", "head", "tail", "cold")
 RESULT_FILES = {"eval": "eval.json", "validation": "eval_validation.json"}
 
@@ -126,18 +127,18 @@ def _format_alpha(alpha: float) -> str:
 class Ablation:
     """Runs and reports one ablation (see the module docstring)."""
 
-    def __init__(self, features: str, out: str, methods: dict[str, tuple[str, ...]], seeds: int,
+    def __init__(self, features: str, out: str, methods: dict[str, tuple[str, ...]], seeds: Sequence[int],
                  fractions: Sequence[float], alphas: Sequence[float], preset: str, overrides: Sequence[str],
                  tune_metric: str = "overall", pairs: Sequence[tuple[str, str]] = (), peers_dir: str | None = None,
                  query_mode: str = "user", refit: bool = False):
-        if seeds < 1 or not fractions or not alphas:
-            raise ValueError("--seeds must be >= 1 and --fractions / --alphas non-empty")
+        if not seeds or not fractions or not alphas:
+            raise ValueError("--seeds, --fractions and --alphas must not be empty")
         if any(not 0 < f <= 1 for f in fractions):
             raise ValueError(f"fractions must be in (0, 1], received {list(fractions)}")
         if tune_metric not in ("overall", "tail"):
             raise ValueError(f"tune_metric must be overall or tail, received {tune_metric!r}")
         self.features, self.out, self.methods = features, out, methods
-        self.seeds, self.fractions, self.alphas = list(range(seeds)), list(fractions), list(alphas)
+        self.seeds, self.fractions, self.alphas = list(seeds), list(fractions), list(alphas)
         self.preset, self.overrides, self.tune_metric = preset, list(overrides), tune_metric
         self.pairs = list(pairs)
         self.peers_dir, self.query_mode, self.refit = peers_dir, query_mode, refit
@@ -165,8 +166,8 @@ class Ablation:
 
     def run_peers(self) -> None:
         """The peers (``recsys_ssl.baselines``) in ``peers_dir``: computed there unless done."""
-        from recsys_ssl.baselines import PEERS, run_baselines
-        from recsys_ssl.peers import EASE_MAX_ITEMS
+        from recsys_ssl.baselines import run_baselines
+        from recsys_ssl.peers import EASE_MAX_ITEMS, PEERS
 
         path = os.path.join(self.peers_dir, "baselines.json")
         document = None
@@ -274,46 +275,6 @@ class Ablation:
         with open(os.path.join(self.out, "ablation.md"), "w") as f:
             f.write(markdown(self.document))
         plot(self.document, os.path.join(self.out, "ablation.png"))
-
-
-def paired_difference(ours: dict, theirs: dict) -> dict:
-    """Recall differences ``ours - theirs`` with paired per-user bootstrap 95% intervals.
-
-    Args:
-      ours, theirs: ``load_hits`` of two methods (the same eval examples, in the same order).
-
-    Returns:
-      {slice: {"recall@K": {"difference", "interval95": [low, high], "ratio" (None if theirs is 0)}}}
-      for the slices with examples.
-    """
-    from recsys_ssl.metrics import paired_bootstrap  # TensorFlow: only when there is something to compare
-
-    result = {}
-    for name in theirs["slices"]:
-        mask = theirs["slices"][name]
-        if not mask.any():
-            continue
-        result[name] = {}
-        for column, k in enumerate(KS):
-            a, b = ours["hits"][mask, column].mean(), theirs["hits"][mask, column].mean()
-            low, high = paired_bootstrap(theirs["users"], mask, ours["hits"][:, column], theirs["hits"][:, column])
-            result[name][f"recall@{k}"] = {"difference": float(a - b), "interval95": [low, high],
-                                           "ratio": float(a / b) if b > 0 else None}
-    return result
-
-
-def load_hits(workdirs: Sequence[str]) -> dict:
-    """Hits at KS averaged over seeds (the eval examples are identical across runs), with slices
-    (overall, head, tail, cold and, for item-to-item runs, seed_head / seed_tail)."""
-    loaded = [np.load(os.path.join(w, "eval_hits.npz")) for w in workdirs]
-    columns = [list(loaded[0]["ks"]).index(k) for k in KS]
-    head = loaded[0]["head"]
-    cold = loaded[0]["cold"] if "cold" in loaded[0] else np.zeros_like(head)
-    slices = {"overall": np.ones_like(head), "head": head, "tail": ~head, "cold": cold}
-    if "seed_head" in loaded[0]:
-        slices.update(seed_head=loaded[0]["seed_head"], seed_tail=loaded[0]["seed_tail"])
-    return {"users": loaded[0]["users"], "targets": loaded[0]["targets"],
-            "hits": np.mean([d["hits"][:, columns] for d in loaded], axis=0), "slices": slices}
 
 
 def _slices(entry: dict) -> tuple[str, ...]:
@@ -431,18 +392,16 @@ def plot(document: dict, path: str) -> None:
 
 
 def main_ablate(args) -> int:
-    """The ``ablate`` command (arguments parsed by ``recsys_ssl.__main__``)."""
-    methods = parse_methods(args.methods, args.variant)
+    """The ``ablate`` command (``recsys_ssl.__main__.AblateOptions``)."""
+    methods = parse_methods(",".join(args.methods), args.variant)
     pairs = parse_pairs(args.versus, methods)
-    fractions = [float(f) for f in args.fractions.split(",")]
-    alphas = [float(a) for a in args.alphas.split(",")]
     from core import config as dataclass_config
     from recsys_ssl import config as config_lib
 
     query_mode = dataclass_config.apply_overrides(config_lib.preset(args.preset), args.overrides).model.query_mode
-    ablation = Ablation(args.features, args.out, methods, args.seeds, fractions, alphas, args.preset,
-                        args.overrides, args.tune_metric, pairs, args.peers, query_mode, args.refit)
+    ablation = Ablation(args.features, args.output_dir, methods, args.seeds, args.fractions, args.alphas,
+                        args.preset, args.overrides, args.tune_metric, pairs, args.peers, query_mode, args.refit)
     ablation.run()
-    logging.info("ablation written to %s (ablation.json, ablation.md, ablation.png)", args.out)
+    logging.info("ablation written to %s (ablation.json, ablation.md, ablation.png)", args.output_dir)
     print(markdown(ablation.document))
     return 0

@@ -22,7 +22,7 @@ Protocol (``recsys_ssl.protocol``, the same queries, exclusions, slices and K as
 - The **best peer** is the one with the highest validation recall@100 (overall), chosen on the
   validation split like every other choice here.
 
-``refit=False`` (``--no_refit``) fits the eval peers on the train split only, the data the two-tower
+``refit=False`` (``--refit=false``) fits the eval peers on the train split only, the data the two-tower
 model's weights see: the comparison of the data each side learns from, not of the usual practice.
 
 Outputs: ``OUT/<peer>/eval.json``, ``eval_hits.npz`` (the format of ``evaluate``'s, so ``ablate``
@@ -44,12 +44,12 @@ import scipy.sparse as sp
 
 from core.files import write_json_atomic
 from recsys_ssl import schema as fs
-from recsys_ssl.peers import EASE, EASE_BYTES_PER_CELL, EASE_MAX_ITEMS, PEER_CLASSES, interaction_matrix
+from recsys_ssl.peers import (DEFAULT_EASE_LAMBDAS, DEFAULT_KNN_NEIGHBOURS, EASE, EASE_BYTES_PER_CELL, EASE_MAX_ITEMS,
+                              PEER_CLASSES, PEERS, interaction_matrix)
 from recsys_ssl.protocol import EARLIER_SPLITS, HeldOut, check_mode, corpus_rows, held_out
 
-PEERS = ("popularity", "itemknn", "ease")
-DEFAULT_EASE_LAMBDAS = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
-DEFAULT_KNN_NEIGHBOURS = (10, 20, 50, 100, 200, 500, 1000)
+logger = logging.getLogger(__name__)
+
 MAX_GRID_EXTENSIONS = 8
 SELECTION_K = 100  # peers are tuned, and the best peer chosen, on validation recall@100 (overall)
 
@@ -180,7 +180,7 @@ def run_baselines(features_dir: str, output_dir: str, peers: Sequence[str] = PEE
         settings = {"grid": grids[name], "ease_max_items": ease_max_items if name == "ease" else None}
         record = document["peers"].get(name)
         if record and record.get("settings") == settings and os.path.isfile(os.path.join(output_dir, name, "eval.json")):
-            logging.info("%s: already done (%s)", name, os.path.join(output_dir, name))
+            logger.info("%s: already done (%s)", name, os.path.join(output_dir, name))
             continue
         cls = PEER_CLASSES[name]
         make = functools.partial(cls, max_items=ease_max_items) if name == "ease" else cls
@@ -199,7 +199,7 @@ def run_baselines(features_dir: str, output_dir: str, peers: Sequence[str] = PEE
                                          "score_seconds": time.time() - fitted,
                                          **{s: {f"recall@{SELECTION_K}": float(hits[m, 0].mean()) if m.any()
                                                 else float("nan")} for s, m in validation_slices.items()}}
-                logging.info("%s %s=%s: validation recall@%d %.4f (fit %.1f s)", name, cls.parameter, key,
+                logger.info("%s %s=%s: validation recall@%d %.4f (fit %.1f s)", name, cls.parameter, key,
                              SELECTION_K, record["tuning"][key]["overall"][f"recall@{SELECTION_K}"],
                              fitted - started)
             chosen = max(grid, key=lambda v: (record["tuning"]["-" if v is None else f"{v:g}"]["overall"]
@@ -212,7 +212,7 @@ def run_baselines(features_dir: str, output_dir: str, peers: Sequence[str] = PEE
         if name == "ease":
             record["grid_spans_decade"] = extend_grid(grid, chosen) is None
             if not record["grid_spans_decade"]:
-                logging.warning("ease: lambda %g chosen at the edge after %d extensions of the grid %s", chosen,
+                logger.warning("ease: lambda %g chosen at the edge after %d extensions of the grid %s", chosen,
                                 MAX_GRID_EXTENSIONS, grid)
         record["chosen"] = chosen
         record["validation_recall@100"] = record["tuning"]["-" if chosen is None else f"{chosen:g}"]["overall"][

@@ -96,7 +96,7 @@ def compare_with_peers(workdir: str, peers_dir: str, mode: str) -> dict:
     Raises:
       FileNotFoundError / ValueError: no ``baselines.json``, another query mode, or other eval queries.
     """
-    from recsys_ssl.ablation import load_hits, paired_difference
+    from recsys_ssl.comparison import load_hits, paired_difference
 
     path = os.path.join(peers_dir, "baselines.json")
     if not os.path.isfile(path):

@@ -176,3 +176,7 @@ def ease_weights(regularised_gram: np.ndarray) -> np.ndarray:
 
 
 PEER_CLASSES = {"popularity": Popularity, "itemknn": ItemKNN, "ease": EASE}
+PEERS = tuple(PEER_CLASSES)
+# The tuning grids on validation (the EASE grid is extended until the chosen lambda has a decade on either side).
+DEFAULT_EASE_LAMBDAS = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
+DEFAULT_KNN_NEIGHBOURS = (10, 20, 50, 100, 200, 500, 1000)

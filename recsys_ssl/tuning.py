@@ -15,7 +15,7 @@ same budget), in ``OUT/peers/``.
 
 Example::
 
-  python -m recsys_ssl tune --features runs/features --out runs/tune --preset movielens --set ssl.method=none \\
+  python -m recsys_ssl tune --features runs/features --output_dir runs/tune --preset movielens --set ssl.method=none \\
       --grid train.logq_strength=1,0.5,0 --grid train.temperature=0.05,0.1,0.2 --grid train.mns_negatives=0,256
 """
 
@@ -30,6 +30,8 @@ from collections.abc import Sequence
 from core import config as dataclass_config
 from core.files import write_json_atomic
 from recsys_ssl import config as config_lib
+
+logger = logging.getLogger(__name__)
 
 SELECTION = ("overall", "recall@100")
 
@@ -89,7 +91,7 @@ def tune(features: str, out: str, preset: str, overrides: Sequence[str], grids: 
             document["runs"][identifier] = {"overrides": extra, "workdir": workdir, "metrics": result["metrics"],
                                             "train_seconds": result.get("train_seconds")}
             _write(document, out)
-            logging.info("tune %s %s: validation R@100 %.4f", identifier, extra or "(preset)", _selection(result["metrics"]))
+            logger.info("tune %s %s: validation R@100 %.4f", identifier, extra or "(preset)", _selection(result["metrics"]))
         return _selection(document["runs"][identifier]["metrics"])
 
     best = evaluate(chosen)

@@ -42,7 +42,7 @@ def test_methods_and_variants_are_parsed_strictly():
 @pytest.mark.slow
 def test_ablate_tunes_alpha_on_validation_then_compares_seeds(features_dir, tmp_path, capsys):
     out = str(tmp_path / "ablation")
-    argv = ["ablate", "--features", features_dir, "--out", out, "--methods", "none,cfm", "--seeds", "2",
+    argv = ["ablate", "--features", features_dir, "--output_dir", out, "--methods", "none,cfm", "--seeds", "0,1",
             "--alphas", "0.1,1.0", "--versus", "cfm:none", "--preset", "tiny", "--set", "train.epochs=1"]
     assert cli.main(argv) == 0
     document = json.load(open(os.path.join(out, "ablation.json")))
@@ -74,7 +74,7 @@ def test_ablate_tunes_alpha_on_validation_then_compares_seeds(features_dir, tmp_
 @pytest.mark.slow
 def test_ablate_refit_with_peers(features_dir, tmp_path):
     out, peers = str(tmp_path / "ablation"), str(tmp_path / "peers")
-    argv = ["ablate", "--features", features_dir, "--out", out, "--methods", "none", "--seeds", "1", "--refit",
+    argv = ["ablate", "--features", features_dir, "--output_dir", out, "--methods", "none", "--seeds", "0", "--refit",
             "--peers", peers, "--preset", "tiny", "--set", "train.epochs=2", "--set", "train.early_stopping_patience=1"]
     assert cli.main(argv) == 0
     entry = json.load(open(os.path.join(out, "ablation.json")))["fractions"]["1"]
@@ -83,7 +83,7 @@ def test_ablate_refit_with_peers(features_dir, tmp_path):
     assert entry["none"]["refit_epochs"] == selected
     # ... and the eval run trains on train + validation for exactly that many epochs.
     refit = os.path.join(out, "f1", "none", "base", "refit_seed0")
-    config = json.load(open(os.path.join(refit, "config.json")))["config"]["train"]
+    config = json.load(open(os.path.join(refit, "config.json")))["train"]
     assert config["train_on_validation"] is True and config["epochs"] == selected
     assert json.load(open(os.path.join(refit, "train_summary.json")))["epochs_run"] == selected
     assert entry["none"]["runs"][0]["workdir"] == refit

@@ -40,7 +40,7 @@ def test_peer_grids_match_the_budget():
 
 def test_tune_picks_values_on_validation_and_resumes(features_dir, tmp_path):
     out = str(tmp_path / "tune")
-    argv = ["tune", "--features", features_dir, "--out", out, "--preset", "tiny", "--set", "train.epochs=1",
+    argv = ["tune", "--features", features_dir, "--output_dir", out, "--preset", "tiny", "--set", "train.epochs=1",
             "--set", "ssl.method=none", "--grid", "train.temperature=0.1,0.3", "--grid", "train.mns_negatives=0,16"]
     assert cli.main(argv) == 0
     document = json.load(open(os.path.join(out, "tune.json")))
