@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sys
 from typing import Literal
 
@@ -33,7 +34,7 @@ from core import config as dataclass_config
 from recsys_ssl import ablation as ablation_lib
 from recsys_ssl import config as config_lib
 from recsys_ssl import tuning as tuning_lib
-from recsys_ssl.peers import DEFAULT_EASE_LAMBDAS, DEFAULT_KNN_NEIGHBOURS, EASE_MAX_ITEMS, PEERS
+from recsys_ssl.peers import DEFAULT_EASE_LAMBDAS, DEFAULT_KNN_NEIGHBOURS, EASE, EASE_MAX_ITEMS, PEERS
 
 logger = logging.getLogger("recsys_ssl")
 
@@ -193,7 +194,15 @@ class BaselinesOptions:
 
 def baselines_command(options: BaselinesOptions) -> int:
     from recsys_ssl.baselines import markdown, run_baselines
+    from recsys_ssl.schema import STATS_FILE
 
+    if "ease" in options.peers:  # refused before any work: the corpus size is in the feature directory's stats
+        with open(os.path.join(options.features, STATS_FILE)) as f:
+            num_items = json.load(f)["num_items"]
+        try:
+            EASE.check_size(num_items, options.ease_max_items)
+        except ValueError as error:
+            raise cli.UsageError(str(error)) from None
     document = run_baselines(options.features, options.output_dir, options.peers, options.query_mode,
                              options.ease_lambdas, options.knn_neighbours, options.ease_max_items, options.refit)
     print(markdown(document))

@@ -104,13 +104,17 @@ def test_run_baselines_end_to_end(features_dir, tmp_path):
     assert document["peers"]["popularity"]["metrics"]["overall"]["recall@10"] == pytest.approx(np.mean(expected))
     # A second call finds every peer done and recomputes nothing.
     again = run_baselines(features_dir, out, mode="user", ease_lambdas=[1.0, 10.0], knn_neighbours=[2, 20])
-    assert again["peers"] == json.load(open(os.path.join(out, "baselines.json")))["peers"] == document["peers"]
+    def text(peers):  # NaN (empty cold slice) != NaN: compare the JSON text
+        return json.dumps(peers, sort_keys=True)
+
+    with open(os.path.join(out, "baselines.json")) as f:
+        assert text(again["peers"]) == text(json.load(f)["peers"]) == text(document["peers"])
 
 
 def test_baselines_cli_refuses_ease_above_the_limit_before_any_work(features_dir, tmp_path, caplog):
     out = str(tmp_path / "refused")
     assert cli.main(["baselines", "--features", features_dir, "--output_dir", out, "--ease_max_items", "10"]) == 2
     assert "the limit is 10 items" in caplog.text
-    assert not os.path.exists(os.path.join(out, "baselines.json"))
+    assert not os.path.exists(out)
     assert cli.main(["baselines", "--features", features_dir, "--output_dir", out, "--peers", "ease,knn"]) == 2
-    assert "peers must be a non-empty subset" in caplog.text
+    assert not os.path.exists(out)

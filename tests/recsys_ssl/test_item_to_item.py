@@ -108,3 +108,35 @@ def test_item_mode_trains_evaluates_and_serves_similar_items(features_dir, tmp_p
         assert server.stop() == 0, server.log()[-3000:]
     info = json.load(open(os.path.join(export_dir, "1", "assets.extra", "retrieval.json")))
     assert info["query_mode"] == "item" and info["signatures"] == ["cold_item", "serving_default"]
+
+
+def test_item_mode_with_hashed_item_ids_serves_seeds_and_cold_items(features_dir):
+    """model.item_id_buckets with model.query_mode=item: the seed's item_id goes through the hashed
+    table (corpus seeds via their corpus row, cold seeds by hashing the id given)."""
+    from recsys_ssl.export import ItemToItemModule, build_index
+    from recsys_ssl.towers import hash_item_ids
+
+    tf.keras.utils.set_random_seed(0)
+    config = _config("model.item_id_buckets=13", "model.item_id_hashes=2", "ssl.method=none")
+    feature_set = FeatureSet.load(features_dir, config.model.max_values)
+    model = build_model(feature_set, config)
+    items = corpus_embeddings(model, feature_set.num_items)
+    module = ItemToItemModule(model, feature_set, build_index(None, items, feature_set.item_ids, "brute_force", 4), 3)
+    seed = feature_set.item_ids[5]
+    query = model.query_tower({"history": tf.constant([[seed]])}).numpy()[0]
+    served = module.serve(tf.constant([seed]))
+    scores = items @ query
+    expected = [i for i in np.argsort(-scores, kind="stable") if i != 5][:3]
+    assert [x.decode() for x in served["item_ids"].numpy()[0]] == list(feature_set.item_ids[expected])
+    # cold_item: the same features under a new id = those features with the new id's hashed buckets.
+    features = model.corpus_features(tf.constant([5]))
+    vocab = {f.name: feature_set.vocabularies[f.vocab_name] for f in feature_set.schema.item_features[1:]}
+    inputs = [tf.constant(["brand-new"])]
+    for f in feature_set.schema.item_features[1:]:
+        values = [vocab[f.name][i - 2] for i in np.ravel(features[f.name].numpy()) if i >= 2]
+        inputs.append(tf.constant([values or [""]]) if f.multivalent else tf.constant([values[0] if values else ""]))
+    ids = dict(features)
+    ids["item_id"] = tf.cast(hash_item_ids(tf.constant(["brand-new"]), 13, 2), tf.int32)
+    cold_query = model.query_tower.encode(ids).numpy()[0]
+    cold = module.serve_features(*inputs)
+    np.testing.assert_allclose(cold["scores"].numpy()[0], np.sort(items @ cold_query)[::-1][:3], rtol=1e-5)
