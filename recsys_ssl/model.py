@@ -95,7 +95,7 @@ class SSLTwoTowerModel(tfrs.Model):
             self.masking = FeatureMasking(
                 config.ssl.method, len(self.item_feature_names), [f.identifier for f in schema.item_features],
                 feature_affinity(feature_set, config.ssl.affinity) if config.ssl.method == "cfm" else None,
-                config.ssl.identifiers, config.ssl.mask_granularity, config.ssl.feature_drop_rate,
+                config.ssl.identifiers, config.ssl.mask_granularity, config.ssl.feature_dropout_rate,
             )
         self.ssl_head = None
         if config.ssl.method != "none" and config.ssl.projection_head:
@@ -140,8 +140,8 @@ class SSLTwoTowerModel(tfrs.Model):
         queries = self.query_tower({fs.USER_ID: batch[fs.USER_ID], fs.HISTORY: batch[fs.HISTORY]}, training=training)
         rows = self.item_rows(batch[fs.ITEM_ID])
         main_items = self.corpus_features(rows)
-        if train_config.feature_dropout > 0 and training:
-            main_items = self._dropout(main_items, train_config.feature_dropout, tf.random.experimental.stateless_fold_in(seed, 11))
+        if train_config.value_dropout > 0 and training:
+            main_items = self._dropout(main_items, train_config.value_dropout, tf.random.experimental.stateless_fold_in(seed, 11))
         batch_size = tf.shape(rows)[0]
         num_features = len(self.item_feature_names)
         mns = train_config.mns_negatives
@@ -150,8 +150,8 @@ class SSLTwoTowerModel(tfrs.Model):
                 [mns], seed=tf.random.experimental.stateless_fold_in(seed, 12), minval=0, maxval=self.num_items,
                 dtype=tf.int32)
             negatives = self.corpus_features(negative_rows)
-            if train_config.feature_dropout > 0 and training:
-                negatives = self._dropout(negatives, train_config.feature_dropout,
+            if train_config.value_dropout > 0 and training:
+                negatives = self._dropout(negatives, train_config.value_dropout,
                                           tf.random.experimental.stateless_fold_in(seed, 13))
             main_items = {name: tf.concat([main_items[name], negatives[name]], axis=0) for name in main_items}
             candidate_rows = tf.concat([rows, negative_rows], axis=0)
@@ -168,8 +168,8 @@ class SSLTwoTowerModel(tfrs.Model):
                 maxval=self.num_items, dtype=tf.int32,
             )
             ssl_items = self.corpus_features(ssl_rows)
-            view_1 = self._dropout(ssl_items, ssl_config.dropout, tf.random.experimental.stateless_fold_in(seed, 2))
-            view_2 = self._dropout(ssl_items, ssl_config.dropout, tf.random.experimental.stateless_fold_in(seed, 3))
+            view_1 = self._dropout(ssl_items, ssl_config.value_dropout, tf.random.experimental.stateless_fold_in(seed, 2))
+            view_2 = self._dropout(ssl_items, ssl_config.value_dropout, tf.random.experimental.stateless_fold_in(seed, 3))
             mask_1, mask_2 = self.masking.view_masks(tf.random.experimental.stateless_fold_in(seed, 4), ssl_size)
             feature_mask = tf.concat([tf.zeros([num_candidates, num_features], tf.bool), mask_1, mask_2], axis=0)
             all_items = {name: tf.concat([main_items[name], view_1[name], view_2[name]], axis=0)
@@ -179,7 +179,7 @@ class SSLTwoTowerModel(tfrs.Model):
             ssl_1, ssl_2 = (embeddings[num_candidates: num_candidates + ssl_size],
                             embeddings[num_candidates + ssl_size:])
 
-        probability = tf.gather(self._item_probability, candidate_rows) if train_config.logq_correction else None
+        probability = tf.gather(self._item_probability, candidate_rows) if train_config.logq_strength else None
         if probability is not None and mns:
             probability = mixed_sampling_probability(probability, batch_size, mns, self.num_items)
         if probability is not None and train_config.logq_strength != 1.0:

@@ -28,7 +28,7 @@ from core.files import write_json_atomic
 from core.workdir import update_run, write_config
 from core.loop import LoopConfig, run_loop
 from recsys_ssl import schema as fs
-from recsys_ssl.config import Config
+from recsys_ssl.config import Config, migrate_values
 from recsys_ssl.data import FeatureSet
 from recsys_ssl.metrics import corpus_embeddings, hits_at_k, query_embeddings
 from recsys_ssl.model import SSLTwoTowerModel
@@ -59,7 +59,7 @@ class Trainer:
 
     # -- set-up ------------------------------------------------------------------------------
     def _write_config(self) -> None:
-        write_config(self.workdir, self.config, write=self.is_chief)
+        write_config(self.workdir, self.config, migrate=migrate_values, write=self.is_chief)
         if self.is_chief:
             update_run(self.workdir, features_dir=os.path.abspath(self.features_dir))
 
