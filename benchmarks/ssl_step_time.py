@@ -2,9 +2,9 @@
 
 ``python -m benchmarks.ssl_step_time --features F [--preset movielens] [--set k=v ...]``
 
-Builds one model per variant (same config except the SSL settings), warms each step function up,
-then times rounds of ``--steps`` steps per variant in turn, so that a load change on a shared
-machine hits every variant alike. Reports the median step time per variant and its ratio to
+Builds one model per variant (same config except the SSL / negative-sampling settings), warms each
+step function up, then times rounds of ``--steps`` steps per variant in turn, so that a load change
+on a shared machine hits every variant alike. Reports the median step time per variant and its ratio to
 ``none``.
 """
 
@@ -30,7 +30,11 @@ from core import config as dataclass_config  # noqa: E402
 VARIANTS = {"none": ["ssl.method=none"], "rfm": ["ssl.method=rfm"], "cfm": ["ssl.method=cfm"],
             "dropout": ["ssl.method=feature_dropout"],
             "cfm_example": ["ssl.method=cfm", "ssl.mask_granularity=example"],
-            "cfm_example_head": ["ssl.method=cfm", "ssl.mask_granularity=example", "ssl.projection_head=128"]}
+            "cfm_example_head": ["ssl.method=cfm", "ssl.mask_granularity=example", "ssl.projection_head=128"],
+            # mixed negative sampling (issue 21): B' uniform corpus negatives per batch, in-batch + uniform
+            "mns256": ["ssl.method=none", "train.mns_negatives=256"],
+            "mns1024": ["ssl.method=none", "train.mns_negatives=1024"],
+            "cfm_mns256": ["ssl.method=cfm", "train.mns_negatives=256"]}
 
 
 def main(argv=None) -> int:

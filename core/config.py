@@ -48,14 +48,21 @@ def apply_overrides(config: T, overrides: Iterable[str]) -> T:
     (true/false/1/0/yes/no), ``str``, ``None`` for optional fields (``none``/``null``), and tuples
     as comma-separated lists or JSON arrays.
 
+    A root config class may declare ``REPLACED_KEYS: ClassVar[Mapping[str, str]]``: dotted keys
+    renamed or retired since -> what to set instead; overriding one is refused with that advice.
+
     Raises:
-      ConfigError: the override is not ``key=value``, names an unknown field (the error lists the
-        valid ones), or its value cannot be parsed as the field's type.
+      ConfigError: the override is not ``key=value``, names an unknown or replaced field (the
+        error lists the valid ones, or names the replacement), or its value cannot be parsed as
+        the field's type.
     """
+    replaced = getattr(type(config), "REPLACED_KEYS", {})
     for override in overrides:
         if "=" not in override:
             raise ConfigError(f"override must look like key.path=value, received {override!r}")
         path, raw = override.split("=", 1)
+        if path.strip() in replaced:
+            raise ConfigError(f"config key {path.strip()!r} was replaced: use {replaced[path.strip()]}")
         config = _set_path(config, path.strip().split("."), raw.strip(), full_path=path.strip())
     return config
 

@@ -5,6 +5,8 @@ Commands (each has ``--help``):
   train     train a model into a workdir (resumes if it has checkpoints)
   evaluate  recall@K of the best model on a held-out split -> eval.json, plots
   ablate    does SSL help on this data? methods x seeds x data fractions, alpha tuned on validation
+  baselines popularity, item-kNN and EASE under the same protocol (tuned on validation)
+  tune      choose training knobs on the validation split (coordinate search), peers with the same budget
   export    a versioned SavedModel: raw query features -> top-k items (brute force or ScaNN)
   memory    what the embedding tables (+ optimizer slots) and the item corpus of a config will cost
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sys
 from typing import Literal
 
@@ -30,6 +33,8 @@ from core import cli
 from core import config as dataclass_config
 from recsys_ssl import ablation as ablation_lib
 from recsys_ssl import config as config_lib
+from recsys_ssl import tuning as tuning_lib
+from recsys_ssl.peers import DEFAULT_EASE_LAMBDAS, DEFAULT_KNN_NEIGHBOURS, EASE, EASE_MAX_ITEMS, PEERS
 
 logger = logging.getLogger("recsys_ssl")
 
@@ -74,12 +79,14 @@ def train_command(options: TrainOptions) -> int:
 class EvaluateOptions:
     workdir: str = cli.workdir_flag("a `train` workdir", must_exist=True)
     split: Literal["eval", "validation"] = cli.flag("the held-out split to score", default="eval")
+    peers: str | None = cli.flag("a `baselines` --output_dir: the peers and each one's paired difference to this "
+                                 "model in eval.json", default=None, must_exist="dir", metavar="DIR")
 
 
 def evaluate_command(options: EvaluateOptions) -> int:
     from recsys_ssl.evaluate import evaluate
 
-    result = evaluate(options.workdir, options.split)
+    result = evaluate(options.workdir, options.split, peers=options.peers)
     print(json.dumps(result["metrics"], indent=1))
     return 0
 
@@ -103,6 +110,10 @@ class AblateOptions:
                                          default=(0.03, 0.1, 0.3, 1.0))
     tune_metric: Literal["overall", "tail"] = cli.flag(
         "validation recall@100 slice that picks alpha", default="overall")
+    refit: bool = cli.flag("eval runs train on train + validation for the epochs chosen on validation (seed 0), "
+                           "as the peers are refit", default=False)
+    peers: str | None = cli.flag("a `baselines` --output_dir (computed there unless done): the peers in the report "
+                                 "and each method's paired difference to the best peer", default=None, metavar="DIR")
     preset: str = cli.preset_flag(sorted(config_lib.PRESETS), "movielens")
     overrides: tuple[str, ...] = cli.overrides_flag()
 
@@ -118,6 +129,93 @@ def ablate_command(options: AblateOptions) -> int:
     except ValueError as error:
         raise cli.UsageError(str(error)) from None
     return ablation_lib.main_ablate(options)
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneOptions:
+    features: str = cli.features_flag()
+    output_dir: str = cli.output_dir_flag("where runs/, tune.json and tune.md go (resumable)")
+    grid: tuple[str, ...] = cli.flag("a knob and its values, searched in the order given, e.g. "
+                                     "train.temperature=0.05,0.1 (repeatable)",
+                                     default=(), repeat=True, metavar="KEY=V1,V2[,...]")
+    rounds: int = cli.flag("passes over the grids", default=1)
+    peers: bool = cli.flag("also tune popularity / item-kNN / EASE on validation with the same number of runs "
+                           "(in OUTPUT_DIR/peers)", default=False)
+    preset: str = cli.preset_flag(sorted(config_lib.PRESETS), "movielens")
+    overrides: tuple[str, ...] = cli.overrides_flag()
+
+    def __post_init__(self):
+        if self.rounds < 1:
+            raise ValueError(f"--rounds must be >= 1, received {self.rounds}")
+
+
+def tune_command(options: TuneOptions) -> int:
+    base = _config(options.preset, options.overrides)  # fail before any run
+    try:
+        grids = tuning_lib.parse_grids(options.grid)
+    except ValueError as error:
+        raise cli.UsageError(str(error)) from None
+    document = tuning_lib.tune(options.features, options.output_dir, options.preset, options.overrides, grids,
+                               options.rounds)
+    if options.peers:
+        tuning_lib.tune_peers(options.features, options.output_dir, len(document["runs"]), base.model.query_mode)
+    print(tuning_lib.markdown(document))
+    return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselinesOptions:
+    features: str = cli.features_flag()
+    output_dir: str = cli.output_dir_flag("writes OUTPUT_DIR/<peer>/eval.json, eval_hits.npz and baselines.json / .md")
+    peers: tuple[str, ...] = cli.flag(f"comma-separated peers, of {', '.join(PEERS)}", default=PEERS)
+    query_mode: Literal["user", "item"] = cli.flag(
+        "user: a query is the user's items; item: the seed item (item-to-item)", default="user")
+    ease_lambdas: tuple[float, ...] = cli.flag(
+        "EASE lambda grid, extended until the chosen value has a decade on either side",
+        default=DEFAULT_EASE_LAMBDAS)
+    knn_neighbours: tuple[int, ...] = cli.flag("item-kNN neighbourhood sizes",
+                                               default=DEFAULT_KNN_NEIGHBOURS)
+    ease_max_items: int = cli.flag("EASE refuses larger corpora (dense items x items float64 matrices)",
+                                   default=EASE_MAX_ITEMS)
+    refit: bool = cli.flag("refit the eval peers on train + validation with the values chosen on validation "
+                           "(false: fit them on train only)", default=True)
+
+    def __post_init__(self):
+        unknown = sorted(set(self.peers) - set(PEERS))
+        if unknown or not self.peers:
+            raise ValueError(f"--peers must be a non-empty list of {', '.join(PEERS)}, received {','.join(self.peers)!r}")
+        if not self.ease_lambdas or min(self.ease_lambdas) <= 0:
+            raise ValueError(f"--ease_lambdas must be positive numbers, received {self.ease_lambdas}")
+        if not self.knn_neighbours or min(self.knn_neighbours) < 1:
+            raise ValueError(f"--knn_neighbours must be integers >= 1, received {self.knn_neighbours}")
+        if self.ease_max_items < 1:
+            raise ValueError(f"--ease_max_items must be >= 1, received {self.ease_max_items}")
+
+
+def baselines_command(options: BaselinesOptions) -> int:
+    from recsys_ssl.baselines import markdown, run_baselines
+    from recsys_ssl.schema import STATS_FILE
+
+    if "ease" in options.peers:  # refused before any work: the corpus size is in the feature directory's stats
+        with open(os.path.join(options.features, STATS_FILE)) as f:
+            num_items = json.load(f)["num_items"]
+        try:
+            EASE.check_size(num_items, options.ease_max_items)
+        except ValueError as error:
+            raise cli.UsageError(str(error)) from None
+    document = run_baselines(options.features, options.output_dir, options.peers, options.query_mode,
+                             options.ease_lambdas, options.knn_neighbours, options.ease_max_items, options.refit)
+    print(markdown(document))
+    return 0
+
+
+def module_docstring(module: str) -> str:
+    """A module's docstring without importing it (``recsys_ssl.baselines`` loads TensorFlow)."""
+    import ast
+    import importlib.util
+
+    with open(importlib.util.find_spec(module).origin) as f:
+        return ast.get_docstring(ast.parse(f.read())) or ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +269,12 @@ COMMANDS = (
     cli.Command("ablate", AblateOptions, ablate_command,
                 help="does SSL help on this data? methods x seeds x data fractions, alpha tuned on validation",
                 description=ablation_lib.__doc__),
+    cli.Command("baselines", BaselinesOptions, baselines_command,
+                help="popularity, item-kNN and EASE under the same protocol (tuned on validation)",
+                description=module_docstring("recsys_ssl.baselines"), renamed={"--no_refit": "--refit=false"}),
+    cli.Command("tune", TuneOptions, tune_command,
+                help="choose training knobs on the validation split (coordinate search), optionally the peers alike",
+                description=tuning_lib.__doc__),
     cli.Command("export", ExportOptions, export_command,
                 help="versioned SavedModel: raw query features -> top-k items"),
     cli.Command("memory", MemoryOptions, memory_command,

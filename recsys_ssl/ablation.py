@@ -9,6 +9,12 @@ ablation resumes where it stopped. After every run ``OUT/ablation.json``, ``OUT/
 (mean ± std over seeds of recall@{10,50,100} per slice: overall / head / tail / cold; paired
 per-user bootstrap 95% intervals of each method's difference to ``none``, and of method A minus
 method B for every ``--versus A:B``) and ``OUT/ablation.png`` are rewritten from what has finished.
+With ``--refit`` every eval run is a refit, the protocol the peers follow: the method's seed-0 run
+on the train split picks the number of epochs on validation (early stopping), then each seed
+trains on train + validation for that many epochs (``train.train_on_validation``), in
+``.../refit_seed<k>/``. With ``--peers DIR`` the peers of ``python -m recsys_ssl baselines`` (computed into DIR unless
+already there, for the run's query mode) join the table at 100% of the data, with each method's
+paired difference to the best peer (chosen on validation).
 
 Example::
 
@@ -28,13 +34,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from recsys_ssl.comparison import KS, load_hits, paired_difference
+
 METHODS = {
     "none": ("ssl.method=none",),
     "dropout": ("ssl.method=feature_dropout",),  # whole features dropped per view, not complementary
     "rfm": ("ssl.method=rfm",),
     "cfm": ("ssl.method=cfm",),
 }
-KS = (10, 50, 100)
 SLICES = ("overall", "head", "tail", "cold")
 RESULT_FILES = {"eval": "eval.json", "validation": "eval_validation.json"}
 
@@ -122,7 +129,8 @@ class Ablation:
 
     def __init__(self, features: str, out: str, methods: dict[str, tuple[str, ...]], seeds: Sequence[int],
                  fractions: Sequence[float], alphas: Sequence[float], preset: str, overrides: Sequence[str],
-                 tune_metric: str = "overall", pairs: Sequence[tuple[str, str]] = ()):
+                 tune_metric: str = "overall", pairs: Sequence[tuple[str, str]] = (), peers_dir: str | None = None,
+                 query_mode: str = "user", refit: bool = False):
         if not seeds or not fractions or not alphas:
             raise ValueError("--seeds, --fractions and --alphas must not be empty")
         if any(not 0 < f <= 1 for f in fractions):
@@ -133,9 +141,10 @@ class Ablation:
         self.seeds, self.fractions, self.alphas = list(seeds), list(fractions), list(alphas)
         self.preset, self.overrides, self.tune_metric = preset, list(overrides), tune_metric
         self.pairs = list(pairs)
+        self.peers_dir, self.query_mode, self.refit = peers_dir, query_mode, refit
         self.document = {"features": os.path.abspath(features), "preset": preset, "overrides": self.overrides,
                          "methods": {k: list(v) for k, v in methods.items()}, "alphas": self.alphas,
-                         "tune_metric": tune_metric, "fractions": {}}
+                         "tune_metric": tune_metric, "refit": refit, "fractions": {}}
 
     def _workdir(self, fraction: float, method: str, alpha: float | None, seed: int) -> str:
         tag = "base" if alpha is None else f"alpha{_format_alpha(alpha)}"
@@ -155,8 +164,43 @@ class Ablation:
         values = [o.split("=", 1)[1] for o in self.methods[method] if o.replace(" ", "").startswith("ssl.weight=")]
         return float(values[-1]) if values else None
 
+    def run_peers(self) -> None:
+        """The peers (``recsys_ssl.baselines``) in ``peers_dir``: computed there unless done."""
+        from recsys_ssl.baselines import run_baselines
+        from recsys_ssl.peers import EASE_MAX_ITEMS, PEERS
+
+        path = os.path.join(self.peers_dir, "baselines.json")
+        document = None
+        if os.path.isfile(path):
+            with open(path) as f:
+                document = json.load(f)
+        if not document or document.get("mode") != self.query_mode or not document.get("best_peer"):
+            with open(os.path.join(self.features, "stats.json")) as f:
+                num_items = json.load(f)["num_items"]
+            peers = [p for p in PEERS if p != "ease" or num_items <= EASE_MAX_ITEMS]
+            if len(peers) < len(PEERS):
+                logging.warning("EASE left out of the peers: %d items is above its limit of %d", num_items,
+                                EASE_MAX_ITEMS)
+            document = run_baselines(self.features, self.peers_dir, peers, mode=self.query_mode)
+        self.document["peers"] = {
+            "dir": os.path.abspath(self.peers_dir), "best_peer": document["best_peer"],
+            "runs": {name: {"chosen": r["chosen"], "parameter": r["parameter"],
+                            "validation_recall@100": r["validation_recall@100"], "metrics": r["metrics"]}
+                     for name, r in document["peers"].items()}}
+
+    def _selected_epochs(self, fraction: float, method: str, alpha: float | None) -> int:
+        """``--refit``: the best epoch of the method's seed-0 run on the train split (selected on
+        validation; the tuning run of the chosen alpha, trained here if missing)."""
+        workdir = self._workdir(fraction, method, alpha, 0)
+        run_one(self.features, workdir, self.preset, self._overrides(fraction, method, alpha, 0), "validation")
+        with open(os.path.join(workdir, "train_summary.json")) as f:
+            return max(1, int(json.load(f)["best_epoch"]))
+
     def run(self) -> dict:
         """Runs everything not yet finished; returns (and writes) the ablation document."""
+        if self.peers_dir:
+            self.run_peers()
+            self.write()
         for fraction in self.fractions:
             entry = self.document["fractions"].setdefault(_format_alpha(fraction), {})
             for method in self.methods:
@@ -171,10 +215,15 @@ class Ablation:
                     alpha = max(self.alphas, key=lambda a: (
                         record["tuning"][_format_alpha(a)][self.tune_metric]["recall@100"], -a))
                 record["alpha"] = alpha
+                refit_epochs = self._selected_epochs(fraction, method, alpha) if self.refit else None
+                record["refit_epochs"] = refit_epochs
                 for seed in self.seeds:
                     workdir = self._workdir(fraction, method, alpha, seed)
-                    result = run_one(self.features, workdir, self.preset,
-                                     self._overrides(fraction, method, alpha, seed), "eval")
+                    overrides = self._overrides(fraction, method, alpha, seed)
+                    if refit_epochs is not None:
+                        workdir = os.path.join(os.path.dirname(workdir), f"refit_seed{seed}")
+                        overrides += ["train.train_on_validation=true", f"train.epochs={refit_epochs}"]
+                    result = run_one(self.features, workdir, self.preset, overrides, "eval")
                     record["runs"] = [r for r in record["runs"] if r["seed"] != seed] + [
                         {"seed": seed, "workdir": workdir, "metrics": result["metrics"],
                          "train_seconds": result.get("train_seconds")}]
@@ -188,8 +237,23 @@ class Ablation:
         Each method's hits are read once, however many pairs it appears in."""
         entry = self.document["fractions"].get(_format_alpha(fraction), {})
         runs = {m: [r["workdir"] for r in entry.get(m, {}).get("runs", [])] for pair in pairs for m in pair}
-        hits = {m: _mean_hits(workdirs) for m, workdirs in runs.items() if workdirs}
+        hits = {m: load_hits(workdirs) for m, workdirs in runs.items() if workdirs}
         return {(a, b): paired_difference(hits[a], hits[b]) for a, b in pairs if a in hits and b in hits}
+
+    def compare_with_best_peer(self, entry: dict) -> dict:
+        """{method: paired difference method - best peer} (all training data; the best peer is the
+        one chosen on validation)."""
+        peers = self.document["peers"]
+        theirs = load_hits([os.path.join(peers["dir"], peers["best_peer"])])
+        result = {}
+        for method, record in entry.items():
+            if method.startswith("_") or not record["runs"]:
+                continue
+            ours = load_hits([r["workdir"] for r in record["runs"]])
+            if not np.array_equal(ours["targets"], theirs["targets"]):
+                raise ValueError(f"the peers in {peers['dir']} ranked other eval queries than {method!r}")
+            result[method] = paired_difference(ours, theirs)
+        return result
 
     def write(self) -> None:
         for fraction in self.fractions:
@@ -201,6 +265,8 @@ class Ablation:
                 if self.pairs:
                     entry["_pairs"] = {f"{a} - {b}": differences[(a, b)] for a, b in self.pairs
                                        if (a, b) in differences}
+                if self.document.get("peers") and fraction == 1.0:
+                    entry["_vs_best_peer"] = self.compare_with_best_peer(entry)
         os.makedirs(self.out, exist_ok=True)
         tmp = os.path.join(self.out, "ablation.json.tmp")
         with open(tmp, "w") as f:
@@ -211,65 +277,48 @@ class Ablation:
         plot(self.document, os.path.join(self.out, "ablation.png"))
 
 
-def paired_difference(ours: dict, theirs: dict) -> dict:
-    """Recall differences ``ours - theirs`` with paired per-user bootstrap 95% intervals.
-
-    Args:
-      ours, theirs: ``_mean_hits`` of two methods (the same eval examples, in the same order).
-
-    Returns:
-      {slice: {"recall@K": {"difference", "interval95": [low, high], "ratio" (None if theirs is 0)}}}
-      for the slices with examples.
-    """
-    from recsys_ssl.metrics import paired_bootstrap  # TensorFlow: only when there is something to compare
-
-    result = {}
-    for name in SLICES:
-        mask = theirs["slices"][name]
-        if not mask.any():
-            continue
-        result[name] = {}
-        for column, k in enumerate(KS):
-            a, b = ours["hits"][mask, column].mean(), theirs["hits"][mask, column].mean()
-            low, high = paired_bootstrap(theirs["users"], mask, ours["hits"][:, column], theirs["hits"][:, column])
-            result[name][f"recall@{k}"] = {"difference": float(a - b), "interval95": [low, high],
-                                           "ratio": float(a / b) if b > 0 else None}
-    return result
+def _slices(entry: dict) -> tuple[str, ...]:
+    """The slices to report: SLICES, plus seed_head / seed_tail for item-to-item runs."""
+    seeded = any("seed_head" in r["metrics"] for m, record in entry.items() if not m.startswith("_")
+                 for r in record.get("runs", []))
+    return SLICES + (("seed_head", "seed_tail") if seeded else ())
 
 
-def _mean_hits(workdirs: Sequence[str]) -> dict:
-    """Hits at KS averaged over seeds (the eval examples are identical across runs), with slices."""
-    loaded = [np.load(os.path.join(w, "eval_hits.npz")) for w in workdirs]
-    columns = [list(loaded[0]["ks"]).index(k) for k in KS]
-    head = loaded[0]["head"]
-    cold = loaded[0]["cold"] if "cold" in loaded[0] else np.zeros_like(head)
-    return {"users": loaded[0]["users"], "hits": np.mean([d["hits"][:, columns] for d in loaded], axis=0),
-            "slices": {"overall": np.ones_like(head), "head": head, "tail": ~head, "cold": cold}}
+def _cells(values_of, slices) -> list[str]:
+    cells = []
+    for name in slices:
+        for k in KS:
+            values = np.array(values_of(name, k), dtype=float)
+            std = values.std(ddof=1) if len(values) > 1 else 0.0
+            cells.append("n/a" if np.isnan(values).all() else f"{values.mean():.4f} ± {std:.4f}")
+    return cells
 
 
-def _runs_table(entry: dict) -> list[str]:
-    lines = ["| method | alpha | seeds | " + " | ".join(f"{s} R@{k}" for s in SLICES for k in KS) + " |",
-             "|---|---|---|" + "---|" * (len(SLICES) * len(KS))]
+def _runs_table(entry: dict, peers: dict | None = None) -> list[str]:
+    slices = _slices(entry)
+    lines = ["| method | alpha | seeds | " + " | ".join(f"{s} R@{k}" for s in slices for k in KS) + " |",
+             "|---|---|---|" + "---|" * (len(slices) * len(KS))]
     for method, record in entry.items():
         if method.startswith("_") or not record["runs"]:
             continue
-        cells = []
-        for name in SLICES:
-            for k in KS:
-                values = np.array([r["metrics"].get(name, {}).get(f"recall@{k}", np.nan) for r in record["runs"]])
-                std = values.std(ddof=1) if len(values) > 1 else 0.0
-                cells.append("n/a" if np.isnan(values).all() else f"{values.mean():.4f} ± {std:.4f}")
+        cells = _cells(lambda name, k: [r["metrics"].get(name, {}).get(f"recall@{k}", np.nan) for r in record["runs"]],
+                       slices)
         alpha = "-" if record["alpha"] is None else _format_alpha(record["alpha"])
         lines.append(f"| {method} | {alpha} | {len(record['runs'])} | " + " | ".join(cells) + " |")
+    for name, record in (peers or {}).get("runs", {}).items():
+        cells = _cells(lambda s, k: [record["metrics"].get(s, {}).get(f"recall@{k}", np.nan)], slices)
+        chosen = "" if record["chosen"] is None else f", {record['parameter']} {record['chosen']:g}"
+        best = " (best peer)" if name == peers.get("best_peer") else ""
+        lines.append(f"| peer: {name}{chosen}{best} | - | - | " + " | ".join(cells) + " |")
     return lines
 
 
-def _difference_table(comparison: dict) -> list[str]:
-    lines = ["| method | " + " | ".join(SLICES) + " |", "|---|" + "---|" * len(SLICES)]
-    for method, slices in comparison.items():
+def _difference_table(comparison: dict, slices: Sequence[str] = SLICES) -> list[str]:
+    lines = ["| method | " + " | ".join(slices) + " |", "|---|" + "---|" * len(slices)]
+    for method, differences in comparison.items():
         cells = []
-        for name in SLICES:
-            cell = slices.get(name, {}).get("recall@100")
+        for name in slices:
+            cell = differences.get(name, {}).get("recall@100")
             cells.append("n/a" if cell is None else
                          f"{cell['difference']:+.4f} [{cell['interval95'][0]:+.4f}, {cell['interval95'][1]:+.4f}]"
                          + (f" ({cell['ratio']:.3f}x)" if cell["ratio"] is not None else ""))
@@ -278,17 +327,25 @@ def _difference_table(comparison: dict) -> list[str]:
 
 
 def markdown(document: dict) -> str:
-    """The ablation's tables (eval split) and the alpha tuning (validation split)."""
+    """The ablation's tables (eval split), the peers, and the alpha tuning (validation split)."""
     lines = [f"Features: `{document['features']}`; preset `{document['preset']}`; overrides "
              f"{document['overrides'] or 'none'}; alpha grid {document['alphas']} tuned on validation "
-             f"{document['tune_metric']} recall@100 with seed 0.", ""]
+             f"{document['tune_metric']} recall@100 with seed 0"
+             + ("; eval runs refit on train + validation for the epochs chosen on validation" if document.get("refit")
+                else "") + ".", ""]
+    peers = document.get("peers")
+    if peers:
+        lines += [f"Peers (`python -m recsys_ssl baselines`, `{peers['dir']}`): tuned on validation, refit on "
+                  f"train + validation; best peer on validation R@100: **{peers['best_peer']}**.", ""]
     for fraction, entry in document["fractions"].items():
+        slices = _slices(entry)
         lines += [f"### {float(fraction):.0%} of the training examples", "", "Eval split, mean ± std over seeds:", ""]
-        lines += _runs_table(entry)
-        for key, title in (("_vs_none", "Difference to `none`"), ("_pairs", "Method A minus method B")):
+        lines += _runs_table(entry, peers if float(fraction) == 1.0 else None)
+        for key, title in (("_vs_none", "Difference to `none`"), ("_pairs", "Method A minus method B"),
+                           ("_vs_best_peer", f"Difference to the best peer ({(peers or {}).get('best_peer')})")):
             if entry.get(key):
                 lines += ["", f"{title} at R@100, paired per-user bootstrap (2,000 resamples), 95% interval, "
-                              "ratio:", ""] + _difference_table(entry[key])
+                              "ratio:", ""] + _difference_table(entry[key], slices)
         tuning = [(m, r) for m, r in entry.items() if not m.startswith("_") and r["tuning"]]
         if tuning:
             lines += ["", "Alpha tuning (validation split, seed 0), overall / tail R@100:", ""]
@@ -338,8 +395,12 @@ def main_ablate(args) -> int:
     """The ``ablate`` command (``recsys_ssl.__main__.AblateOptions``)."""
     methods = parse_methods(",".join(args.methods), args.variant)
     pairs = parse_pairs(args.versus, methods)
+    from core import config as dataclass_config
+    from recsys_ssl import config as config_lib
+
+    query_mode = dataclass_config.apply_overrides(config_lib.preset(args.preset), args.overrides).model.query_mode
     ablation = Ablation(args.features, args.output_dir, methods, args.seeds, args.fractions, args.alphas,
-                        args.preset, args.overrides, args.tune_metric, pairs)
+                        args.preset, args.overrides, args.tune_metric, pairs, args.peers, query_mode, args.refit)
     ablation.run()
     logging.info("ablation written to %s (ablation.json, ablation.md, ablation.png)", args.output_dir)
     print(markdown(ablation.document))

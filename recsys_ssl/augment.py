@@ -18,7 +18,7 @@ identifiers out of the grouping and gives each one to a random view per batch. T
 BENCHMARKS.md measures the choices.
 
 Then **value dropout**: each remaining value of a multivalent feature is dropped with
-probability ``dropout`` independently in each view.
+probability ``value_dropout`` independently in each view.
 
 Variants (``SSLConfig``), each tested:
 
@@ -29,7 +29,7 @@ Variants (``SSLConfig``), each tested:
   through the other features.
 - **Feature dropout** (``method="feature_dropout"``, the baseline of the paper's comparison):
   not complementary; each view drops every feature independently with probability
-  ``feature_drop_rate`` (per row).
+  ``feature_dropout_rate`` (per row).
 
 All randomness is stateless, from an int32 [2] seed, so a resumed run replays the same masks.
 """

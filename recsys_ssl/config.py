@@ -7,10 +7,27 @@ Presets are functions; their docstrings say what they are for.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 SSL_METHODS = ("none", "rfm", "cfm", "feature_dropout")
+
+# Keys renamed since earlier workdirs were written (one name per idea: *value* dropout drops
+# values of multivalent features, *feature* dropout drops whole features). An old config.json is
+# migrated when read (``migrate_values``); an old key in ``--set`` is refused naming the new one.
+RENAMED_KEYS: Mapping[str, str] = {
+    "ssl.dropout": "ssl.value_dropout",
+    "train.feature_dropout": "train.value_dropout",
+    "ssl.feature_drop_rate": "ssl.feature_dropout_rate",
+}
+# Keys retired since: ``train.logq_correction=false`` was ``train.logq_strength=0`` (migrated so);
+# ``true`` was the default (the correction at ``logq_strength``) and is dropped.
+RETIRED_KEYS: Mapping[str, str] = {
+    "train.logq_correction": "train.logq_strength=0 for no logQ correction (logq_correction=false); "
+                             "true was the default and needs nothing",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +47,10 @@ class ModelConfig:
     # "item_tower" = the (shared) item tower's embeddings of the history items, so the query side
     # sees the items' features (and the SSL task on the item tower shapes the queries too).
     query_history: Literal["ids", "item_tower"] = "ids"
+    # What a query is: "user" (user_id + history, user-to-item retrieval) or "item" (item-to-item:
+    # the seed item, i.e. the user's latest earlier item, encoded from its features by the item
+    # tower's shared embeddings and the query MLP; examples without a seed are skipped).
+    query_mode: Literal["user", "item"] = "user"
     # 0: one embedding row per catalogue item (exact ids). B > 0: item ids hashed into B rows
     # (FarmHash of the id string), for the item tower's item_id table and the query tower's history
     # table: memory O(B) instead of O(items) for catalogues whose id tables do not fit
@@ -51,6 +72,8 @@ class ModelConfig:
                              "(exact ids have one row per item)")
         if any(h < 1 for h in self.query_hidden + self.item_hidden):
             raise ValueError("hidden layer sizes must be >= 1")
+        if self.query_mode not in ("user", "item"):
+            raise ValueError(f"model.query_mode must be user or item, received {self.query_mode!r}")
         if self.query_history not in ("ids", "item_tower"):
             raise ValueError(f"model.query_history must be ids or item_tower, received {self.query_history!r}")
 
@@ -60,11 +83,12 @@ class SSLConfig:
     """The self-supervised task on the item tower (Yao et al. 2021, section 3)."""
 
     # none | random feature masking | correlated feature masking | feature dropout (two views
-    # with independently dropped whole features, the non-complementary baseline)
-    method: Literal["none", "rfm", "cfm", "feature_dropout"] = "cfm"
+    # with independently dropped whole features, the non-complementary baseline). "none" is the
+    # baseline; the presets state their method (movielens, synthetic*, tiny: cfm).
+    method: Literal["none", "rfm", "cfm", "feature_dropout"] = "none"
     weight: float = 0.3  # alpha in L = L_main + alpha * L_ssl
     temperature: float = 0.1  # InfoNCE temperature of the SSL task
-    dropout: float = 0.2  # drop rate of the remaining values of multivalent features in each view
+    value_dropout: float = 0.2  # drop rate of the remaining values of multivalent features in each view
     batch_size: int = 128  # items per SSL batch, sampled uniformly from the corpus
     # CFM's feature affinity: "raw_mi" is the paper's MI; "normalized_mi" divides by sqrt(H_i H_j).
     affinity: Literal["raw_mi", "normalized_mi"] = "normalized_mi"
@@ -74,7 +98,7 @@ class SSLConfig:
     identifiers: Literal["grouped", "random_view", "both_masked"] = "random_view"
     # "batch": one masking split per SSL batch; "example": every SSL row draws its own.
     mask_granularity: Literal["batch", "example"] = "batch"
-    feature_drop_rate: float = 0.5  # method=feature_dropout: drop probability of each feature per view
+    feature_dropout_rate: float = 0.5  # method=feature_dropout: drop probability of each whole feature per view
     # Width of an MLP head (Dense(h, relu) -> Dense(output_dim), L2-normalised) applied to both
     # views before the InfoNCE only (SimCLR's projection head); 0 = none, the paper's setting.
     projection_head: int = 0
@@ -84,10 +108,10 @@ class SSLConfig:
             raise ValueError(f"ssl.method must be one of {SSL_METHODS}, received {self.method!r}")
         if self.weight < 0 or self.temperature <= 0 or self.batch_size < 2:
             raise ValueError("ssl.weight must be >= 0, ssl.temperature > 0 and ssl.batch_size >= 2")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"ssl.dropout must be in [0, 1), received {self.dropout}")
-        if not 0.0 < self.feature_drop_rate < 1.0:
-            raise ValueError(f"ssl.feature_drop_rate must be in (0, 1), received {self.feature_drop_rate}")
+        if not 0.0 <= self.value_dropout < 1.0:
+            raise ValueError(f"ssl.value_dropout must be in [0, 1), received {self.value_dropout}")
+        if not 0.0 < self.feature_dropout_rate < 1.0:
+            raise ValueError(f"ssl.feature_dropout_rate must be in (0, 1), received {self.feature_dropout_rate}")
         if self.projection_head < 0:
             raise ValueError(f"ssl.projection_head must be >= 0, received {self.projection_head}")
         if self.identifiers not in ("grouped", "random_view", "both_masked"):
@@ -109,14 +133,21 @@ class TrainConfig:
     optimizer: Literal["adam", "lazy_adam", "adagrad"] = "adam"
     learning_rate: float = 0.003
     temperature: float = 0.1  # softmax temperature of the main task (cosine scores / temperature)
-    logq_correction: bool = True  # subtract log(item sampling probability) from logits
-    # logits - logq_strength * log(q): 1 = the full (consistent) correction, 0 = none; between
-    # them the trained scores keep part of the items' popularity (head vs tail trade-off).
-    # logq_correction=false is the same as logq_strength=0 (kept: earlier runs' configs use it).
+    # logQ correction, logits - logq_strength * log(q) (q: the item's sampling probability): 1 = the
+    # full (consistent) correction, 0 = none; between them the trained scores keep part of the
+    # items' popularity (head vs tail trade-off).
     logq_strength: float = 1.0
     remove_accidental_hits: bool = True
-    feature_dropout: float = 0.0  # value dropout on the main task's items (the dropout-only baseline)
+    # Mixed negative sampling (Yang et al. 2020): this many items drawn uniformly from the corpus
+    # per batch join the in-batch negatives of every query (logQ of the mixture; see
+    # losses.mixed_sampling_probability). 0 = in-batch negatives only.
+    mns_negatives: int = 0
+    value_dropout: float = 0.0  # value dropout on the main task's items (the dropout-only baseline)
     train_fraction: float = 1.0  # share of training examples used (data-scarcity experiments)
+    # True: train on the train and validation examples for exactly ``epochs`` epochs and keep the
+    # last (no selection: validation is training data then). The refit step of the protocol that
+    # first chooses the epochs on validation (``ablate --refit``), as the peers are refit.
+    train_on_validation: bool = False
     early_stopping_patience: int = 2  # epochs without validation improvement before stopping
     selection_k: int = 100  # model selection on validation recall@selection_k
     validation_max_examples: int = 20_000  # validation examples scored each epoch (a fixed sample)
@@ -129,8 +160,10 @@ class TrainConfig:
             raise ValueError("train.batch_size >= 2, train.epochs >= 1, learning_rate > 0, temperature > 0")
         if not 0.0 < self.train_fraction <= 1.0:
             raise ValueError(f"train.train_fraction must be in (0, 1], received {self.train_fraction}")
-        if not 0.0 <= self.feature_dropout < 1.0:
-            raise ValueError(f"train.feature_dropout must be in [0, 1), received {self.feature_dropout}")
+        if not 0.0 <= self.value_dropout < 1.0:
+            raise ValueError(f"train.value_dropout must be in [0, 1), received {self.value_dropout}")
+        if self.mns_negatives < 0:
+            raise ValueError(f"train.mns_negatives must be >= 0, received {self.mns_negatives}")
         if not 0.0 <= self.logq_strength <= 2.0:
             raise ValueError(f"train.logq_strength must be in [0, 2], received {self.logq_strength}")
 
@@ -141,6 +174,34 @@ class Config:
     ssl: SSLConfig = SSLConfig()
     train: TrainConfig = TrainConfig()
 
+    # Refused in --set overrides with what to set instead (core.config.apply_overrides).
+    REPLACED_KEYS: ClassVar[Mapping[str, str]] = {**RENAMED_KEYS, **RETIRED_KEYS}
+
+
+def migrate_values(values: Mapping[str, Any]) -> dict:
+    """An earlier ``config.json``'s values in today's keys (``core.workdir.read_config``'s ``migrate``).
+
+    Renamed keys (``RENAMED_KEYS``) move to their new names; ``train.logq_correction=false``
+    becomes ``train.logq_strength=0`` and ``true`` is dropped (``RETIRED_KEYS``).
+
+    Raises:
+      ValueError: a file holds both a key and its new name.
+    """
+    values = copy.deepcopy(dict(values))
+    for old, new in RENAMED_KEYS.items():
+        (section, key), (new_section, new_key) = old.split("."), new.split(".")
+        node = values.get(section)
+        if isinstance(node, dict) and key in node:
+            target = values.setdefault(new_section, {})
+            if new_key in target:
+                raise ValueError(f"the config holds both {old} and its new name {new}")
+            target[new_key] = node.pop(key)
+    train = values.get("train")
+    if isinstance(train, dict) and "logq_correction" in train:
+        if not train.pop("logq_correction"):
+            train["logq_strength"] = 0.0
+    return values
+
 
 def movielens() -> Config:
     """ml-latest-small with ``--split user_time``: CFM two-tower model, the project default.
@@ -149,7 +210,7 @@ def movielens() -> Config:
     trains in about a minute per epoch on 2 CPU cores; early stopping picks the best epoch on
     validation recall@100. Results are in BENCHMARKS.md (ssl_ablation).
     """
-    return Config()
+    return Config(ssl=SSLConfig(method="cfm"))
 
 
 def synthetic() -> Config:
@@ -159,7 +220,7 @@ def synthetic() -> Config:
     """
     return Config(
         model=ModelConfig(embedding_dim=32, query_hidden=(128,), item_hidden=(128,), output_dim=64),
-        ssl=SSLConfig(batch_size=256),
+        ssl=SSLConfig(method="cfm", batch_size=256),
         train=TrainConfig(batch_size=512, epochs=6, checkpoint_every_steps=1000, validation_max_examples=20_000),
     )
 
@@ -185,7 +246,7 @@ def tiny() -> Config:
     """Tests: minimal towers, two epochs, frequent checkpoints."""
     return Config(
         model=ModelConfig(embedding_dim=8, query_hidden=(16,), item_hidden=(16,), output_dim=8, max_values=4),
-        ssl=SSLConfig(batch_size=8),
+        ssl=SSLConfig(method="cfm", batch_size=8),
         train=TrainConfig(batch_size=16, epochs=2, checkpoint_every_steps=5, log_every_steps=2,
                           validation_max_examples=200),
     )

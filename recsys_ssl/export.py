@@ -12,6 +12,10 @@ tower's embeddings of the whole corpus, computed at export.
   ``Scann`` ops, so it is saved with that namespace allowed and needs this project's server (or a
   ScaNN-enabled TF Serving build).
 
+Item-to-item models (``model.query_mode=item``) export ``ItemToItemModule``'s signatures instead:
+``serving_default(item_id)`` and ``cold_item(item_id, <item features>)`` -> the k most similar
+items (the seed excluded).
+
 The version directory appears atomically (``serving.export.atomic_version_dir``) and carries
 ``assets.extra/retrieval.json`` (k, index, item count, source workdir).
 """
@@ -27,7 +31,9 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from recsys_ssl import schema as fs
+from recsys_ssl.data import FIRST_ID, PAD_ID
 from recsys_ssl.metrics import corpus_embeddings
+from recsys_ssl.towers import hash_item_ids, string_lookup
 from recsys_ssl.workdir import restore_best
 from serving.export import atomic_version_dir
 
@@ -78,21 +84,93 @@ class RetrievalModule(tf.Module):
         return {"item_ids": item_ids, "scores": scores}
 
 
+class ItemToItemModule(tf.Module):
+    """Item-to-item retrieval (``model.query_mode=item``): similar items of a seed item.
+
+    Signatures (k fixed at export; the seed itself is never returned):
+
+    - ``serving_default(item_id: string [batch])`` -> ``{item_ids: string [batch, k], scores:
+      float32 [batch, k]}``: the seed is a corpus item, described by its corpus features (an id
+      outside the corpus has none: only the default embeddings represent it).
+    - ``cold_item(item_id: string [batch], <feature>: string [batch] or [batch, V] ...)``: the seed is
+      described by the features given, one input per item feature of the schema (multivalent ones
+      padded with ""); values outside the vocabularies (and an unknown item_id) count as missing.
+      For items that are not in the corpus yet. With hashed item ids (``model.item_id_buckets``)
+      the item_id is hashed like any other id (so a new id takes its buckets' embeddings).
+
+    Args:
+      model: the trained model (its query tower is a ``SeedItemTower``).
+      feature_set: its feature directory (the vocabularies).
+      index_layer: a top-k layer over the corpus embeddings without a query model, k + 1 results.
+      k: results per seed.
+    """
+
+    def __init__(self, model, feature_set, index_layer: tf.keras.Model, k: int):
+        super().__init__()
+        self.seed_tower = model.query_tower
+        self.item_id_buckets, self.item_id_hashes = model.config.model.item_id_buckets, model.config.model.item_id_hashes
+        self.index_layer = index_layer
+        self.k = k
+        self.max_values = model.config.model.max_values
+        schema = feature_set.schema
+        self.features = [(f.name, f.multivalent) for f in schema.item_features[1:]]
+        self.lookups = {f.name: string_lookup(feature_set.vocabularies[f.vocab_name], f"{f.name}_lookup")
+                        for f in schema.item_features[1:]}
+        specs = [tf.TensorSpec([None], tf.string, name=fs.ITEM_ID)] + [
+            tf.TensorSpec([None, None] if multi else [None], tf.string, name=name) for name, multi in self.features]
+        self.serve_features = tf.function(self._serve_features, input_signature=specs)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=fs.ITEM_ID)])
+    def serve(self, item_id):
+        return self._top_k(self.seed_tower({fs.HISTORY: item_id[:, None]}), item_id)
+
+    def _serve_features(self, item_id, *values):
+        if self.item_id_buckets:
+            ids = {fs.ITEM_ID: tf.cast(hash_item_ids(item_id, self.item_id_buckets, self.item_id_hashes), tf.int32)}
+        else:
+            ids = {fs.ITEM_ID: self._known(self.seed_tower.item_lookup(item_id))}
+        for (name, multi), value in zip(self.features, values):
+            looked_up = self._known(self.lookups[name](value))
+            ids[name] = looked_up[:, : self.max_values] if multi else looked_up
+        return self._top_k(self.seed_tower.encode(ids), item_id)
+
+    @staticmethod
+    def _known(ids: tf.Tensor) -> tf.Tensor:
+        ids = tf.cast(ids, tf.int32)
+        return tf.where(ids >= FIRST_ID, ids, PAD_ID)  # out-of-vocabulary values count as missing
+
+    def _top_k(self, queries, seed_ids):
+        scores, item_ids = self.index_layer(queries, k=self.k + 1)
+        scores, item_ids = tf.reshape(scores, [-1, self.k + 1]), tf.reshape(item_ids, [-1, self.k + 1])
+        # The seed is not a recommendation for itself: keep the first k other items, in rank order.
+        is_seed = tf.cast(tf.equal(item_ids, seed_ids[:, None]), tf.int32)
+        order = tf.argsort(is_seed, axis=1, stable=True)[:, : self.k]
+        return {"item_ids": tf.gather(item_ids, order, batch_dims=1), "scores": tf.gather(scores, order, batch_dims=1)}
+
+
 def export(workdir: str, export_dir: str, index: str = "brute_force", k: int = 100,
            scann_options: dict | None = None) -> str:
     """Exports the best model of ``workdir``; returns the new version directory."""
     model, feature_set, config = restore_best(workdir)
     embeddings = corpus_embeddings(model, feature_set.num_items)
-    layer = build_index(model.query_tower, embeddings, feature_set.item_ids, index, k, scann_options)
-    module = RetrievalModule(layer, min(k, feature_set.num_items))
+    if config.model.query_mode == "item":
+        k = min(k, feature_set.num_items - 1)
+        layer = build_index(None, embeddings, feature_set.item_ids, index, k + 1, scann_options)
+        module = ItemToItemModule(model, feature_set, layer, k)
+        signatures = {"serving_default": module.serve, "cold_item": module.serve_features}
+    else:
+        layer = build_index(model.query_tower, embeddings, feature_set.item_ids, index, k, scann_options)
+        module = RetrievalModule(layer, min(k, feature_set.num_items))
+        signatures = {"serving_default": module.serve}
     options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]) if index == "scann" else None
     with atomic_version_dir(export_dir) as target:
-        tf.saved_model.save(module, target.tmp_path, signatures={"serving_default": module.serve}, options=options)
+        tf.saved_model.save(module, target.tmp_path, signatures=signatures, options=options)
         extra = os.path.join(target.tmp_path, "assets.extra")
         os.makedirs(extra, exist_ok=True)
         with open(os.path.join(extra, "retrieval.json"), "w") as f:
             json.dump({"k": module.k, "index": index, "num_items": feature_set.num_items,
                        "history_length": feature_set.schema.history_length, "workdir": os.path.abspath(workdir),
-                       "ssl_method": config.ssl.method}, f, indent=1)
+                       "ssl_method": config.ssl.method, "query_mode": config.model.query_mode,
+                       "signatures": sorted(signatures)}, f, indent=1)
     logging.info("exported %s index (k=%d) to %s", index, module.k, target.path)
     return target.path

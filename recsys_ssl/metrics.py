@@ -9,7 +9,7 @@ the K best. Recall@K is the mean hit rate; slices (head / tail) group examples b
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -79,17 +79,40 @@ def hits_at_k(queries: np.ndarray, items: np.ndarray, targets: np.ndarray, exclu
     Returns:
       bool [Q, len(ks)]: whether the target is within the top ``k`` of the remaining items.
     """
-    max_k = min(max(ks), items.shape[0])
+    items_t = np.ascontiguousarray(items.T)
+    return hits_of_scorer(lambda start, end: queries[start:end] @ items_t, items.shape[0], targets, exclude, ks,
+                          chunk_size)
+
+
+def hits_of_scorer(score_chunk: Callable[[int, int], np.ndarray], num_items: int, targets: np.ndarray,
+                   exclude: Sequence[np.ndarray], ks: Sequence[int], chunk_size: int = 512) -> np.ndarray:
+    """Exact top-K hits of any scorer (the two-tower model, or a peer such as EASE).
+
+    Args:
+      score_chunk: ``(start, end) -> float [end - start, num_items]`` scores of queries
+        ``start:end`` over the corpus (a fresh array: it is modified in place).
+      num_items: N, the corpus size.
+      targets, exclude, ks: as in :func:`hits_at_k`.
+      chunk_size: queries per chunk (capped so that a chunk holds at most 2e7 scores).
+
+    Returns:
+      bool [Q, len(ks)]: whether the target is among the first ``k`` items of the ranking by
+      score, ties broken by the lower corpus row (the order of ``tf.math.top_k``). Computed from
+      the target's rank (the number of items ranked before it), which is exact and needs no sort.
+    """
     hits = np.zeros((len(targets), len(ks)), dtype=bool)
-    items_t = tf.constant(items)
-    chunk_size = max(16, min(chunk_size, int(2e7) // max(items.shape[0], 1)))
+    chunk_size = max(16, min(chunk_size, int(2e7) // max(num_items, 1)))
+    columns = np.arange(num_items)[None, :]
     for start in range(0, len(targets), chunk_size):
         end = min(start + chunk_size, len(targets))
-        scores = tf.matmul(tf.constant(queries[start:end]), items_t, transpose_b=True).numpy()
-        mask_excluded(scores, exclude[start:end], targets[start:end])
-        top = tf.math.top_k(scores, k=max_k).indices.numpy()
+        chunk_targets = np.asarray(targets[start:end])
+        scores = score_chunk(start, end)
+        mask_excluded(scores, exclude[start:end], chunk_targets)
+        target_scores = scores[np.arange(end - start), chunk_targets][:, None]
+        rank = (scores > target_scores).sum(axis=1) + (
+            (scores == target_scores) & (columns < chunk_targets[:, None])).sum(axis=1)
         for column, k in enumerate(ks):
-            hits[start:end, column] = (top[:, :k] == targets[start:end, None]).any(axis=1)
+            hits[start:end, column] = rank < k
     return hits
 
 

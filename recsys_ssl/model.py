@@ -4,7 +4,9 @@
 
 - ``L_main``: in-batch softmax over the interactions of a batch (TFRS retrieval task, mean over
   the batch) with temperature, logQ correction from the items' train frequencies, and removal of
-  accidental hits.
+  accidental hits. With ``train.mns_negatives = B'`` > 0 (mixed negative sampling), B' items
+  drawn uniformly from the corpus join every query's candidates, with the logQ correction of the
+  mixture (``losses.mixed_sampling_probability``) and accidental hits removed among them too.
 - ``L_ssl``: a second batch of items sampled **uniformly from the item corpus**, two views by
   complementary feature masking (RFM or CFM) and value dropout (``augment.py``), both through the
   shared item tower, InfoNCE with its own temperature (``losses.info_nce``).
@@ -23,8 +25,9 @@ from recsys_ssl import schema as fs
 from recsys_ssl.augment import FeatureMasking, drop_values
 from recsys_ssl.config import Config
 from recsys_ssl.data import FIRST_ID, FeatureSet
-from recsys_ssl.losses import info_nce, retrieval_task
-from recsys_ssl.towers import CorpusHistoryEncoder, ItemTower, QueryTower, hash_item_ids, string_lookup
+from recsys_ssl.losses import info_nce, mixed_sampling_probability, retrieval_task
+from recsys_ssl.towers import (CorpusHistoryEncoder, ItemTower, QueryTower, SeedItemTower, hash_item_ids,
+                               string_lookup)
 
 
 def feature_affinity(feature_set: FeatureSet, affinity: str) -> np.ndarray:
@@ -72,10 +75,13 @@ class SSLTwoTowerModel(tfrs.Model):
         if config.model.query_history == "item_tower":
             history_encoder = CorpusHistoryEncoder(item_tower, corpus)
         # Assigned in this order so that the model's weight order (and checkpoints) stay as before.
-        self.query_tower = QueryTower(
-            feature_set.vocabularies[fs.USER_ID], feature_set.vocabularies[fs.ITEM_ID], config.model,
-            history_encoder=history_encoder,
-        )
+        if config.model.query_mode == "item":
+            self.query_tower = SeedItemTower(item_tower, corpus, feature_set.vocabularies[fs.ITEM_ID], config.model)
+        else:
+            self.query_tower = QueryTower(
+                feature_set.vocabularies[fs.USER_ID], feature_set.vocabularies[fs.ITEM_ID], config.model,
+                history_encoder=history_encoder,
+            )
         self.item_tower = item_tower
         # Target ids -> corpus rows: the query tower's lookup, or (hashed history, no lookup there) our own.
         self._item_lookup = None
@@ -89,7 +95,7 @@ class SSLTwoTowerModel(tfrs.Model):
             self.masking = FeatureMasking(
                 config.ssl.method, len(self.item_feature_names), [f.identifier for f in schema.item_features],
                 feature_affinity(feature_set, config.ssl.affinity) if config.ssl.method == "cfm" else None,
-                config.ssl.identifiers, config.ssl.mask_granularity, config.ssl.feature_drop_rate,
+                config.ssl.identifiers, config.ssl.mask_granularity, config.ssl.feature_dropout_rate,
             )
         self.ssl_head = None
         if config.ssl.method != "none" and config.ssl.projection_head:
@@ -134,10 +140,24 @@ class SSLTwoTowerModel(tfrs.Model):
         queries = self.query_tower({fs.USER_ID: batch[fs.USER_ID], fs.HISTORY: batch[fs.HISTORY]}, training=training)
         rows = self.item_rows(batch[fs.ITEM_ID])
         main_items = self.corpus_features(rows)
-        if train_config.feature_dropout > 0 and training:
-            main_items = self._dropout(main_items, train_config.feature_dropout, tf.random.experimental.stateless_fold_in(seed, 11))
+        if train_config.value_dropout > 0 and training:
+            main_items = self._dropout(main_items, train_config.value_dropout, tf.random.experimental.stateless_fold_in(seed, 11))
         batch_size = tf.shape(rows)[0]
         num_features = len(self.item_feature_names)
+        mns = train_config.mns_negatives
+        if mns:  # mixed negative sampling: B' uniform corpus items join the candidates (after the batch's)
+            negative_rows = tf.random.stateless_uniform(
+                [mns], seed=tf.random.experimental.stateless_fold_in(seed, 12), minval=0, maxval=self.num_items,
+                dtype=tf.int32)
+            negatives = self.corpus_features(negative_rows)
+            if train_config.value_dropout > 0 and training:
+                negatives = self._dropout(negatives, train_config.value_dropout,
+                                          tf.random.experimental.stateless_fold_in(seed, 13))
+            main_items = {name: tf.concat([main_items[name], negatives[name]], axis=0) for name in main_items}
+            candidate_rows = tf.concat([rows, negative_rows], axis=0)
+        else:
+            candidate_rows = rows
+        num_candidates = batch_size + mns if mns else batch_size  # (no extra op by default)
 
         if self.masking is None:
             candidates = self.item_tower(main_items, training=training)
@@ -148,22 +168,25 @@ class SSLTwoTowerModel(tfrs.Model):
                 maxval=self.num_items, dtype=tf.int32,
             )
             ssl_items = self.corpus_features(ssl_rows)
-            view_1 = self._dropout(ssl_items, ssl_config.dropout, tf.random.experimental.stateless_fold_in(seed, 2))
-            view_2 = self._dropout(ssl_items, ssl_config.dropout, tf.random.experimental.stateless_fold_in(seed, 3))
+            view_1 = self._dropout(ssl_items, ssl_config.value_dropout, tf.random.experimental.stateless_fold_in(seed, 2))
+            view_2 = self._dropout(ssl_items, ssl_config.value_dropout, tf.random.experimental.stateless_fold_in(seed, 3))
             mask_1, mask_2 = self.masking.view_masks(tf.random.experimental.stateless_fold_in(seed, 4), ssl_size)
-            feature_mask = tf.concat([tf.zeros([batch_size, num_features], tf.bool), mask_1, mask_2], axis=0)
+            feature_mask = tf.concat([tf.zeros([num_candidates, num_features], tf.bool), mask_1, mask_2], axis=0)
             all_items = {name: tf.concat([main_items[name], view_1[name], view_2[name]], axis=0)
                          for name in self.item_feature_names}
             embeddings = self.item_tower(all_items, feature_mask, training=training)
-            candidates = embeddings[:batch_size]
-            ssl_1, ssl_2 = embeddings[batch_size: batch_size + ssl_size], embeddings[batch_size + ssl_size:]
+            candidates = embeddings[:num_candidates]
+            ssl_1, ssl_2 = (embeddings[num_candidates: num_candidates + ssl_size],
+                            embeddings[num_candidates + ssl_size:])
 
-        probability = tf.gather(self._item_probability, rows) if train_config.logq_correction else None
+        probability = tf.gather(self._item_probability, candidate_rows) if train_config.logq_strength else None
+        if probability is not None and mns:
+            probability = mixed_sampling_probability(probability, batch_size, mns, self.num_items)
         if probability is not None and train_config.logq_strength != 1.0:
             probability = tf.pow(probability, train_config.logq_strength)  # log(q^s) = s * log(q)
         main = tf.reduce_mean(self.retrieval(
             queries, candidates, candidate_sampling_probability=probability,
-            candidate_ids=rows if train_config.remove_accidental_hits else None,
+            candidate_ids=candidate_rows if train_config.remove_accidental_hits else None,
             compute_metrics=False, compute_batch_metrics=False,
         ))
         if self.masking is None:

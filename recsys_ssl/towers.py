@@ -113,7 +113,7 @@ class CorpusHistoryEncoder(tf.keras.layers.Layer):
     rows of padding or unknown items are computed on row 0 and must be masked by the caller.
     """
 
-    def __init__(self, item_tower: "ItemTower", corpus: Mapping[str, tf.Tensor], name: str = "history_item_encoder"):
+    def __init__(self, item_tower: ItemTower, corpus: Mapping[str, tf.Tensor], name: str = "history_item_encoder"):
         super().__init__(name=name)
         self.item_tower = item_tower
         self.corpus = dict(corpus)
@@ -160,6 +160,11 @@ class ItemTower(tf.keras.Model):
         self.mlp = _mlp(config.item_hidden, config.output_dim, "mlp")
 
     def call(self, feature_ids, feature_mask=None, training=False):
+        return tf.math.l2_normalize(self.mlp(self.pooled(feature_ids, feature_mask), training=training), axis=-1)
+
+    def pooled(self, feature_ids, feature_mask=None):
+        """The MLP's input: every feature's (pooled or default) embedding, concatenated:
+        float32 [batch, num_features * embedding_dim]. Arguments as in ``call``."""
         pooled = []
         for index, name in enumerate(self.feature_names):
             ids = feature_ids[name]
@@ -176,4 +181,48 @@ class ItemTower(tf.keras.Model):
                 present = tf.not_equal(ids, PAD_ID)
             use_value = present if feature_mask is None else tf.logical_and(present, tf.logical_not(feature_mask[:, index]))
             pooled.append(tf.where(use_value[:, None], embedded, self.default_embeddings[index][None, :]))
-        return tf.math.l2_normalize(self.mlp(tf.concat(pooled, axis=-1), training=training), axis=-1)
+        return tf.concat(pooled, axis=-1)
+
+
+class SeedItemTower(tf.keras.Model):
+    """The query tower of item-to-item retrieval: the seed item's features, embedded by the item
+    tower's own (shared) feature embeddings and default embeddings, then this tower's MLP.
+
+    Sharing the embeddings is the point of the paper's item-to-item setting: the SSL task on the
+    item tower then shapes the query side too. The seed is the most recent entry of ``history``
+    (the last non-empty one; histories are oldest first and right-padded with ""), so training,
+    validation and evaluation feed the same batches as in user mode (``user_id`` is ignored).
+
+    Args:
+      item_tower: the model's :class:`ItemTower`.
+      corpus: feature name -> int32 [num_items] / [num_items, max_values], the item tower's inputs
+        per corpus row (the model's own tables).
+      item_vocabulary: corpus item ids (row ``r`` = id ``r + FIRST_ID``).
+      config: tower sizes (``query_hidden``, ``output_dim``).
+
+    Call: ``{"history": string [batch, H], ...}`` -> float32 [batch, output_dim], unit norm. A seed
+    outside the corpus (or an empty history) is represented by the default embeddings only.
+    """
+
+    def __init__(self, item_tower: ItemTower, corpus: Mapping[str, tf.Tensor], item_vocabulary: Sequence[str],
+                 config: ModelConfig, name: str = "query_tower"):
+        super().__init__(name=name)
+        self.item_lookup = string_lookup(item_vocabulary, "item_lookup")
+        self.item_tower = item_tower
+        self.corpus = dict(corpus)
+        self.mlp = _mlp(config.query_hidden, config.output_dim, "mlp")
+
+    def call(self, inputs, training=False):
+        history_ids = tf.cast(self.item_lookup(inputs[fs.HISTORY]), tf.int32)
+        count = tf.reduce_sum(tf.cast(tf.not_equal(history_ids, PAD_ID), tf.int32), axis=1)
+        seed_ids = tf.gather(history_ids, tf.maximum(count - 1, 0), batch_dims=1)
+        known = seed_ids >= FIRST_ID
+        rows = tf.maximum(seed_ids - FIRST_ID, 0)
+        features = {name: tf.gather(ids, rows) for name, ids in self.corpus.items()}
+        unknown = tf.tile(tf.logical_not(known)[:, None], [1, len(self.item_tower.feature_names)])
+        return self.encode(features, unknown, training=training)
+
+    def encode(self, feature_ids, feature_mask=None, training=False):
+        """Seed items given by their feature ids (``ItemTower.call``'s inputs) -> float32 [batch, output_dim]."""
+        pooled = self.item_tower.pooled(feature_ids, feature_mask)
+        return tf.math.l2_normalize(self.mlp(pooled, training=training), axis=-1)

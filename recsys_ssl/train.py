@@ -28,22 +28,15 @@ from core.files import write_json_atomic
 from core.workdir import update_run, write_config
 from core.loop import LoopConfig, run_loop
 from recsys_ssl import schema as fs
-from recsys_ssl.config import Config
+from recsys_ssl.config import Config, migrate_values
 from recsys_ssl.data import FeatureSet
-from recsys_ssl.metrics import corpus_embeddings, hits_at_k, query_embeddings, seen_rows
+from recsys_ssl.metrics import corpus_embeddings, hits_at_k, query_embeddings
 from recsys_ssl.model import SSLTwoTowerModel
 from recsys_ssl.optimizers import make_optimizer
+from recsys_ssl.protocol import held_out, read_splits
 from recsys_ssl.workdir import build_model
 
 SUMMARY_FILE = "train_summary.json"
-
-
-def _subsample(examples: dict, max_examples: int, seed: int) -> dict:
-    count = len(examples[fs.ITEM_ID])
-    if count <= max_examples:
-        return examples
-    keep = np.sort(np.random.default_rng(seed).choice(count, size=max_examples, replace=False))
-    return {key: value[keep] for key, value in examples.items()}
 
 
 class Trainer:
@@ -66,18 +59,29 @@ class Trainer:
 
     # -- set-up ------------------------------------------------------------------------------
     def _write_config(self) -> None:
-        write_config(self.workdir, self.config, write=self.is_chief)
+        write_config(self.workdir, self.config, migrate=migrate_values, write=self.is_chief)
         if self.is_chief:
             update_run(self.workdir, features_dir=os.path.abspath(self.features_dir))
 
-    def _train_dataset(self, epoch: int, skip_batches: int) -> tf.data.Dataset:
+    def _train_examples(self) -> tf.data.Dataset:
+        """The training examples used: a ``train.train_fraction`` share of them (hashed, stable), and
+        in item-to-item mode only those with a seed item (a non-empty history)."""
         train = self.config.train
         dataset = self.feature_set.examples("train")
+        if train.train_on_validation:
+            dataset = dataset.concatenate(self.feature_set.examples("validation"))
         if train.train_fraction < 1.0:
             threshold = int(train.train_fraction * 10_000)
             dataset = dataset.filter(lambda x: tf.strings.to_hash_bucket_fast(
                 tf.strings.join([x[fs.USER_ID], x[fs.ITEM_ID], tf.strings.as_string(x[fs.TIMESTAMP])], "\x1f"),
                 10_000) < threshold)
+        if self.config.model.query_mode == "item":
+            dataset = dataset.filter(lambda x: tf.not_equal(x[fs.HISTORY][0], ""))  # right-padded: any seed
+        return dataset
+
+    def _train_dataset(self, epoch: int, skip_batches: int) -> tf.data.Dataset:
+        train = self.config.train
+        dataset = self._train_examples()
         dataset = dataset.map(lambda x: {k: x[k] for k in (fs.USER_ID, fs.HISTORY, fs.ITEM_ID)})
         dataset = dataset.shuffle(200_000, seed=train.seed * 1_000 + epoch, reshuffle_each_iteration=False)
         dataset = dataset.batch(train.batch_size, drop_remainder=True).skip(skip_batches).prefetch(tf.data.AUTOTUNE)
@@ -87,31 +91,29 @@ class Trainer:
         return self.strategy.experimental_distribute_dataset(dataset.with_options(options))
 
     def _steps_per_epoch(self) -> int:
-        if self.config.train.train_fraction >= 1.0:
+        train = self.config.train
+        if train.train_fraction >= 1.0 and self.config.model.query_mode == "user":
             with open(os.path.join(self.features_dir, fs.STATS_FILE)) as f:
-                count = json.load(f)["splits"]["train"]["examples"]
+                splits = json.load(f)["splits"]
+            count = splits["train"]["examples"]
+            if train.train_on_validation:
+                count += splits["validation"]["examples"]
         else:
-            count = int(self._train_dataset_count())
+            count = int(self._train_examples().reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
         return count // self.config.train.batch_size
-
-    def _train_dataset_count(self) -> int:
-        fraction = self.config.train.train_fraction
-        dataset = self.feature_set.examples("train").filter(lambda x: tf.strings.to_hash_bucket_fast(
-            tf.strings.join([x[fs.USER_ID], x[fs.ITEM_ID], tf.strings.as_string(x[fs.TIMESTAMP])], "\x1f"),
-            10_000) < int(fraction * 10_000))
-        return int(dataset.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
 
     # -- validation -------------------------------------------------------------------------------
     def _prepare_validation(self) -> None:
-        train = self.feature_set.read_split("train")
-        train_rows = self.model.item_rows(tf.constant(train[fs.ITEM_ID].astype(str))).numpy()
-        self.seen = seen_rows(train[fs.USER_ID], train_rows)
-        validation = _subsample(self.feature_set.read_split("validation"), self.config.train.validation_max_examples,
-                                seed=self.config.train.seed)
-        self.validation = validation
-        self.validation_targets = self.model.item_rows(tf.constant(validation[fs.ITEM_ID].astype(str))).numpy()
-        empty = np.zeros(0, np.int64)
-        self.validation_exclude = [self.seen.get(u, empty) for u in validation[fs.USER_ID]]
+        """The validation queries (``recsys_ssl.protocol``; at most ``train.validation_max_examples``,
+        a fixed sample) with their targets and exclusions."""
+        held = held_out(self.feature_set.item_ids, "validation", self.config.model.query_mode,
+                        read_splits(self.feature_set, ("train", "validation")))
+        count, limit = len(held), self.config.train.validation_max_examples
+        if count > limit:
+            held = held.subset(np.sort(np.random.default_rng(self.config.train.seed).choice(count, limit, replace=False)))
+        self.validation = held.examples
+        self.validation_targets = held.targets
+        self.validation_exclude = held.exclude
 
     def validation_recall(self) -> dict[str, float]:
         """Recall@selection_k on the (sampled) validation split, excluding the users' train items:
@@ -138,6 +140,8 @@ class Trainer:
         return self._step(batch, self.model.step_seed(step))
 
     def validate(self, epoch: int) -> dict[str, float]:
+        if self.config.train.train_on_validation:  # validation is training data: keep the last epoch
+            return {"selection": float(epoch)}
         recalls = self.validation_recall()
         return {"selection": recalls["overall"], **{f"validation_recall{'' if k == 'overall' else '_' + k}": v
                                                      for k, v in recalls.items()}}
@@ -157,7 +161,8 @@ class Trainer:
             self.optimizer = make_optimizer(config.train)
         best_dir = os.path.join(self.workdir, "best") if self.is_chief else tempfile.mkdtemp()
         self._best_manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=self.model), best_dir, max_to_keep=1)
-        self._prepare_validation()
+        if not config.train.train_on_validation:
+            self._prepare_validation()
         steps_per_epoch = self._steps_per_epoch()
         if steps_per_epoch < 1:
             raise ValueError(f"fewer training examples than one batch of {config.train.batch_size}")

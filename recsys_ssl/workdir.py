@@ -15,13 +15,13 @@ import tensorflow as tf
 
 from core import workdir as core_workdir
 from recsys_ssl import schema as fs
-from recsys_ssl.config import Config
+from recsys_ssl.config import Config, migrate_values
 from recsys_ssl.data import FeatureSet
 from recsys_ssl.model import SSLTwoTowerModel
 
 def load_run(workdir: str) -> tuple[Config, str]:
     """The resolved config and features directory of a training workdir."""
-    config = core_workdir.read_config(workdir, Config)
+    config = core_workdir.read_config(workdir, Config, migrate=migrate_values)  # earlier workdirs' keys migrated
     features_dir = core_workdir.read_run(workdir).get("features_dir")
     if features_dir is None:  # workdirs written before run.json kept it in config.json
         with open(os.path.join(workdir, core_workdir.CONFIG_FILE)) as f:

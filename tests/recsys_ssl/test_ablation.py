@@ -69,3 +69,26 @@ def test_ablate_tunes_alpha_on_validation_then_compares_seeds(features_dir, tmp_
     assert all(os.path.getmtime(os.path.join(w, "eval.json")) == t for w, t in stamps.items())
     assert cli.main(argv[:-2] + ["--set", "train.epochz=1"]) == 2  # a typo never runs
     assert cli.main([a if a != "cfm:none" else "cfm:rmf" for a in argv]) == 2
+
+
+@pytest.mark.slow
+def test_ablate_refit_with_peers(features_dir, tmp_path):
+    out, peers = str(tmp_path / "ablation"), str(tmp_path / "peers")
+    argv = ["ablate", "--features", features_dir, "--output_dir", out, "--methods", "none", "--seeds", "0", "--refit",
+            "--peers", peers, "--preset", "tiny", "--set", "train.epochs=2", "--set", "train.early_stopping_patience=1"]
+    assert cli.main(argv) == 0
+    entry = json.load(open(os.path.join(out, "ablation.json")))["fractions"]["1"]
+    # The epochs come from the seed-0 run on the train split (selected on validation) ...
+    selected = json.load(open(os.path.join(out, "f1", "none", "base", "seed0", "train_summary.json")))["best_epoch"]
+    assert entry["none"]["refit_epochs"] == selected
+    # ... and the eval run trains on train + validation for exactly that many epochs.
+    refit = os.path.join(out, "f1", "none", "base", "refit_seed0")
+    config = json.load(open(os.path.join(refit, "config.json")))["train"]
+    assert config["train_on_validation"] is True and config["epochs"] == selected
+    assert json.load(open(os.path.join(refit, "train_summary.json")))["epochs_run"] == selected
+    assert entry["none"]["runs"][0]["workdir"] == refit
+    best = json.load(open(os.path.join(peers, "baselines.json")))["best_peer"]
+    difference = entry["_vs_best_peer"]["none"]["overall"]["recall@100"]
+    assert difference["interval95"][0] <= difference["difference"] <= difference["interval95"][1]
+    report = open(os.path.join(out, "ablation.md")).read()
+    assert f"Difference to the best peer ({best})" in report and "| peer: ease" in report

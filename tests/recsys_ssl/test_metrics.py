@@ -53,3 +53,22 @@ def test_recall_summary_slices():
     assert summary["overall"] == {"examples": 4, "recall@10": 0.5, "recall@100": 0.75}
     assert summary["head"] == {"examples": 2, "recall@10": 0.5, "recall@100": 1.0}
     assert summary["cold"]["examples"] == 0 and np.isnan(summary["cold"]["recall@10"])
+
+
+def test_hits_follow_top_k_order_on_ties():
+    # Integer scores tie often; the rank-based hits must equal membership in tf.math.top_k's top k
+    # (ties broken by the lower item index), with exclusions.
+    import tensorflow as tf
+
+    from recsys_ssl.metrics import hits_of_scorer, mask_excluded
+
+    rng = np.random.default_rng(1)
+    scores = rng.integers(0, 4, size=(40, 25)).astype(np.float32)
+    targets = rng.integers(0, 25, 40)
+    exclude = [rng.integers(0, 25, 4) for _ in range(40)]
+    hits = hits_of_scorer(lambda start, end: scores[start:end].copy(), 25, targets, exclude, ks=(1, 3, 10, 30))
+    masked = scores.copy()
+    mask_excluded(masked, exclude, targets)
+    top = tf.math.top_k(masked, k=25).indices.numpy()
+    for column, k in enumerate((1, 3, 10, 30)):
+        np.testing.assert_array_equal(hits[:, column], (top[:, :k] == targets[:, None]).any(axis=1))
