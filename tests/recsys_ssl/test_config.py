@@ -17,8 +17,9 @@ from recsys_ssl import config as config_lib
 
 def test_the_default_method_is_the_baseline_and_every_preset_states_its_own():
     assert config_lib.SSLConfig().method == "none"
-    for name in config_lib.PRESETS:
-        assert config_lib.preset(name).ssl.method == "cfm", name
+    methods = {name: config_lib.preset(name).ssl.method for name in config_lib.PRESETS}
+    # movielens is the configuration tuned on validation without SSL (issue 21); the others train CFM.
+    assert methods == {**{name: "cfm" for name in config_lib.PRESETS}, "movielens": "none"}
 
 
 @pytest.mark.parametrize("old, new", sorted(config_lib.RENAMED_KEYS.items()))
