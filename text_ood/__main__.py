@@ -14,6 +14,10 @@ Sentence-encoder detectors (k-NN, Mahalanobis) and the MLKD + k-NN hybrid::
   python -m text_ood train --dataset clinc150 --workdir runs/clinc \
       --encoder $SSL_DATA_DIR/models/all-MiniLM-L6-v2 --detectors knn,mahalanobis,hybrid
   python -m text_ood export --workdir runs/clinc --export_dir exports/knn --detector knn
+
+Choosing the detector to deploy without OoD data (then `export` exports the choice by default)::
+
+  python -m text_ood select --workdir runs/clinc
 """
 
 from __future__ import annotations
@@ -98,11 +102,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--detectors", default=None,
                    help="comma-separated detectors (default: those `train` trained)")
 
+    p = commands.add_parser("select", allow_abbrev=False,
+                            help="choose the detector to deploy without OoD data -> selection.json")
+    p.description = ("Ranks every trained detector, a k-NN / Mahalanobis settings grid and hybrids "
+                     "by AUROC of ID validation texts vs proxy outliers (general text held out from "
+                     "pre-training, length-matched; never test or OoD data); writes "
+                     "selection.json, selection.png and detectors/selected/, which `export` "
+                     "then exports by default.")
+    p.add_argument("--workdir", required=True, help="a `train` workdir")
+    p.add_argument("--data_dir", default=None, help="overrides the data directory in run.json")
+    p.add_argument("--proxy", nargs="+", default=None, metavar="FILE",
+                   help="proxy-outlier files (.txt, .jsonl, .tsv; never evaluation data) instead of "
+                        "the teacher's held-out pre-training corpus (PRETRAIN_DIR/corpus.json, else "
+                        f"the default corpus under ${DATA_DIR_ENV})")
+    p.add_argument("--proxy_texts", type=int, default=2000, help="proxy texts to draw (default 2000)")
+    p.add_argument("--no_grid", action="store_true",
+                   help="rank only the trained detectors and hybrids of them (no settings grid)")
+
     p = commands.add_parser("export", allow_abbrev=False, help="versioned SavedModel taking raw strings")
     p.add_argument("--workdir", required=True, help="a `train` workdir")
     p.add_argument("--export_dir", required=True, help="writes EXPORT_DIR/<next version>/")
     p.add_argument("--data_dir", default=None, help="overrides the data directory in run.json")
-    p.add_argument("--detector", default="mlkd", help="the detector to export (default: mlkd)")
+    p.add_argument("--detector", default=None,
+                   help="the detector to export (default: the one `select` chose when the workdir "
+                        "has selection.json, else mlkd)")
     return parser
 
 
@@ -178,6 +201,8 @@ def main(argv=None) -> int:
             unknown = [n for n in names if n not in DETECTORS]
             if unknown:
                 raise SystemExit(f"unknown detectors {unknown}; registered: {sorted(DETECTORS)}")
+            if "selected" in names:
+                raise SystemExit("`selected` is chosen by `python -m text_ood select`, not trained")
             data_dir = _resolve_data_dir(args.data_dir)
             dataset = load_dataset(args.dataset, data_dir, config.seed)
             logger.info("data set %s: %s", dataset.name, dataset.summary())
@@ -217,15 +242,40 @@ def main(argv=None) -> int:
             if not names:
                 raise SystemExit("no detectors to evaluate: `train` recorded none; pass --detectors")
             evaluate_detectors(ctx, names)
-        elif args.command == "export":
-            from text_ood.export import export_detector
+        elif args.command == "select":
+            from text_ood.selection import select_detector
 
             ctx, run = _open_workdir(args)
-            detector = create_detector(args.detector, ctx).restore(ctx.detector_dir(args.detector))
+            document = select_detector(ctx, args.proxy, args.proxy_texts, grid=not args.no_grid,
+                                       data_root=data_root())
+            _update_run(os.path.join(args.workdir, "run.json"),
+                        detectors=sorted(set(run.get("detectors", [])) | {"selected"}))
+            chosen = document["selected"]
+            logger.info("selected %s (proxy AUROC %.2f, FAR95 %.2f; %d candidates): %s", chosen["label"],
+                        100 * chosen["proxy_auroc"], 100 * chosen["proxy_far95"],
+                        len(document["candidates"]), os.path.join(args.workdir, "selection.json"))
+        elif args.command == "export":
+            from text_ood.export import export_detector
+            from text_ood.selection import SELECTION_FILE, read_selection
+
+            ctx, run = _open_workdir(args)
+            name, metadata = args.detector, {}
+            if name is None:
+                if os.path.isfile(os.path.join(args.workdir, SELECTION_FILE)):
+                    name = "selected"
+                    chosen = read_selection(args.workdir)["selected"]
+                    metadata["selected"] = {k: chosen[k] for k in ("label", "proxy_auroc", "proxy_far95")}
+                    logger.info("exporting the detector `select` chose: %s (%s)", chosen["label"],
+                                os.path.join(args.workdir, SELECTION_FILE))
+                else:
+                    name = "mlkd"
+                    logger.info("exporting mlkd (no %s in %s; `select` chooses a detector)",
+                                SELECTION_FILE, args.workdir)
+            detector = create_detector(name, ctx).restore(ctx.detector_dir(name))
             check = ctx.dataset.id_val[:32] + ctx.dataset.ood_test[:32]
             path = export_detector(detector, ctx.dataset.id_val, args.export_dir,
                                    metadata={"workdir": os.path.abspath(args.workdir),
-                                             "dataset": run["dataset"]},
+                                             "dataset": run["dataset"], **metadata},
                                    check_texts=check)
             print(path)
     except (ConfigError, DataError, TokenizerError, FileNotFoundError, ValueError) as error:

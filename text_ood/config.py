@@ -134,6 +134,12 @@ class EncoderConfig:
     knn_center: bool = False
     mahalanobis_shrinkage: float = 0.01  # Covariance shrinkage towards a scaled identity, [0, 1].
     hybrid_components: tuple[str, ...] = ("mlkd", "knn")  # Detectors the hybrid combines.
+    # Per-component normalisation fitted on ID validation scores: "zscore" (mean / std) or "rank"
+    # (standard-normal quantile of the ID-validation ECDF); see text_ood.normalisation.
+    hybrid_normalisation: Literal["zscore", "rank"] = "zscore"
+    # "weighted_sum" (minimum-variance weights on ID validation) or "max" of the normalised
+    # scores; the rationale of each is in text_ood.detectors.hybrid.
+    hybrid_combination: Literal["weighted_sum", "max"] = "weighted_sum"
 
     def __post_init__(self):
         if self.max_length < 0 or min(self.batch_size, self.knn_k, self.pool_layers) < 1:
@@ -144,6 +150,12 @@ class EncoderConfig:
         if not 0.0 <= self.mahalanobis_shrinkage <= 1.0:
             raise ValueError(f"mahalanobis_shrinkage must be in [0, 1], received "
                              f"{self.mahalanobis_shrinkage}")
+        if self.hybrid_normalisation not in ("zscore", "rank"):
+            raise ValueError(f"hybrid_normalisation must be 'zscore' or 'rank', received "
+                             f"{self.hybrid_normalisation!r}")
+        if self.hybrid_combination not in ("weighted_sum", "max"):
+            raise ValueError(f"hybrid_combination must be 'weighted_sum' or 'max', received "
+                             f"{self.hybrid_combination!r}")
         if len(self.hybrid_components) < 2 or "hybrid" in self.hybrid_components:
             raise ValueError(f"hybrid_components needs at least two detectors other than 'hybrid', "
                              f"received {self.hybrid_components}")

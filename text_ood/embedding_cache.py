@@ -40,25 +40,31 @@ class EmbeddingCache:
         self.batch_size = batch_size
         self.min_texts = min_texts
 
-    def key(self, texts: Sequence[str | bytes]) -> str:
-        digest = hashlib.sha256(self.encoder.fingerprint.encode())
+    def key(self, texts: Sequence[str | bytes], all_layers: bool = False) -> str:
+        digest = hashlib.sha256(self.encoder.fingerprint.encode() + (b":all_layers" if all_layers else b""))
         for text in texts:
             data = text if isinstance(text, bytes) else str(text).encode("utf-8", errors="replace")
             digest.update(len(data).to_bytes(8, "little") + data)
         return digest.hexdigest()[:24]
 
-    def embed(self, texts: Sequence[str | bytes]) -> np.ndarray:
-        """float32 [len(texts), D] unit-norm embeddings, from the cache when present."""
+    def embed(self, texts: Sequence[str | bytes], all_layers: bool = False) -> np.ndarray:
+        """float32 [len(texts), D] unit-norm embeddings, from the cache when present.
+
+        With ``all_layers`` the unit-norm pooled states of every layer, float32 [N, L + 1, D]
+        (:meth:`SentenceEncoder.embed`), for studies of ``pool_layers``.
+        """
         if len(texts) < self.min_texts:
-            return self.encoder.embed(texts, self.batch_size)
-        path = os.path.join(self.directory, f"{self.key(texts)}.npy")
+            return self.encoder.embed(texts, self.batch_size, all_layers=all_layers)
+        path = os.path.join(self.directory, f"{self.key(texts, all_layers)}.npy")
+        shape = ((len(texts), self.encoder.num_layers + 1, self.encoder.dim) if all_layers
+                 else (len(texts), self.encoder.dim))
         if os.path.isfile(path):
             embeddings = np.load(path)
-            if embeddings.shape == (len(texts), self.encoder.dim):
+            if embeddings.shape == shape:
                 return embeddings
             logger.warning("ignoring cache entry %s of shape %s", path, embeddings.shape)
-        logger.info("embedding %d texts", len(texts))
-        embeddings = self.encoder.embed(texts, self.batch_size)
+        logger.info("embedding %d texts%s", len(texts), " (every layer)" if all_layers else "")
+        embeddings = self.encoder.embed(texts, self.batch_size, all_layers=all_layers)
         os.makedirs(self.directory, exist_ok=True)
         save_npy_atomic(path, embeddings)  # a concurrent reader sees the whole file or none
         return embeddings

@@ -37,10 +37,18 @@ DETECTORS: dict[str, DetectorFactory] = {
                                                              use_labels=False),
     "hybrid": lambda ctx: HybridDetector(
         "hybrid", ctx, [create_detector(n, ctx) for n in ctx.config.encoder.hybrid_components]),
+    # The detector `python -m text_ood select` chose (WORKDIR/selection.json), with its settings.
+    "selected": lambda ctx: _selected(ctx),
 }
 DEFAULT_DETECTORS = ("teacher", "scratch", "mlkd")
 # Detectors whose training distils the fine-tuned teacher (``train`` checks the teacher gate first).
 STUDENT_DETECTORS = ("mlkd", "mlkd_no_intermediate")
+
+
+def _selected(ctx: TrainingContext) -> OODDetector:
+    from text_ood.selection import selected_detector  # selection imports this registry
+
+    return selected_detector(ctx)
 
 
 def create_detector(name: str, context: TrainingContext) -> OODDetector:
