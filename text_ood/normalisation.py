@@ -27,6 +27,10 @@ import numpy as np
 
 NORMALISATIONS = ("zscore", "rank")
 TAIL_FRACTION = 0.01  # share of the distinct validation scores whose slope continues the rank map
+# Validation scores closer than max(TIE_TOLERANCE x their range, TIE_TOLERANCE) are one knot:
+# ties that float32 noise breaks (duplicate texts at cosine distance 0 +- 1.2e-7) would otherwise
+# rank arbitrarily. Detector scores are O(1e-3 .. 1e3) (nats, 1 - cos, squared distances).
+TIE_TOLERANCE = 1e-6
 
 
 def _inverse_normal_cdf(u: np.ndarray) -> np.ndarray:
@@ -153,6 +157,12 @@ def rank_knots(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float
     """
     values = np.sort(np.asarray(values, dtype=np.float64))
     x, counts = np.unique(values, return_counts=True)
+    if len(x) > 1:  # values closer than TIE_TOLERANCE x range are ties: float noise must not rank
+        tolerance = TIE_TOLERANCE * max(x[-1] - x[0], 1.0)
+        group = np.concatenate([[0], np.cumsum(np.diff(x) > tolerance)])
+        counts_per_group = np.bincount(group, weights=counts)
+        x = np.bincount(group, weights=x * counts) / counts_per_group
+        counts = counts_per_group
     if len(x) < 2:
         raise ValueError("a component needs at least two distinct ID validation scores to be ranked")
     below = np.concatenate([[0], np.cumsum(counts)[:-1]])
