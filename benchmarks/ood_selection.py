@@ -206,6 +206,10 @@ def main(argv=None) -> int:
                         help="a finished `pretrain` workdir: also train teacher / from scratch / MLKD")
     parser.add_argument("--clinc_runs", default=None,
                         help="comma-separated finished MLKD workdirs (seeds) reused for CLINC150")
+    parser.add_argument("--start_from", default=None,
+                        help="an earlier WORKDIR of this benchmark (e.g. encoder detectors only): each "
+                             "configuration starts from a copy of its workdir there (trained "
+                             "detectors and embedding caches; not its selection or evaluation)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = data_root(args.data_dir)
@@ -225,8 +229,8 @@ def main(argv=None) -> int:
         if name == "clinc150":
             clinc = os.path.join(root, "text", "clinc150")
             sources = args.clinc_runs.split(",") if args.clinc_runs else [None]
-            for seed, source in enumerate(sources):
-                label = f"clinc150_s{seed}" if source else "clinc150"
+            for source in sources:
+                label = f"clinc150_{os.path.basename(os.path.normpath(source))}" if source else "clinc150"
                 jobs.append((label, ["--dataset", "clinc150", "--data_dir", clinc], True, source, []))
         else:
             directory = write_config(name, os.path.join(args.workdir, "data"), root)
@@ -237,6 +241,19 @@ def main(argv=None) -> int:
             continue
         start = time.time()
         workdir = os.path.join(args.workdir, label)
+        earlier = os.path.join(args.start_from, label) if args.start_from else None
+        if source and args.start_from and not os.path.isdir(workdir):  # CLINC150 seeds: the caches
+            cache = os.path.join(args.start_from, "clinc150", "embeddings")
+            if os.path.isdir(cache):
+                shutil.copytree(cache, os.path.join(workdir, "embeddings"), copy_function=os.link)
+        elif earlier and os.path.isdir(earlier) and not os.path.isdir(workdir):
+            shutil.copytree(earlier, workdir, ignore=shutil.ignore_patterns(
+                "selection.*", "selected", "scores", "eval.json", "roc.png"))
+            with open(os.path.join(workdir, "run.json")) as f:
+                run = json.load(f)
+            run["detectors"] = [d for d in run.get("detectors", []) if d != "selected"]
+            with open(os.path.join(workdir, "run.json"), "w") as f:
+                json.dump(run, f, indent=2)
         if source:
             prepare_hybrid_workdir(source, workdir)  # the finished MLKD student (and tokenizer)
             for stage in ("teacher", "scratch"):

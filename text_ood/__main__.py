@@ -115,7 +115,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="proxy-outlier files (.txt, .jsonl, .tsv; never evaluation data) instead of "
                         "the teacher's held-out pre-training corpus (PRETRAIN_DIR/corpus.json, else "
                         f"the default corpus under ${DATA_DIR_ENV})")
-    p.add_argument("--proxy_texts", type=int, default=2000, help="proxy texts to draw (default 2000)")
+    p.add_argument("--proxy_texts", type=int, default=0,
+                   help="proxy texts to draw (default 0: as many as ID validation texts, at least "
+                        "500 and at most 2,000)")
     p.add_argument("--no_grid", action="store_true",
                    help="rank only the trained detectors and hybrids of them (no settings grid)")
 

@@ -94,14 +94,16 @@ def materialise(ctx, candidate: Candidate, by_label: dict[str, Candidate]):
     return detector.fit(ctx.dataset.id_train, ctx.dataset.id_train_labels)
 
 
-def select_detector(ctx, proxy_files: Sequence[str] | None = None, proxy_size: int = 2000,
+def select_detector(ctx, proxy_files: Sequence[str] | None = None, proxy_size: int = 0,
                     grid: bool = True, seed: int = 0, data_root: str | None = None) -> dict:
     """Ranks every candidate by the ID-only criterion, saves the best as ``detectors/selected``.
 
     Args:
       ctx: a ``train`` workdir's context (its ``run.json`` lists the trained detectors).
       proxy_files: proxy-outlier files instead of the teacher's held-out pre-training corpus.
-      proxy_size: proxy texts to draw (length-matched to the ID validation texts).
+      proxy_size: proxy texts to draw (length-matched to the ID validation texts); 0 = as many
+        as ID validation texts, clipped to [500, 2000] (the criterion's precision is bounded by
+        the smaller of the two sets; long texts are expensive to embed).
       grid: also rank the k-NN / Mahalanobis settings grid and hybrids of the best settings
         (False: the trained detectors and hybrids of them only).
       seed: the proxy draw's seed.
@@ -119,6 +121,7 @@ def select_detector(ctx, proxy_files: Sequence[str] | None = None, proxy_size: i
     candidates = trained_candidates(trained) + (grid_candidates(ctx) if grid else [])
     if not candidates:
         raise ValueError(f"{ctx.workdir}: no trained detector to select from; run `train` first")
+    proxy_size = proxy_size or min(max(len(ctx.dataset.id_val), 500), 2000)
     proxy, proxy_info = proxy_for(ctx, proxy_files, proxy_size, seed, data_root)
     logger.info("proxy outliers: %d texts (%s), mean %.1f words (ID validation %.1f)", len(proxy),
                 proxy_info["per_source"], proxy_info["mean_words"], proxy_info["id_val_mean_words"])
