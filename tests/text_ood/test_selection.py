@@ -14,19 +14,12 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.text_ood.tiny_encoder import write_tiny_encoder
+from tests.text_ood.test_encoder_detectors import encoder_dir  # noqa: F401  (the tiny BERT fixture)
 from text_ood.__main__ import main
 from text_ood.data import load_dataset
 from text_ood.detectors import create_detector
 from text_ood.metrics import auroc
 from text_ood.workdir import load_context
-
-
-@pytest.fixture(scope="module")
-def encoder_dir(tmp_path_factory) -> str:
-    directory = str(tmp_path_factory.mktemp("tiny_bert_select"))
-    write_tiny_encoder(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")
