@@ -7,9 +7,10 @@ import pytest
 import tensorflow as tf
 
 from text_ood.detectors import knn as knn_module
-from text_ood.detectors.hybrid import combination_weights, standardisation
+from text_ood.detectors.hybrid import combination_weights
 from text_ood.detectors.knn import KNNHead
 from text_ood.detectors.mahalanobis import MahalanobisHead, fit_gaussians
+from text_ood.normalisation import ScoreNormaliser
 
 
 def _score(head, queries):
@@ -134,8 +135,8 @@ def test_combination_weights_by_hand():
 
 
 def test_standardisation():
-    mean, scale = standardisation(np.array([[1.0, 10.0], [3.0, 30.0]]))
-    np.testing.assert_allclose(mean, [2.0, 20.0])
-    np.testing.assert_allclose(scale, [1.0, 10.0])
+    normaliser = ScoreNormaliser("zscore").fit(np.array([[1.0, 10.0], [3.0, 30.0]]))
+    np.testing.assert_allclose(normaliser.means, [2.0, 20.0])
+    np.testing.assert_allclose(normaliser.scales, [1.0, 10.0])
     with pytest.raises(ValueError, match="constant"):
-        standardisation(np.array([[1.0, 2.0], [1.0, 3.0]]))
+        ScoreNormaliser("zscore").fit(np.array([[1.0, 2.0], [1.0, 3.0]]))
