@@ -5,7 +5,7 @@ set as ID, ``benchmarks/ood_datasets.py``) a workdir gets the project's detector
 own commands, then ``select`` chooses, then the test split judges:
 
 1. ``train --encoder``: k-NN (a-priori default settings), Mahalanobis one-class, and
-   class-conditional when the ID texts have labels;
+   class-conditional Mahalanobis and the softmax classifier when the ID texts have labels;
 2. with ``--pretrain_dir``: the fine-tuned teacher, the from-scratch LM and the MLKD student
    (``cpu`` preset; on the small AG News / 20NG sets warm-up 20 steps, and 30 epochs on 20NG as
    in the paper), and the default hybrid (MLKD + k-NN). For CLINC150, ``--clinc_runs`` reuses
@@ -73,7 +73,7 @@ def _trained(workdir: str) -> list[str]:
 
 def train_config(workdir, data_flags, encoder, has_labels, pretrain_dir, budget) -> None:
     """Steps 1-2 of the module docstring (each skipped when already done)."""
-    embedding = ["knn", "mahalanobis_one_class"] + (["mahalanobis"] if has_labels else [])
+    embedding = ["knn", "mahalanobis_one_class"] + (["mahalanobis", "classifier"] if has_labels else [])
     missing = [d for d in embedding if d not in _trained(workdir)]
     if missing:
         _run(["train", *data_flags, "--workdir", workdir, "--encoder", encoder,

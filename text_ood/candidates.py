@@ -4,12 +4,13 @@ A :class:`Candidate` names a detector and the config overrides that build it:
 
 - **trained**: every detector ``train`` saved in the workdir, scored as saved;
 - **grid** (needs the workdir's sentence encoder): k-NN over ``pool_layers`` x ``knn_k`` x
-  {k-th, mean} x {uncentred, centred} (:data:`GRID_POOL_LAYERS`, :data:`GRID_K`) and Mahalanobis
-  (one-class, and class-conditional when the ID training texts have labels) per ``pool_layers``;
+  {k-th, mean} x {uncentred, centred} (:data:`GRID_POOL_LAYERS`, :data:`GRID_K`), Mahalanobis
+  (one-class, and class-conditional when the ID training texts have labels) and, with labels,
+  the softmax classifier's three scores, per ``pool_layers``;
 - **hybrids** (:func:`hybrid_candidates`), built after the others are ranked: every trained
-  language-model detector with the best k-NN and with the best Mahalanobis candidate, and those
-  two together when they share ``pool_layers``; each with both normalisations and both
-  combination rules of :mod:`text_ood.detectors.hybrid`.
+  language-model detector with the best candidate of each embedding family, and pairs of
+  embedding families at one ``pool_layers``; each with both normalisations and both combination
+  rules of :mod:`text_ood.detectors.hybrid`.
 
 :class:`CandidateScorer` scores candidates on named text sets (the ID validation texts and the
 proxy outliers for ``select``; test splits for a benchmark's analysis). Grid candidates are
@@ -40,7 +41,9 @@ GRID_POOL_LAYERS = (1, 2, 3, 4)
 GRID_K = (1, 3, 5, 10)
 LM_DETECTORS = ("teacher", "scratch", "mlkd", "mlkd_no_intermediate")
 FAMILIES = {"knn": "k-NN", "mahalanobis": "Mahalanobis", "mahalanobis_one_class": "Mahalanobis",
-            "hybrid": "hybrid", **{name: "language model" for name in LM_DETECTORS}}
+            "classifier": "classifier", "hybrid": "hybrid", **{name: "language model" for name in LM_DETECTORS}}
+EMBEDDING_FAMILIES = ("k-NN", "Mahalanobis", "classifier")
+CLASSIFIER_SCORES = ("entropy", "msp", "energy")
 QUERY_CHUNK = 1024  # query embeddings per k-NN similarity block
 
 
@@ -112,20 +115,35 @@ def grid_candidates(ctx, pool_layers: Sequence[int] = GRID_POOL_LAYERS) -> list[
                  else ("mahalanobis_one_class",))
         for name in names:
             out.append(Candidate(f"{name}[pool={pool}]", name, "Mahalanobis", (f"encoder.pool_layers={pool}",)))
+        if ctx.dataset.id_train_labels and len(set(ctx.dataset.id_train_labels)) > 1:
+            for kind in CLASSIFIER_SCORES:
+                out.append(Candidate(f"classifier[pool={pool},{kind}]", "classifier", "classifier",
+                                     (f"encoder.pool_layers={pool}", f"encoder.classifier_score={kind}")))
     return out
 
 
 def hybrid_candidates(candidates: Sequence[Candidate], criterion: dict[str, float]) -> list[Candidate]:
-    """Hybrids of the ranked candidates (module docstring); ``criterion``: label -> higher is better."""
-    def best(family):
-        ranked = [c for c in candidates if c.family == family and c.label in criterion]
+    """Hybrids of the ranked candidates (module docstring); ``criterion``: label -> higher is better.
+
+    Pairs: every trained language-model detector with the best candidate of each embedding family
+    (:data:`EMBEDDING_FAMILIES`), and the best of one embedding family with the best of another
+    at the same ``pool_layers`` (a hybrid's embedding components share the encoder settings).
+    """
+    def best(family, pool=None):
+        ranked = [c for c in candidates if c.family == family and c.label in criterion
+                  and (pool is None or _pool(c) == pool)]
         return max(ranked, key=lambda c: criterion[c.label]) if ranked else None
 
-    embedding = [c for c in (best("k-NN"), best("Mahalanobis")) if c is not None]
+    embedding = [c for c in (best(f) for f in EMBEDDING_FAMILIES) if c is not None]
     pairs = [(lm, e) for lm in candidates if lm.family == "language model" and lm.trained
              for e in embedding]
-    if len(embedding) == 2 and _pool(embedding[0]) == _pool(embedding[1]):
-        pairs.append(tuple(embedding))
+    seen = set()
+    for first in embedding:
+        for family in EMBEDDING_FAMILIES:
+            second = best(family, _pool(first)) if family != first.family else None
+            if second is not None and frozenset((first.label, second.label)) not in seen:
+                seen.add(frozenset((first.label, second.label)))
+                pairs.append((first, second))
     out = []
     for first, second in pairs:
         base = tuple(o for o in first.overrides + second.overrides if not o.startswith("encoder.hybrid_"))
@@ -198,7 +216,7 @@ class CandidateScorer:
         ID validation texts, which fit their normalisation).
         """
         scores = dict(known or {})
-        grid = [c for c in candidates if not c.trained and c.family in ("k-NN", "Mahalanobis")]
+        grid = [c for c in candidates if not c.trained and c.family in EMBEDDING_FAMILIES]
         for candidate in candidates:
             if candidate.trained:
                 scores[candidate.label] = self._score_trained(candidate, text_sets)
@@ -221,6 +239,7 @@ class CandidateScorer:
         return {name: detector.score(list(texts)) for name, texts in text_sets.items()}
 
     def _score_grid(self, grid, text_sets):
+        from text_ood.detectors.classifier import classifier_scores, fit_softmax
         from text_ood.detectors.mahalanobis import MahalanobisHead, fit_gaussians
 
         train = self.layers(self.ctx.dataset.id_train)
@@ -245,6 +264,14 @@ class CandidateScorer:
                     out[c.label] = {name: 1.0 - (t[:, k - 1] if s["encoder.knn_aggregation"] == "kth"
                                                  else t[:, :k].mean(axis=1)).astype(np.float64)
                                     for name, t in top.items()}
+            classifiers = [c for c in at_pool if c.family == "classifier"]
+            if classifiers:
+                cfg = self.ctx.config.encoder
+                weights, bias, _ = fit_softmax(bank, labels, cfg.classifier_l2, cfg.classifier_steps)
+                for c in classifiers:
+                    kind = settings[c.label]["encoder.classifier_score"]
+                    out[c.label] = {name: classifier_scores(x @ weights + bias, kind).numpy().astype(np.float64)
+                                    for name, x in sets.items()}
             for c in (c for c in at_pool if c.family == "Mahalanobis"):
                 head = MahalanobisHead(*fit_gaussians(
                     bank, labels if c.detector == "mahalanobis" else None, shrinkage))

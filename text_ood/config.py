@@ -118,7 +118,7 @@ class DistillConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
-    """Sentence-encoder detectors (``train --encoder DIR``): k-NN, Mahalanobis, the hybrid."""
+    """Sentence-encoder detectors (``train --encoder DIR``): k-NN, Mahalanobis, classifier, hybrid."""
 
     max_length: int = 0  # WordPiece ids per text incl. [CLS]/[SEP]; 0 = the encoder's own limit.
     # The embedding averages the (unit-norm, mean-pooled) states of the last pool_layers layers;
@@ -133,6 +133,11 @@ class EncoderConfig:
     # cosine k-NN (label-free; the mean is a constant of the exported graph).
     knn_center: bool = False
     mahalanobis_shrinkage: float = 0.01  # Covariance shrinkage towards a scaled identity, [0, 1].
+    # Softmax classifier on the embeddings (needs ID labels): its OoD score ("entropy", "msp" =
+    # 1 - max probability, "energy" = -logsumexp of the logits), L2 weight and Adam steps.
+    classifier_score: Literal["entropy", "msp", "energy"] = "entropy"
+    classifier_l2: float = 1e-4
+    classifier_steps: int = 300
     hybrid_components: tuple[str, ...] = ("mlkd", "knn")  # Detectors the hybrid combines.
     # Per-component normalisation fitted on ID validation scores: "zscore" (mean / std) or "rank"
     # (standard-normal quantile of the ID-validation ECDF); see text_ood.normalisation.
@@ -150,6 +155,12 @@ class EncoderConfig:
         if not 0.0 <= self.mahalanobis_shrinkage <= 1.0:
             raise ValueError(f"mahalanobis_shrinkage must be in [0, 1], received "
                              f"{self.mahalanobis_shrinkage}")
+        if self.classifier_score not in ("entropy", "msp", "energy"):
+            raise ValueError(f"classifier_score must be 'entropy', 'msp' or 'energy', received "
+                             f"{self.classifier_score!r}")
+        if self.classifier_l2 < 0 or self.classifier_steps < 1:
+            raise ValueError(f"classifier_l2 must be >= 0 and classifier_steps >= 1, received "
+                             f"{self.classifier_l2}, {self.classifier_steps}")
         if self.hybrid_normalisation not in ("zscore", "rank"):
             raise ValueError(f"hybrid_normalisation must be 'zscore' or 'rank', received "
                              f"{self.hybrid_normalisation!r}")

@@ -156,3 +156,32 @@ def test_rank_hybrid_with_max_exports_with_matching_graph(selected_workdir, ood_
     z = hybrid.normaliser.transform(np.stack([c.score(ctx.dataset.id_test) for c in hybrid.components], 1))
     np.testing.assert_allclose(hybrid.score(ctx.dataset.id_test), z.max(axis=1))
     assert main(["export", "--workdir", workdir, "--export_dir", str(tmp_path / "e"), "--detector", "hybrid"]) == 0
+
+
+def test_classifier_detector_trains_exports_and_joins_the_grid(encoder_dir, ood_data_dir, corpus_file, tmp_path):
+    """With ID labels (a 'label' field) the softmax classifier is trained, exported and ranked."""
+    data = str(tmp_path / "data")
+    shutil.copytree(ood_data_dir, data)
+    with open(os.path.join(data, "id_train.txt")) as f:
+        texts = [line.strip() for line in f if line.strip()]
+    os.remove(os.path.join(data, "id_train.txt"))
+    with open(os.path.join(data, "id_train.jsonl"), "w") as f:
+        for text in texts:
+            label = "travel" if "flight" in text or "hotel" in text else "bank"
+            f.write(json.dumps({"text": text, "label": label}) + "\n")
+    workdir = str(tmp_path / "w")
+    assert main(["train", "--dataset", "files", "--data_dir", data, "--workdir", workdir, "--encoder",
+                 encoder_dir, "--preset", "tiny", "--set", "encoder.classifier_score=msp",
+                 "--set", "encoder.classifier_steps=60",
+                 "--detectors", "classifier,knn"]) == 0
+    ctx = load_context(workdir, load_dataset("files", data))
+    classifier = create_detector("classifier", ctx).restore(ctx.detector_dir("classifier"))
+    assert classifier.classes == ["bank", "travel"] and classifier.head.kind == "msp"
+    scores = classifier.score(ctx.dataset.id_test)
+    assert np.all((scores >= 0) & (scores <= 0.5 + 1e-6))  # 1 - max probability of two classes
+    assert main(["export", "--workdir", workdir, "--export_dir", str(tmp_path / "e"), "--detector",
+                 "classifier"]) == 0  # the export checks the graph against Python scores
+    assert main(["select", "--workdir", workdir, "--proxy", corpus_file, "--proxy_texts", "24"]) == 0
+    labels = {c["label"] for c in _selection(workdir)["candidates"]}
+    assert {"classifier[pool=1,entropy]", "classifier[pool=3,energy]", "classifier"} <= labels
+    assert any(label.startswith("hybrid[classifier[") or "+classifier[" in label for label in labels)

@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable
 
 from text_ood.detectors.base import OODDetector, RequiresFittingError
+from text_ood.detectors.classifier import ClassifierDetector
 from text_ood.detectors.embedding import EmbeddingDetector, MissingEncoderError
 from text_ood.detectors.hybrid import HybridDetector
 from text_ood.detectors.knn import KNNDetector
@@ -35,6 +36,7 @@ DETECTORS: dict[str, DetectorFactory] = {
     "mahalanobis": lambda ctx: MahalanobisDetector("mahalanobis", ctx),  # class-conditional w/ labels
     "mahalanobis_one_class": lambda ctx: MahalanobisDetector("mahalanobis_one_class", ctx,
                                                              use_labels=False),
+    "classifier": lambda ctx: ClassifierDetector("classifier", ctx),  # softmax; needs ID labels
     "hybrid": lambda ctx: HybridDetector(
         "hybrid", ctx, [create_detector(n, ctx) for n in ctx.config.encoder.hybrid_components]),
     # The detector `python -m text_ood select` chose (WORKDIR/selection.json), with its settings.
@@ -62,6 +64,7 @@ def create_detector(name: str, context: TrainingContext) -> OODDetector:
     return DETECTORS[name](context)
 
 
-__all__ = ["DETECTORS", "DEFAULT_DETECTORS", "STUDENT_DETECTORS", "EmbeddingDetector", "HybridDetector", "KNNDetector",
+__all__ = ["DETECTORS", "DEFAULT_DETECTORS", "STUDENT_DETECTORS", "ClassifierDetector", "EmbeddingDetector",
+           "HybridDetector", "KNNDetector",
            "MahalanobisDetector", "MissingEncoderError", "OODDetector", "PerplexityDetector",
            "RequiresFittingError", "create_detector"]
