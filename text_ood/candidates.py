@@ -267,7 +267,7 @@ class CandidateScorer:
             classifiers = [c for c in at_pool if c.family == "classifier"]
             if classifiers:
                 cfg = self.ctx.config.encoder
-                weights, bias, _ = fit_softmax(bank, labels, cfg.classifier_l2, cfg.classifier_steps)
+                weights, bias, _ = fit_softmax(bank, labels, cfg.classifier_c, cfg.classifier_steps)
                 for c in classifiers:
                     kind = settings[c.label]["encoder.classifier_score"]
                     out[c.label] = {name: classifier_scores(x @ weights + bias, kind).numpy().astype(np.float64)

