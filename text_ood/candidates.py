@@ -32,7 +32,7 @@ import numpy as np
 from text_ood.detectors import create_detector
 from text_ood.detectors.embedding import EmbeddingDetector, load_encoder
 from text_ood.detectors.hybrid import combination_weights, combine
-from text_ood.embedding_cache import EmbeddingCache
+from text_ood.embedding_cache import EmbeddingCache, pool_layer_embeddings as pooled
 from text_ood.normalisation import NORMALISATIONS, ScoreNormaliser
 
 logger = logging.getLogger(__name__)
@@ -165,14 +165,6 @@ def _pool(candidate: Candidate) -> str | None:
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def pooled(layers: np.ndarray, pool: int) -> np.ndarray:
-    """float32 [N, L + 1, D] unit-norm per-layer embeddings -> [N, D] of the last ``pool`` layers.
-
-    The same as :meth:`SentenceEncoder.embed_texts` with ``pool_layers = pool``.
-    """
-    return _unit(layers[:, -pool:].mean(axis=1)).astype(np.float32)
 
 
 def top_similarities(queries: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:

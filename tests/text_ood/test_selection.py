@@ -185,3 +185,21 @@ def test_classifier_detector_trains_exports_and_joins_the_grid(encoder_dir, ood_
     labels = {c["label"] for c in _selection(workdir)["candidates"]}
     assert {"classifier[pool=1,entropy]", "classifier[pool=3,energy]", "classifier"} <= labels
     assert any(label.startswith("hybrid[classifier[") or "+classifier[" in label for label in labels)
+
+
+def test_pooled_embeddings_come_from_the_every_layer_cache(selected_workdir, encoder_dir, ood_data_dir, tmp_path):
+    """After `select` cached every layer of the ID training texts, other pool_layers need no encoder pass."""
+    from text_ood.detectors.embedding import load_encoder
+    from text_ood.embedding_cache import EmbeddingCache
+
+    ctx = load_context(selected_workdir, load_dataset("files", ood_data_dir))
+    texts = ctx.dataset.id_train
+    encoder = load_encoder(encoder_dir, 0, 2)
+    layers_key = EmbeddingCache(load_encoder(encoder_dir, 0, 1), "x").key(texts, all_layers=True)
+    assert EmbeddingCache(encoder, "x").key(texts, all_layers=True) == layers_key  # pool-independent
+    directory = str(tmp_path / "cache")
+    os.makedirs(directory)
+    shutil.copy(os.path.join(selected_workdir, "embeddings", f"{layers_key}.npy"), directory)
+    derived = EmbeddingCache(encoder, directory).embed(texts)
+    np.testing.assert_allclose(derived, encoder.embed(texts), atol=1e-5)
+    assert len(os.listdir(directory)) == 2  # the derived entry is cached too
