@@ -120,6 +120,9 @@ def _parser() -> argparse.ArgumentParser:
                         "500 and at most 2,000)")
     p.add_argument("--no_grid", action="store_true",
                    help="rank only the trained detectors and hybrids of them (no settings grid)")
+    p.add_argument("--choose", default=None, metavar="LABEL",
+                   help="save this candidate of the ranking instead of the best (recorded as a user "
+                        "override in selection.json)")
 
     p = commands.add_parser("export", allow_abbrev=False, help="versioned SavedModel taking raw strings")
     p.add_argument("--workdir", required=True, help="a `train` workdir")
@@ -249,7 +252,7 @@ def main(argv=None) -> int:
 
             ctx, run = _open_workdir(args)
             document = select_detector(ctx, args.proxy, args.proxy_texts, grid=not args.no_grid,
-                                       data_root=data_root())
+                                       data_root=data_root(), choose=args.choose)
             _update_run(os.path.join(args.workdir, "run.json"),
                         detectors=sorted(set(run.get("detectors", [])) | {"selected"}))
             chosen = document["selected"]

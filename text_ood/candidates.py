@@ -8,9 +8,10 @@ A :class:`Candidate` names a detector and the config overrides that build it:
   (one-class, and class-conditional when the ID training texts have labels) and, with labels,
   the softmax classifier's three scores, per ``pool_layers``;
 - **hybrids** (:func:`hybrid_candidates`), built after the others are ranked: every trained
-  language-model detector with the best candidate of each embedding family, and pairs of
-  embedding families at one ``pool_layers``; each with both normalisations and both combination
-  rules of :mod:`text_ood.detectors.hybrid`.
+  language-model detector with the best candidate of each embedding family, and the best
+  candidates of every two embedding families; each with both normalisations and both
+  combination rules of :mod:`text_ood.detectors.hybrid`. A hybrid's components keep their own
+  settings (e.g. a classifier on the last layer with a k-NN on the last three).
 
 :class:`CandidateScorer` scores candidates on named text sets (the ID validation texts and the
 proxy outliers for ``select``; test splits for a benchmark's analysis). Grid candidates are
@@ -126,41 +127,29 @@ def hybrid_candidates(candidates: Sequence[Candidate], criterion: dict[str, floa
     """Hybrids of the ranked candidates (module docstring); ``criterion``: label -> higher is better.
 
     Pairs: every trained language-model detector with the best candidate of each embedding family
-    (:data:`EMBEDDING_FAMILIES`), and the best of one embedding family with the best of another
-    at the same ``pool_layers`` (a hybrid's embedding components share the encoder settings).
+    (:data:`EMBEDDING_FAMILIES`), and the best candidates of every two embedding families. Each
+    component keeps its own settings (``pool_layers`` may differ): the hybrid's overrides set only
+    the ``encoder.hybrid_*`` fields, and ``select`` records every component's encoder config.
     """
-    def best(family, pool=None):
-        ranked = [c for c in candidates if c.family == family and c.label in criterion
-                  and (pool is None or _pool(c) == pool)]
-        return max(ranked, key=lambda c: criterion[c.label]) if ranked else None
+    def best(family):
+        ranked = [c for c in candidates if c.family == family and c.label in criterion]
+        return max(ranked, key=lambda c: (criterion[c.label], c.label)) if ranked else None
 
     embedding = [c for c in (best(f) for f in EMBEDDING_FAMILIES) if c is not None]
     pairs = [(lm, e) for lm in candidates if lm.family == "language model" and lm.trained
              for e in embedding]
-    seen = set()
-    for first in embedding:
-        for family in EMBEDDING_FAMILIES:
-            second = best(family, _pool(first)) if family != first.family else None
-            if second is not None and frozenset((first.label, second.label)) not in seen:
-                seen.add(frozenset((first.label, second.label)))
-                pairs.append((first, second))
+    pairs += [(a, b) for i, a in enumerate(embedding) for b in embedding[i + 1:]]
     out = []
     for first, second in pairs:
-        base = tuple(o for o in first.overrides + second.overrides if not o.startswith("encoder.hybrid_"))
         for normalisation in NORMALISATIONS:
             for combination in ("weighted_sum", "max"):
                 out.append(Candidate(
                     f"hybrid[{first.label}+{second.label};{normalisation};{combination}]", "hybrid",
-                    "hybrid", tuple(dict.fromkeys(base)) + (
-                        f"encoder.hybrid_components={first.detector},{second.detector}",
-                        f"encoder.hybrid_normalisation={normalisation}",
-                        f"encoder.hybrid_combination={combination}"),
+                    "hybrid", (f"encoder.hybrid_components={first.detector},{second.detector}",
+                               f"encoder.hybrid_normalisation={normalisation}",
+                               f"encoder.hybrid_combination={combination}"),
                     components=(first.label, second.label)))
     return out
-
-
-def _pool(candidate: Candidate) -> str | None:
-    return next((o for o in candidate.overrides if o.startswith("encoder.pool_layers=")), None)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

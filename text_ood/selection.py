@@ -95,7 +95,8 @@ def materialise(ctx, candidate: Candidate, by_label: dict[str, Candidate]):
 
 
 def select_detector(ctx, proxy_files: Sequence[str] | None = None, proxy_size: int = 0,
-                    grid: bool = True, seed: int = 0, data_root: str | None = None) -> dict:
+                    grid: bool = True, seed: int = 0, data_root: str | None = None,
+                    choose: str | None = None) -> dict:
     """Ranks every candidate by the ID-only criterion, saves the best as ``detectors/selected``.
 
     Args:
@@ -108,12 +109,14 @@ def select_detector(ctx, proxy_files: Sequence[str] | None = None, proxy_size: i
         (False: the trained detectors and hybrids of them only).
       seed: the proxy draw's seed.
       data_root: where the default corpus lives (``$SSL_DATA_DIR``).
+      choose: save this candidate (a label of the ranking) instead of the best one; recorded as
+        ``"overridden_by_user"`` in ``selection.json``.
 
     Returns:
       The ``selection.json`` document.
 
     Raises:
-      ValueError: the workdir has no trained detector.
+      ValueError: the workdir has no trained detector, or ``choose`` is not a candidate.
     """
     with open(os.path.join(ctx.workdir, "run.json")) as f:
         trained = [n for n in json.load(f).get("detectors", [])
@@ -135,8 +138,11 @@ def select_detector(ctx, proxy_files: Sequence[str] | None = None, proxy_size: i
         metrics.update({c.label: criterion(scores[c.label]) for c in hybrids})
         candidates += hybrids
     ranking = rank(candidates, metrics)
-    chosen = ranking[0]
     by_label = {c.label: c for c in candidates}
+    if choose is not None and choose not in by_label:
+        raise ValueError(f"--choose {choose!r} is not a candidate; the best five: "
+                         f"{[c.label for c in ranking[:5]]} (all in selection.json of a run without --choose)")
+    chosen = by_label[choose] if choose else ranking[0]
     detector = materialise(ctx, chosen, by_label)
     detector.name = SELECTED
     detector.save(ctx.detector_dir(SELECTED))
@@ -152,8 +158,11 @@ def select_detector(ctx, proxy_files: Sequence[str] | None = None, proxy_size: i
         "candidates": [{**c.to_dict(), **metrics[c.label]} for c in ranking],
         "selected": {**chosen.to_dict(), **metrics[chosen.label],
                      "encoder_config": to_dict(getattr(detector, "context", ctx).config.encoder),
+                     "component_encoder_configs": {c.name: to_dict(c.context.config.encoder)
+                                                   for c in getattr(detector, "components", ())},
                      "score": getattr(detector, "score_description", "mean next-token NLL")},
         "recheck": {**recheck, "max_abs_score_difference": gap},
+        "overridden_by_user": choose is not None,
     }
     write_json_atomic(os.path.join(ctx.workdir, SELECTION_FILE), document, indent=2, sort_keys=False)
     plot_selection(document, os.path.join(ctx.workdir, SELECTION_PLOT))
@@ -180,10 +189,18 @@ def selected_detector(ctx):
 
     from text_ood.config import EncoderConfig
 
+    def configured(encoder_config: dict):
+        encoder = from_dict(EncoderConfig, encoder_config)
+        return dataclasses.replace(ctx, config=dataclasses.replace(ctx.config, encoder=encoder))
+
     chosen = read_selection(ctx.workdir)["selected"]
-    encoder = from_dict(EncoderConfig, chosen["encoder_config"])
-    local = dataclasses.replace(ctx, config=dataclasses.replace(ctx.config, encoder=encoder))
-    detector = create_detector(chosen["detector"], local)
+    local = configured(chosen["encoder_config"])
+    components = chosen.get("component_encoder_configs")
+    if components:  # a hybrid whose components have their own settings
+        detector = HybridDetector(SELECTED, local, [create_detector(name, configured(config))
+                                                    for name, config in components.items()])
+    else:
+        detector = create_detector(chosen["detector"], local)
     detector.name = SELECTED
     return detector
 

@@ -203,3 +203,30 @@ def test_pooled_embeddings_come_from_the_every_layer_cache(selected_workdir, enc
     derived = EmbeddingCache(encoder, directory).embed(texts)
     np.testing.assert_allclose(derived, encoder.embed(texts), atol=1e-5)
     assert len(os.listdir(directory)) == 2  # the derived entry is cached too
+
+
+def test_a_hybrid_of_components_with_different_settings_reloads_exactly(selected_workdir, ood_data_dir,
+                                                                         corpus_file, tmp_path):
+    """--choose saves a hybrid whose k-NN pools 3 layers and whose MLKD is as trained; the registry
+    rebuilds each component with its own encoder settings."""
+    workdir = str(tmp_path / "w")
+    shutil.copytree(selected_workdir, workdir)
+    label = next(c["label"] for c in _selection(workdir)["candidates"]
+                 if c["label"].startswith("hybrid[mlkd+knn[pool=") and c["label"].endswith(";rank;max]")
+                 and "pool=1" not in c["label"])
+    assert main(["select", "--workdir", workdir, "--proxy", corpus_file, "--proxy_texts", "40",
+                 "--choose", label]) == 0
+    document = _selection(workdir)
+    assert document["selected"]["label"] == label and document["overridden_by_user"]
+    pools = {n: c["pool_layers"] for n, c in document["selected"]["component_encoder_configs"].items()}
+    assert pools["knn"] > 1 and pools["mlkd"] == 1
+    ctx = load_context(workdir, load_dataset("files", ood_data_dir))
+    reloaded = create_detector("selected", ctx).restore(ctx.detector_dir("selected"))
+    assert [c.context.config.encoder.pool_layers for c in reloaded.components] == [1, pools["knn"]]
+    assert document["recheck"]["proxy_auroc"] == pytest.approx(document["selected"]["proxy_auroc"], abs=0.02)
+    from text_ood.selection import proxy_for
+
+    proxy, _ = proxy_for(ctx, [corpus_file], 40, 0, None)
+    assert auroc(reloaded.score(ctx.dataset.id_val), reloaded.score(proxy)) == pytest.approx(
+        document["recheck"]["proxy_auroc"], abs=1e-9)
+    assert main(["select", "--workdir", workdir, "--proxy", corpus_file, "--choose", "nope"]) == 2
