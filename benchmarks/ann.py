@@ -1,7 +1,7 @@
 """ScaNN vs exact brute force on 1M x 64 clustered unit vectors: recall@10, queries/s, build, memory.
 
-    .venv/bin/python benchmarks/ann.py                         # the full run (1M items, ~10 min)
-    .venv/bin/python benchmarks/ann.py --num_items 100000      # a quick look
+    python -m benchmarks.ann                         # the full run (1M items, ~10 min)
+    python -m benchmarks.ann --num_items 100000      # a quick look
 
 Data: unit vectors drawn around a two-level hierarchy of cluster centres (topics -> sub-topics
 -> points), with power-law cluster sizes, the shape of trained item embeddings; queries come
@@ -27,7 +27,6 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import serving  # noqa: E402,F401  (Keras 2 before TensorFlow)
 
 logger = logging.getLogger("ann")

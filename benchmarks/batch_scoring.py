@@ -1,13 +1,13 @@
 """Batch OoD scoring throughput: the Beam job against the raw SavedModel call, in one run.
 
-``python benchmarks/batch_scoring.py --model EXPORT_DIR [--texts 100000] [--out runs/bench_batch_scoring]``
+``python -m benchmarks.batch_scoring --export_dir EXPORT_DIR [--texts 100000] [--output_dir runs/bench_batch_scoring]``
 
 Builds a JSONL file of ``--texts`` real English texts (CLINC150 queries, SST-2 phrases, news
 sentences and captions from ``$SSL_DATA_DIR``, cycled if needed), then measures in the same run:
 
 1. the raw call: ``serving_default`` of the SavedModel on batches of ``--batch_size`` texts, in
    file order, in this process (model load excluded, one warm-up batch);
-2. ``python -m pipelines.batch_ood_scoring`` on the file (DirectRunner, in-process; wall time of
+2. ``python -m pipelines.scoring.batch_ood_scoring`` on the file (DirectRunner, in-process; wall time of
    the whole command, including Python start-up and the model load).
 
 Reports texts/s of both and their ratio (target: the pipeline at >= 0.8x the raw call).
@@ -24,7 +24,6 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def collect_texts(data_dir: str, count: int) -> list[str]:
@@ -42,10 +41,10 @@ def collect_texts(data_dir: str, count: int) -> list[str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    parser.add_argument("--model", required=True, help="export base dir or version dir")
+    parser.add_argument("--export_dir", required=True, help="export base dir or version dir")
     parser.add_argument("--texts", type=int, default=100_000)
     parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--out", default="runs/bench_batch_scoring")
+    parser.add_argument("--output_dir", default="runs/bench_batch_scoring")
     parser.add_argument("--data_dir", default=os.environ.get("SSL_DATA_DIR", "../shared/data"))
     parser.add_argument("--beam_args", default="--runner=DirectRunner", help="extra flags for the Beam job")
     args = parser.parse_args(argv)
@@ -53,16 +52,16 @@ def main(argv=None) -> int:
     import pipelines  # noqa: F401  (Keras 2 before TensorFlow)
     import tensorflow as tf
 
-    from pipelines.batch_ood_scoring import resolve_model_dir
+    from pipelines.scoring.batch_ood_scoring import resolve_model_dir
     from serving.servable import read_meta_graph, register_custom_ops
 
-    os.makedirs(args.out, exist_ok=True)
+    os.makedirs(args.output_dir, exist_ok=True)
     texts = collect_texts(args.data_dir, args.texts)
-    input_path = os.path.join(args.out, "texts.jsonl")
+    input_path = os.path.join(args.output_dir, "texts.jsonl")
     with open(input_path, "w") as f:
         for index, text in enumerate(texts):
             f.write(json.dumps({"id": index, "text": text}) + "\n")
-    model_dir = resolve_model_dir(args.model)
+    model_dir = resolve_model_dir(args.export_dir)
     results = {"model": os.path.abspath(model_dir), "texts": len(texts), "batch_size": args.batch_size,
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_average_before": os.getloadavg()}
 
@@ -77,20 +76,20 @@ def main(argv=None) -> int:
     results["raw"] = {"seconds": raw_seconds, "texts_per_second": len(texts) / raw_seconds}
     print(json.dumps(results["raw"]), flush=True)
 
-    prefix = os.path.join(args.out, "scored", "part")
+    scored = os.path.join(args.output_dirput_dir, "scored")
     started = time.perf_counter()
-    with open(os.path.join(args.out, "pipeline.log"), "w") as log:
-        subprocess.run([sys.executable, "-m", "pipelines.batch_ood_scoring", "--model", model_dir, "--input",
-                        input_path, "--output", prefix, "--batch_size", str(args.batch_size),
+    with open(os.path.join(args.output_dir, "pipeline.log"), "w") as log:
+        subprocess.run([sys.executable, "-m", "pipelines", "batch_score", "--export_dir", model_dir, "--input",
+                        input_path, "--output_dir", scored, "--batch_size", str(args.batch_size),
                         *args.beam_args.split()], check=True, stdout=log, stderr=subprocess.STDOUT)
     pipeline_seconds = time.perf_counter() - started
-    with open(f"{prefix}-summary.json") as f:
+    with open(os.path.join(scored, "summary.json")) as f:
         summary = json.load(f)
     results["pipeline"] = {"seconds": pipeline_seconds, "texts_per_second": len(texts) / pipeline_seconds,
                            "summary": summary, "beam_args": args.beam_args}
     results["pipeline_over_raw"] = results["pipeline"]["texts_per_second"] / results["raw"]["texts_per_second"]
     results["load_average_after"] = os.getloadavg()
-    with open(os.path.join(args.out, "result.json"), "w") as f:
+    with open(os.path.join(args.output_dir, "result.json"), "w") as f:
         json.dump(results, f, indent=1)
     print(json.dumps(results, indent=1))
     return 0

@@ -29,7 +29,7 @@ Mahalanobis rows: no hybrids, no exports). Results: ``WORKDIR/results.{json,md}`
 
 Usage (about an hour on 2 shared CPU cores, most of it embedding and exporting)::
 
-  SSL_DATA_DIR=../shared/data .venv/bin/python benchmarks/clinc150_encoders.py \
+  SSL_DATA_DIR=../shared/data python -m benchmarks.clinc150_encoders \
       --workdir runs/bench_encoders --mlkd_runs runs/bench_clinc150 --seeds 0,1,2
 """
 
@@ -206,7 +206,7 @@ def _config_flags(source: str) -> list[str]:
     """``--preset`` / ``--set`` flags reproducing the training sections of ``source/config.json``."""
     with open(os.path.join(source, "config.json")) as f:
         config = json.load(f)
-    return ["--preset", config["preset"]] + [
+    return ["--preset", config.get("preset", "cpu")] + [
         x for o in _flat_overrides({k: config[k] for k in TRAIN_SECTIONS}) for x in ("--set", o)]
 
 

@@ -16,20 +16,20 @@ interrupted run keeps what finished. A seed is only started if the time left bef
 Third round (BENCHMARKS.md, issue 12): the 3-pass pre-training reused, the `cpu` preset's budget
 (5 epochs each; student with the LM term) and the paper's recipe as a student option::
 
-  SSL_DATA_DIR=../shared/data nohup .venv/bin/python benchmarks/clinc150_ood.py \
+  SSL_DATA_DIR=../shared/data nohup python -m benchmarks.clinc150_ood \
       --workdir runs/mlkd_v3 --pretrain_dir runs/pt_q4x256 --seeds 0,1,2 \
       --detectors teacher,scratch,mlkd --student_option mlkd_paper=distill.lm_weight=0 \
       > runs/mlkd_v3.log 2>&1 &
 
 Usage (CPU preset, about an hour per seed on 2 cores plus the pre-training)::
 
-  SSL_DATA_DIR=../shared/data nohup .venv/bin/python benchmarks/clinc150_ood.py \
+  SSL_DATA_DIR=../shared/data nohup python -m benchmarks.clinc150_ood \
       --workdir runs/bench_clinc150 --seeds 0,1,2 > runs/bench_clinc150.log 2>&1 &
 
 Second run (BENCHMARKS.md, "v2"): the first run's pre-training reused, a teacher fine-tuned for 8
 epochs, students and from-scratch model 8 epochs each, the student with the ground-truth LM term::
 
-  SSL_DATA_DIR=../shared/data nohup .venv/bin/python benchmarks/clinc150_ood.py \
+  SSL_DATA_DIR=../shared/data nohup python -m benchmarks.clinc150_ood \
       --workdir runs/bench_clinc150_v2 --pretrain_dir runs/bench_clinc150/pretrain --seeds 0,1,2 \
       --detectors teacher,scratch,mlkd,mlkd_no_intermediate \
       --set teacher.epochs=8 --set distill.lm_weight=1 > runs/bench_clinc150_v2.log 2>&1 &

@@ -3,11 +3,11 @@
 Stand-ins (until the real exports exist; builds a ScaNN retrieval model over 100k random unit item
 vectors with k=100 and the OoD stand-in, then serves them)::
 
-    .venv/bin/python benchmarks/serving_load.py --build_standins runs/benchmarks/standins
+    python -m benchmarks.serving_load --build_standins runs/benchmarks/standins
 
 Real exports (the project's models.config; the kind of each model picks its request generator)::
 
-    .venv/bin/python benchmarks/serving_load.py --model_config_file serving/config/models.config \\
+    python -m benchmarks.serving_load --model_config_file serving/config/models.config \\
         --models retrieval_scann:retrieval,ood:ood --history_vocab FEATURES_DIR/vocab/item_id.txt \\
         --texts_file texts.txt
 
@@ -33,7 +33,6 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 logger = logging.getLogger("serving_load")
 
@@ -122,7 +121,7 @@ def build_standins(root: str, num_items: int, k: int) -> str:
 
 
 def start_server(config: str, port: int, rest_port: int, extra: list[str], log_path: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "serving", f"--model_config_file={config}", f"--port={port}",
+    command = [sys.executable, "-m", "serving", "serve", f"--model_config_file={config}", f"--port={port}",
                f"--rest_api_port={rest_port}", "--file_system_poll_wait_seconds=30", *extra]
     logger.info("starting: %s", " ".join(command))
     return subprocess.Popen(command, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)

@@ -1,6 +1,6 @@
 """Item-embedding geometry of trained retrieval runs: does SSL spread items of one group apart?
 
-``python benchmarks/ssl_geometry.py --runs OUT/ablation/none/seed0 OUT/ablation/cfm/seed0 ... \
+``python -m benchmarks.ssl_geometry --runs OUT/ablation/none/seed0 OUT/ablation/cfm/seed0 ... \
     [--group brand] [--sample 4000]``
 
 For each run (a ``recsys_ssl train`` workdir) the best item tower embeds the whole corpus (no
@@ -21,7 +21,7 @@ miss at ``K = 100`` comes from:
   that share / do not share its group.
 
 Runs are reported as given; pass several seeds to see the spread. Prints a markdown table and writes
-it to ``--out`` (JSON) when given.
+it to ``--output_dir`` (JSON) when given.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import recsys_ssl  # noqa: E402,F401  (Keras 2 before TensorFlow)
 import numpy as np  # noqa: E402
@@ -73,7 +72,7 @@ def main(argv=None) -> int:
     parser.add_argument("--group", default="brand", help="single-valued item feature that defines a group")
     parser.add_argument("--sample", type=int, default=4000, help="items measured per slice")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", help="write the numbers as JSON here")
+    parser.add_argument("--output_dir", help="write the numbers as JSON here")
     args = parser.parse_args(argv)
     results = {run: run_geometry(run, args.group, args.sample, args.seed) for run in args.runs}
     print(f"| run | slice | items | {' | '.join(METRICS)} |")
@@ -88,8 +87,8 @@ def main(argv=None) -> int:
     for run, slices in results.items():
         cells = " | ".join(f"{slices['tail_misses'][m]:.4g}" for m in MISS_METRICS)
         print(f"| {os.path.relpath(run)} | {cells} |")
-    if args.out:
-        with open(args.out, "w") as f:
+    if args.output_dir:
+        with open(args.output_dir, "w") as f:
             json.dump({"group": args.group, "sample": args.sample, "runs": results}, f, indent=1)
     return 0
 

@@ -1,6 +1,6 @@
 """Training step time of the SSL variants against the no-SSL baseline, interleaved in one process.
 
-``python benchmarks/ssl_step_time.py --features F [--preset movielens] [--set k=v ...]``
+``python -m benchmarks.ssl_step_time --features F [--preset movielens] [--set k=v ...]``
 
 Builds one model per variant (same config except the SSL settings), warms each step function up,
 then times rounds of ``--steps`` steps per variant in turn, so that a load change on a shared
@@ -16,7 +16,6 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import recsys_ssl  # noqa: E402,F401  (Keras 2 before TensorFlow)
 import numpy as np  # noqa: E402

@@ -1,7 +1,7 @@
 """Benchmark: wall time, peak memory and realised structure of ``pipelines.synthetic`` at scale.
 
 Command (the numbers in BENCHMARKS.md):
-  .venv/bin/python benchmarks/synthetic_generation.py --num_users 200000 --num_items 200000 \
+  python -m benchmarks.synthetic_generation --num_users 200000 --num_items 200000 \
       --num_interactions 2000000
 
 Generates into a temporary directory (deleted afterwards unless ``--output_dir``), times the

@@ -7,7 +7,7 @@ exploration), on a sample of the feature pipeline's eval examples with the evalu
 cold from ``stats.json``). ``--features_only`` drops the hidden id-level appeal: what item features
 alone could reach. No model is involved: this measures the data, as a ceiling for the models.
 
-  python benchmarks/synthetic_oracle.py --data runs/lt/data --features runs/lt/features --sample 3000
+  python -m benchmarks.synthetic_oracle --data runs/lt/data --features runs/lt/features --sample 3000
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 

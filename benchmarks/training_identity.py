@@ -6,8 +6,8 @@ preset, 3 epochs, early stopping) on a small feature directory, and writes a SHA
 each model's final weights with the per-epoch validation metrics and losses. Run it against two
 checkouts and compare; equal checksums mean bitwise-identical training::
 
-  PYTHONPATH=OLD_CHECKOUT python benchmarks/training_identity.py --workdir /tmp/old --out old.json --features F
-  PYTHONPATH=NEW_CHECKOUT python benchmarks/training_identity.py --workdir /tmp/new --out new.json --features F
+  cd OLD_CHECKOUT && python -m benchmarks.training_identity --workdir /tmp/old --output_file old.json --features F
+  cd NEW_CHECKOUT && python -m benchmarks.training_identity --workdir /tmp/new --output_file new.json --features F
   diff old.json new.json   # best_epoch counts from 1 since the shared loop (core.loop)
 
 ``F``: any small feature directory (BENCHMARKS.md used the tests' synthetic one: 80 users, 60
@@ -100,12 +100,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--output_file", required=True, help="where the checksums and histories go (JSON)")
     parser.add_argument("--features", required=True)
     args = parser.parse_args(argv)
     tf.config.experimental.enable_op_determinism()
     result = {"text": text_stage(args.workdir), **recsys_runs(args.workdir, args.features)}
-    with open(args.out, "w") as f:
+    with open(args.output_file, "w") as f:
         json.dump(result, f, indent=1)
     print(json.dumps({k: v["weights"] for k, v in result.items()}))
     return 0

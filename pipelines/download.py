@@ -1,6 +1,6 @@
 """Fetches the project's real data sets from their official sources, verified by SHA-256.
 
-``python -m pipelines.download {movielens,clinc150} --data_dir DIR [--base_url URL] [--force]``
+``python -m pipelines download --datasets movielens,clinc150 [--data_dir DIR] [--base_url URL] [--force]``
 
 - ``movielens``: https://files.grouplens.org/datasets/movielens/ml-latest-small.zip, extracted to
   ``DIR/movielens/ml-latest-small/`` (ratings.csv, movies.csv, tags.csv, links.csv, README.txt).
@@ -18,22 +18,21 @@ and verified are left alone (nothing is fetched when all are) unless ``--force``
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import http.client
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 from tqdm import tqdm
 
+from core import cli
 from core.env import DATA_DIR_ENV, data_root
 
 logger = logging.getLogger(__name__)
@@ -240,42 +239,45 @@ def download(
     return list(finals.values())
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.download",
-        description="Fetch the project's real data sets from their official sources, verify SHA-256, "
-                    "and place them under the data root (movielens/ml-latest-small/, text/clinc150/).", allow_abbrev=False,
-    )
-    parser.add_argument("datasets", nargs="+", choices=sorted(DATASETS), metavar="{" + ",".join(sorted(DATASETS)) + "}",
-                        help="data set(s) to fetch")
-    parser.add_argument("--data_dir", default=data_root(),
-                        help=f"data root to write into (default: ${DATA_DIR_ENV}, currently {data_root()!r})")
-    parser.add_argument("--base_url", default=None,
-                        help="fetch <base_url>/<official file name> instead of the official URL (mirror)")
-    parser.add_argument("--force", action="store_true",
-                        help="download and replace even when the files are present and verified")
-    parser.add_argument("--timeout", type=float, default=60.0, help="socket timeout in seconds")
-    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
-    return parser
+@dataclasses.dataclass(frozen=True)
+class DownloadOptions:
+    """``python -m pipelines download``: what to fetch and where."""
+
+    datasets: tuple[str, ...] = cli.flag(f"comma-separated data sets to fetch: {','.join(sorted(DATASETS))}",
+                                         metavar="NAMES")
+    data_dir: str | None = cli.flag(f"the data root to write into (default: ${DATA_DIR_ENV}; created if missing)",
+                                    default=None, metavar="DIR")
+    base_url: str | None = cli.flag("fetch <base_url>/<official file name> instead of the official URL (mirror)",
+                                    default=None)
+    force: bool = cli.flag("download and replace even when the files are present and verified", default=False)
+    timeout: float = cli.flag("socket timeout in seconds", default=60.0)
+    progress: bool = cli.flag("show a progress bar", default=True)
+
+    def __post_init__(self):
+        unknown = [d for d in self.datasets if d not in DATASETS]
+        if unknown or not self.datasets:
+            raise ValueError(f"--datasets: unknown {unknown or 'none given'}; valid: {sorted(DATASETS)}")
+        if self.timeout <= 0:
+            raise ValueError(f"--timeout must be > 0, received {self.timeout}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; returns the process exit code (1 when any data set failed)."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if not args.data_dir:
-        parser.error(f"--data_dir is required when ${DATA_DIR_ENV} is not set")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def command(options: DownloadOptions) -> int:
+    """Fetches every data set; exit 1 when any failed (the others are still fetched)."""
+    root = data_root(options.data_dir)
+    if not root:
+        raise cli.UsageError(f"--data_dir is required when ${DATA_DIR_ENV} is not set")
     failed = []
-    for name in dict.fromkeys(args.datasets):
+    for name in dict.fromkeys(options.datasets):
         try:
-            download(name, args.data_dir, base_url=args.base_url, force=args.force,
-                     timeout=args.timeout, progress=not args.no_progress)
+            download(name, root, base_url=options.base_url, force=options.force,
+                     timeout=options.timeout, progress=options.progress)
         except (DownloadError, OSError) as error:
             logger.error("%s: %s", name, error)
             failed.append(name)
     return 1 if failed else 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+COMMAND = cli.Command(
+    "download", DownloadOptions, command,
+    help="fetch MovieLens / CLINC150 from their official sources, verified by SHA-256",
+    description=__doc__, renamed={"--no_progress": "--progress=false"})

@@ -1,6 +1,6 @@
 """The main job: the whole system end to end on the bundled defaults.
 
-``python -m pipelines.main_job [--workdir runs/main] [--schedule default|smoke]``
+``python -m pipelines main_job [--workdir runs/main] [--preset default|smoke]``
 
 Steps (each is the project's own command, run as a subprocess with its log in
 ``WORKDIR/logs/<step>.log``; a finished step is skipped when the job is re-run):
@@ -9,22 +9,22 @@ Steps (each is the project's own command, run as a subprocess with its log in
 2. CFM two-tower training (early stopping on validation), 3. evaluation, 4. ScaNN export
 5. the TF-Serving-compatible server on the export, queried over REST for a few users
 6. CLINC150: tokenizer + general-English LM pre-training, 7. teacher fine-tuning, from-scratch
-   LM and MLKD distillation, and the all-MiniLM-L6-v2 k-NN detector, 8. ``text_ood select``: the
-   detector to deploy, chosen without OoD data (k-NN, a hybrid, or an LM), 9. evaluation of
-   every detector, 10. export of the selected detector
+   LM and MLKD distillation, and (``default``) the all-MiniLM-L6-v2 k-NN detector,
+   8. ``text_ood select``: the detector to deploy, chosen without OoD data (k-NN, a hybrid, or an
+   LM), 9. evaluation of every detector, 10. export of the selected detector
 11. batch scoring (Beam RunInference) of the CLINC150 test texts with that export
 12. a printed summary: recall table, OoD metrics (the selected detector beside teacher, from
     scratch and MLKD), where the artefacts and plots are.
 
-``default`` fits in about 20 minutes on a 2-core CPU (short schedules, not the benchmark's);
-``smoke`` (tiny models, a few steps) checks the wiring in about 3 minutes. Data comes from
-``$SSL_DATA_DIR`` (or ``--data_dir``).
+The presets (``pipelines/presets.py``, with their measured cost): ``default`` (short schedules,
+not the benchmarks'), ``smoke`` (tiny models, a few steps: checks the wiring in about 3 minutes).
+Data comes from ``$SSL_DATA_DIR`` (or ``--data_dir``).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
+import dataclasses
 import glob
 import json
 import logging
@@ -34,33 +34,12 @@ import sys
 import time
 import urllib.request
 
-from core.env import data_root
+from core import cli
 from core.net import free_port
+from pipelines.presets import MAIN_JOB_PRESETS, MainJobPreset, main_job_preset
+from pipelines.scoring.batch_ood_scoring import SCORES_PREFIX, SUMMARY_FILE, read_summary
 
 logger = logging.getLogger("main_job")
-
-SCHEDULES = {
-    "default": {
-        "recsys": ["--preset", "movielens", "--set", "train.epochs=4"],
-        "text_preset": "cpu",
-        "pretrain": ["--set", "pretrain.max_steps=600", "--set", "tokenizer.max_sentences=60000"],
-        "train": ["--set", "teacher.epochs=1", "--set", "scratch.epochs=1", "--set", "student.epochs=1"],
-        "select": ["--no_grid", "--proxy_texts", "1000"],
-        "encoder": True,
-        "corpus_lines": 0,
-    },
-    "smoke": {
-        "recsys": ["--preset", "tiny", "--set", "train.batch_size=256", "--set", "train.train_fraction=0.1",
-                   "--set", "train.epochs=1", "--set", "train.checkpoint_every_steps=1000"],
-        "text_preset": "tiny",
-        "pretrain": [],
-        "train": [],
-        "select": ["--no_grid", "--proxy_texts", "200"],
-        "encoder": False,  # MiniLM over 15k texts would double the smoke run; the LMs are ranked
-        "corpus_lines": 3000,
-    },
-}
-
 
 class StepFailed(RuntimeError):
     pass
@@ -69,9 +48,10 @@ class StepFailed(RuntimeError):
 class MainJob:
     """Runs the steps in order, skipping those whose outputs exist (see the module docstring)."""
 
-    def __init__(self, workdir: str, data_dir: str, schedule: str):
-        self.workdir, self.data_dir, self.schedule = os.path.abspath(workdir), data_dir, SCHEDULES[schedule]
-        self.schedule_name = schedule
+    def __init__(self, workdir: str, data_dir: str, preset: str):
+        self.workdir, self.data_dir = os.path.abspath(workdir), data_dir
+        self.preset: MainJobPreset = main_job_preset(preset)
+        self.preset_name = preset
         self.python = sys.executable
         self.paths = {name: os.path.join(self.workdir, name) for name in (
             "features", "recsys", "exports/retrieval", "text_pretrain", "text_train", "exports/ood", "scored", "logs",
@@ -100,11 +80,12 @@ class MainJob:
     def recommendation(self) -> dict:
         p = self.paths
         movielens = os.path.join(self.data_dir, "movielens", "ml-latest-small")
-        self.run_step("features", [self.python, "-m", "pipelines.recsys_features", "--input_format", "movielens",
-                                   "--data_dir", movielens, "--output_dir", p["features"], "--split", "user_time",
+        self.run_step("features", [self.python, "-m", "pipelines", "features", "--input_format", "movielens",
+                                   "--input", movielens, "--output_dir", p["features"], "--split", "user_time",
                                    "--runner=DirectRunner"], os.path.join(p["features"], "stats.json"))
         self.run_step("recsys_train", [self.python, "-m", "recsys_ssl", "train", "--features", p["features"],
-                                       "--workdir", p["recsys"], "--set", "ssl.method=cfm", *self.schedule["recsys"]],
+                                       "--workdir", p["recsys"], "--preset", self.preset.recsys_preset,
+                                       *_set_flags(self.preset.recsys_overrides)],
                       os.path.join(p["recsys"], "train_summary.json"))
         self.run_step("recsys_evaluate", [self.python, "-m", "recsys_ssl", "evaluate", "--workdir", p["recsys"]],
                       os.path.join(p["recsys"], "eval.json"))
@@ -121,7 +102,7 @@ class MainJob:
 
         rest_port, grpc_port = free_port(), free_port()
         log = open(os.path.join(self.paths["logs"], "server.log"), "w")
-        server = subprocess.Popen([self.python, "-m", "serving", "--model_name", "retrieval", "--model_base_path",
+        server = subprocess.Popen([self.python, "-m", "serving", "serve", "--model_name", "retrieval", "--model_base_path",
                                    self.paths["exports/retrieval"], "--rest_api_port", str(rest_port), "--port",
                                    str(grpc_port)], stdout=log, stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{rest_port}/v1/models/retrieval"
@@ -179,43 +160,42 @@ class MainJob:
     def text_ood(self) -> dict:
         p = self.paths
         corpus = self.pretraining_corpus()
-        preset = self.schedule["text_preset"]
-        self.run_step("text_pretrain", [self.python, "-m", "text_ood", "pretrain", "--corpus", *corpus, "--workdir",
-                                        p["text_pretrain"], "--dataset", "clinc150", "--data_dir", self.data_dir,
-                                        "--preset", preset, *self.schedule["pretrain"]],
+        preset = self.preset.text_preset
+        self.run_step("text_pretrain", [self.python, "-m", "text_ood", "pretrain", "--corpus", ",".join(corpus),
+                                        "--workdir", p["text_pretrain"], "--dataset", "clinc150", "--data_dir",
+                                        self.data_dir, "--preset", preset, *_set_flags(self.preset.pretrain_overrides)],
                       os.path.join(p["text_pretrain"], "pretrain", "done.json"))
         detectors, encoder_flags = "teacher,scratch,mlkd", []
-        if self.schedule["encoder"]:  # the sentence-encoder k-NN (and hybrids with it) become candidates
+        if self.preset.encoder:  # the sentence-encoder k-NN (and hybrids with it) become candidates
             detectors += ",knn"
             encoder_flags = ["--encoder", os.path.join(self.data_dir, "models", "all-MiniLM-L6-v2")]
         self.run_step("text_train", [self.python, "-m", "text_ood", "train", "--dataset", "clinc150", "--data_dir",
                                      self.data_dir, "--workdir", p["text_train"], "--teacher", p["text_pretrain"],
                                      *encoder_flags, "--preset", preset, "--detectors", detectors,
-                                     *self.schedule["train"]],
+                                     *_set_flags(self.preset.train_overrides)],
                       os.path.join(p["text_train"], "detectors", detectors.rsplit(",", 1)[-1], "detector.json"))
         # The detector to deploy, chosen without OoD data; `export` exports it by default.
         self.run_step("text_select", [self.python, "-m", "text_ood", "select", "--workdir", p["text_train"],
-                                      *self.schedule["select"]], os.path.join(p["text_train"], "selection.json"))
+                                      *self.preset.select_flags], os.path.join(p["text_train"], "selection.json"))
         self.run_step("text_evaluate", [self.python, "-m", "text_ood", "evaluate", "--workdir", p["text_train"]],
                       os.path.join(p["text_train"], "eval.json"))
         self.run_step("text_export", [self.python, "-m", "text_ood", "export", "--workdir", p["text_train"],
                                       "--export_dir", p["exports/ood"]], os.path.join(p["exports/ood"], "1"))
         test_file = self.clinc_test_file()
-        prefix = os.path.join(p["scored"], "clinc150_test")
-        self.run_step("batch_scoring", [self.python, "-m", "pipelines.batch_ood_scoring", "--model", p["exports/ood"],
-                                        "--input", test_file, "--output", prefix, "--runner=DirectRunner"],
-                      f"{prefix}-summary.json")
+        self.run_step("batch_scoring", [self.python, "-m", "pipelines", "batch_score", "--export_dir", p["exports/ood"],
+                                        "--input", test_file, "--output_dir", p["scored"], "--runner=DirectRunner"],
+                      os.path.join(p["scored"], SUMMARY_FILE))
         with open(os.path.join(p["text_train"], "eval.json")) as f:
             evaluation = json.load(f)
         with open(os.path.join(p["text_train"], "selection.json")) as f:
             selection = json.load(f)
-        return {"eval": evaluation, "selection": selection, "batch": self.batch_metrics(prefix)}
+        return {"eval": evaluation, "selection": selection, "batch": self.batch_metrics(p["scored"])}
 
     def pretraining_corpus(self) -> list[str]:
         from text_ood.data import default_corpus
 
         files = default_corpus(self.data_dir)
-        lines = self.schedule["corpus_lines"]
+        lines = self.preset.corpus_lines
         if not lines:
             return files
         os.makedirs(self.paths["data"], exist_ok=True)
@@ -243,17 +223,18 @@ class MainJob:
         return path
 
     @staticmethod
-    def batch_metrics(prefix: str) -> dict:
+    def batch_metrics(scored_dir: str) -> dict:
+        """OoD metrics of the batch job's scores (ground truth kept in each record) and its summary."""
         import numpy as np
 
         from text_ood.metrics import aupr_in, aupr_out, auroc, far95
 
-        rows = [json.loads(line) for path in glob.glob(f"{prefix}-0*.jsonl") for line in open(path)]
+        rows = [json.loads(line) for path in glob.glob(os.path.join(scored_dir, f"{SCORES_PREFIX}-*.jsonl"))
+                for line in open(path)]
         labels = np.array([r["ground_truth_ood"] for r in rows], dtype=bool)
         scores = np.array([r["ood_score"] for r in rows])
         id_scores, ood_scores = scores[~labels], scores[labels]
-        with open(f"{prefix}-summary.json") as f:
-            summary = json.load(f)
+        summary = read_summary(scored_dir)
         return {"summary": summary, "auroc": auroc(id_scores, ood_scores), "aupr_out": aupr_out(id_scores, ood_scores),
                 "aupr_in": aupr_in(id_scores, ood_scores), "far95": far95(id_scores, ood_scores),
                 "flagged_ood_precision": float(labels[np.array([r["is_ood"] for r in rows])].mean())
@@ -261,11 +242,11 @@ class MainJob:
 
     # -- summary -----------------------------------------------------------------------------
     def summary(self, recommendation: dict, text: dict, seconds: float) -> str:
-        caveat = ("NOTE: smoke schedule: tiny models trained for a few steps check that every step runs; the "
-                  "numbers below are NOT quality figures (BENCHMARKS.md has those)." if self.schedule_name == "smoke"
+        caveat = ("NOTE: smoke preset: tiny models trained for a few steps check that every step runs; the "
+                  "numbers below are NOT quality figures (BENCHMARKS.md has those)." if self.preset_name == "smoke"
                   else "NOTE: short schedules (a demo of the whole system in ~20 minutes); the benchmark-quality "
                        "numbers are in BENCHMARKS.md.")
-        lines = ["", "=" * 78, f"Main job ({self.schedule_name} schedule) finished in {seconds / 60:.1f} min", "=" * 78,
+        lines = ["", "=" * 78, f"Main job ({self.preset_name} preset) finished in {seconds / 60:.1f} min", "=" * 78,
                  caveat, "", "Retrieval (MovieLens ml-latest-small, user_time split, CFM two-tower, exact recall, eval split):",
                  f"  {'slice':<8} {'examples':>9} {'R@10':>8} {'R@50':>8} {'R@100':>8}"]
         for name, metrics in recommendation["eval"]["metrics"].items():
@@ -313,27 +294,33 @@ def _detector_rows(evaluation: dict):
             yield name, metrics
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.main_job", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
-    parser.add_argument("--workdir", default="runs/main")
-    parser.add_argument("--data_dir", default=None, help="data root (default: $SSL_DATA_DIR)")
-    parser.add_argument("--schedule", choices=sorted(SCHEDULES), default="default")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
-    data_dir = data_root(args.data_dir)
-    if not data_dir or not os.path.isdir(os.path.join(data_dir, "movielens")):
-        logger.error("no data: pass --data_dir or set $SSL_DATA_DIR to the data root (with movielens/ and text/); "
-                     "`python -m pipelines.download movielens clinc150 --data_dir DIR` fetches them")
-        return 2
-    job = MainJob(args.workdir, data_dir, args.schedule)
+def _set_flags(overrides) -> list[str]:
+    return [flag for override in overrides for flag in ("--set", override)]
+
+
+@dataclasses.dataclass(frozen=True)
+class MainJobOptions:
+    """``python -m pipelines main_job``: the whole system end to end."""
+
+    workdir: str = cli.flag("where every step writes (a re-run skips finished steps)", default="runs/main",
+                            metavar="DIR")
+    data_dir: str | None = cli.data_dir_flag()
+    preset: str = cli.preset_flag(sorted(MAIN_JOB_PRESETS), "default")
+
+
+def command(options: MainJobOptions) -> int:
+    """Runs every step, then prints and writes the summary (``WORKDIR/summary.txt``)."""
+    data_dir = cli.resolve_data_dir(options.data_dir)
+    if not os.path.isdir(os.path.join(data_dir, "movielens")):
+        raise cli.UsageError(f"no data under {data_dir}: the data root needs movielens/ and text/; "
+                             "`python -m pipelines download --datasets movielens,clinc150 --data_dir DIR` fetches them")
+    job = MainJob(options.workdir, data_dir, options.preset)
     started = time.time()
     try:
         recommendation = job.recommendation()
         text = job.text_ood()
     except StepFailed as error:
-        logger.error("%s", error)
-        return 1
+        raise cli.JobError(str(error)) from None
     report = job.summary(recommendation, text, time.time() - started)
     with open(os.path.join(job.workdir, "summary.txt"), "w") as f:
         f.write(report + "\n")
@@ -341,5 +328,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+COMMAND = cli.Command("main_job", MainJobOptions, command,
+                      help="the whole system end to end on the bundled defaults, with a printed summary",
+                      description=__doc__, renamed={"--schedule": "--preset"})

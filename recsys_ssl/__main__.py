@@ -1,64 +1,54 @@
-"""Command line: ``python -m recsys_ssl {train,evaluate,ablate,export} ...`` (see ``--help`` of each)."""
+"""``python -m recsys_ssl <command>``: two-tower retrieval with SSL regularisation (RFM / CFM).
+
+Commands (each has ``--help``):
+
+  train     train a model into a workdir (resumes if it has checkpoints)
+  evaluate  recall@K of the best model on a held-out split -> eval.json, plots
+  ablate    does SSL help on this data? methods x seeds x data fractions, alpha tuned on validation
+  export    a versioned SavedModel: raw query features -> top-k items (brute force or ScaNN)
+  memory    what the embedding tables (+ optimizer slots) and the item corpus of a config will cost
+
+Typical run (MovieLens, features from ``python -m pipelines features``)::
+
+  python -m recsys_ssl train --features runs/ml/features --workdir runs/ml/cfm --preset movielens
+  python -m recsys_ssl evaluate --workdir runs/ml/cfm
+  python -m recsys_ssl export --workdir runs/ml/cfm --export_dir exports/retrieval --index scann
+
+Config presets (with the command each was measured with and its cost): ``recsys_ssl/config.py``.
+"""
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import logging
 import sys
+from typing import Literal
 
 import recsys_ssl  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from core import cli
+from core import config as dataclass_config
 from recsys_ssl import ablation as ablation_lib
 from recsys_ssl import config as config_lib
-from core import config as dataclass_config
+
+logger = logging.getLogger("recsys_ssl")
+
+STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m recsys_ssl", allow_abbrev=False,
-                                     description="Two-tower retrieval with SSL regularisation (RFM / CFM).")
-    commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train a model into a workdir (resumes if it has checkpoints)",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
-    train.add_argument("--features", required=True, help="feature-pipeline output directory")
-    train.add_argument("--workdir", required=True)
-    train.add_argument("--preset", default="movielens", choices=sorted(config_lib.PRESETS))
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="config override, e.g. ssl.method=rfm (repeatable)")
-    train.add_argument("--strategy", default="default", choices=["default", "mirrored", "multi_worker_mirrored"],
-                       help="tf.distribute strategy (multi_worker_mirrored reads TF_CONFIG)")
-    evaluate = commands.add_parser("evaluate", help="recall@K of the best model on the eval split -> eval.json",
-                                   allow_abbrev=False)
-    evaluate.add_argument("--workdir", required=True)
-    evaluate.add_argument("--split", default="eval", choices=["eval", "validation"])
-    ablate = commands.add_parser(
-        "ablate", help="does SSL help on this data? methods x seeds x data fractions, alpha tuned on validation",
-        description=ablation_lib.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    ablate.add_argument("--features", required=True, help="feature-pipeline output directory")
-    ablate.add_argument("--out", required=True, help="output directory (runs, ablation.json/.md/.png); resumable")
-    ablate.add_argument("--methods", default="none,dropout,rfm,cfm",
-                        help="comma-separated: none (required baseline), dropout (whole-feature dropout views), "
-                             "rfm, cfm (default: %(default)s)")
-    ablate.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE[,KEY=VALUE]",
-                        help="an extra method, e.g. cfm_example=ssl.method=cfm,ssl.mask_granularity=example")
-    ablate.add_argument("--versus", action="append", default=[], metavar="A:B",
-                        help="also report method A minus method B (paired bootstrap), e.g. cfm:rfm (repeatable)")
-    ablate.add_argument("--seeds", type=int, default=3, help="seeds per method (0..N-1) (default: %(default)s)")
-    ablate.add_argument("--fractions", default="1", help="training-data fractions, e.g. 0.25,0.5,1 (default: 1)")
-    ablate.add_argument("--alphas", default="0.03,0.1,0.3,1.0",
-                        help="ssl.weight grid tuned on the validation split with seed 0 (default: %(default)s)")
-    ablate.add_argument("--tune_metric", default="overall", choices=["overall", "tail"],
-                        help="validation recall@100 slice that picks alpha (default: %(default)s)")
-    ablate.add_argument("--preset", default="movielens", choices=sorted(config_lib.PRESETS))
-    ablate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override for every run (repeatable)")
-    export = commands.add_parser("export", help="versioned SavedModel: raw query features -> top-k items",
-                                 allow_abbrev=False)
-    export.add_argument("--workdir", required=True)
-    export.add_argument("--export_dir", required=True)
-    export.add_argument("--index", default="brute_force", choices=["brute_force", "scann"])
-    export.add_argument("--k", type=int, default=100)
-    return parser
+def _config(preset: str, overrides) -> config_lib.Config:
+    return dataclass_config.apply_overrides(config_lib.preset(preset), overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+    features: str = cli.features_flag()
+    workdir: str = cli.workdir_flag("where config.json, run.json, checkpoints, best/ and TensorBoard logs go "
+                                    "(re-running resumes)")
+    preset: str = cli.preset_flag(sorted(config_lib.PRESETS), "movielens")
+    overrides: tuple[str, ...] = cli.overrides_flag()
+    strategy: Literal["default", "mirrored", "multi_worker_mirrored"] = cli.flag(
+        "tf.distribute strategy (multi_worker_mirrored reads TF_CONFIG)", default="default")
 
 
 def make_strategy(name: str):
@@ -71,33 +61,128 @@ def make_strategy(name: str):
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    try:
-        if args.command == "train":
-            from recsys_ssl.train import Trainer
+def train_command(options: TrainOptions) -> int:
+    from recsys_ssl.train import Trainer
 
-            config = dataclass_config.apply_overrides(config_lib.preset(args.preset), args.overrides)
-            summary = Trainer(args.features, args.workdir, config, make_strategy(args.strategy)).run()
-            logging.info("training finished: %s", json.dumps({k: v for k, v in summary.items() if k != "history"}))
-        elif args.command == "evaluate":
-            from recsys_ssl.evaluate import evaluate
-
-            result = evaluate(args.workdir, args.split)
-            print(json.dumps(result["metrics"], indent=1))
-        elif args.command == "ablate":
-            dataclass_config.apply_overrides(config_lib.preset(args.preset), args.overrides)  # fail early
-            return ablation_lib.main_ablate(args)
-        elif args.command == "export":
-            from recsys_ssl.export import export
-
-            path = export(args.workdir, args.export_dir, args.index, args.k)
-            print(path)
-    except (ValueError, FileNotFoundError) as error:
-        logging.error("%s", error)
-        return 2
+    config = _config(options.preset, options.overrides)
+    summary = Trainer(options.features, options.workdir, config, make_strategy(options.strategy)).run()
+    logger.info("training finished: %s", json.dumps({k: v for k, v in summary.items() if k != "history"}))
     return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateOptions:
+    workdir: str = cli.workdir_flag("a `train` workdir", must_exist=True)
+    split: Literal["eval", "validation"] = cli.flag("the held-out split to score", default="eval")
+
+
+def evaluate_command(options: EvaluateOptions) -> int:
+    from recsys_ssl.evaluate import evaluate
+
+    result = evaluate(options.workdir, options.split)
+    print(json.dumps(result["metrics"], indent=1))
+    return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class AblateOptions:
+    features: str = cli.features_flag()
+    output_dir: str = cli.output_dir_flag("where the runs and ablation.json / .md / .png go (resumable)")
+    methods: tuple[str, ...] = cli.flag(
+        "comma-separated methods: none (required baseline), dropout (whole-feature dropout views), rfm, cfm",
+        default=("none", "dropout", "rfm", "cfm"))
+    variant: tuple[str, ...] = cli.flag(
+        "an extra method, e.g. cfm_example=ssl.method=cfm,ssl.mask_granularity=example (repeatable)",
+        default=(), repeat=True, metavar="NAME=KEY=VALUE[,KEY=VALUE]")
+    versus: tuple[str, ...] = cli.flag(
+        "also report method A minus method B (paired bootstrap), e.g. cfm:rfm (repeatable)",
+        default=(), repeat=True, metavar="A:B")
+    seeds: tuple[int, ...] = cli.seeds_flag()
+    fractions: tuple[float, ...] = cli.flag("training-data fractions, e.g. 0.25,0.5,1", default=(1.0,))
+    alphas: tuple[float, ...] = cli.flag("ssl.weight grid tuned on the validation split with seed 0",
+                                         default=(0.03, 0.1, 0.3, 1.0))
+    tune_metric: Literal["overall", "tail"] = cli.flag(
+        "validation recall@100 slice that picks alpha", default="overall")
+    preset: str = cli.preset_flag(sorted(config_lib.PRESETS), "movielens")
+    overrides: tuple[str, ...] = cli.overrides_flag()
+
+    def __post_init__(self):
+        if not self.seeds or not self.fractions or not self.alphas:
+            raise ValueError("--seeds, --fractions and --alphas must not be empty")
+
+
+def ablate_command(options: AblateOptions) -> int:
+    _config(options.preset, options.overrides)  # fail before any run
+    try:
+        ablation_lib.parse_pairs(options.versus, ablation_lib.parse_methods(",".join(options.methods), options.variant))
+    except ValueError as error:
+        raise cli.UsageError(str(error)) from None
+    return ablation_lib.main_ablate(options)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportOptions:
+    workdir: str = cli.workdir_flag("a `train` workdir", must_exist=True)
+    export_dir: str = cli.export_dir_flag("writes EXPORT_DIR/<next version>/ (atomically)")
+    index: Literal["brute_force", "scann"] = cli.flag(
+        "brute_force (plain TF ops: loads in stock TF Serving) or scann (needs this project's server)",
+        default="brute_force")
+    k: int = cli.flag("items returned per query", default=100)
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise ValueError(f"--k must be >= 1, received {self.k}")
+
+
+def export_command(options: ExportOptions) -> int:
+    from recsys_ssl.export import export
+
+    print(export(options.workdir, options.export_dir, options.index, options.k))
+    return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryOptions:
+    features: str = cli.features_flag()
+    preset: str = cli.preset_flag(sorted(config_lib.PRESETS), "movielens")
+    overrides: tuple[str, ...] = cli.overrides_flag()
+
+
+def memory_command(options: MemoryOptions) -> int:
+    from recsys_ssl import memory
+    from recsys_ssl import schema as fs
+    from recsys_ssl.data import read_vocabularies
+
+    config = _config(options.preset, options.overrides)
+    schema = fs.FeatureSchema.load(options.features)
+    sizes = {name: len(values) for name, values in
+             read_vocabularies(options.features, schema, config.model.min_count).items()}
+    report = memory.memory_report(schema, sizes, config)
+    print(memory.markdown(report))
+    print(json.dumps(report))
+    return 0
+
+
+COMMANDS = (
+    cli.Command("train", TrainOptions, train_command,
+                help="train a model into a workdir (resumes if it has checkpoints)"),
+    cli.Command("evaluate", EvaluateOptions, evaluate_command,
+                help="recall@K of the best model on a held-out split -> eval.json, recall_at_k.png"),
+    cli.Command("ablate", AblateOptions, ablate_command,
+                help="does SSL help on this data? methods x seeds x data fractions, alpha tuned on validation",
+                description=ablation_lib.__doc__),
+    cli.Command("export", ExportOptions, export_command,
+                help="versioned SavedModel: raw query features -> top-k items"),
+    cli.Command("memory", MemoryOptions, memory_command,
+                help="memory of the embedding tables (+ optimizer slots) and the item corpus of a config",
+                description="Prints, for the config (--preset, --set) on the feature directory's vocabularies, every "
+                            "embedding table's rows and MiB with and without the optimizer's slots, and the item "
+                            "corpus (markdown, then JSON). What is and is not counted: recsys_ssl/memory.py."),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run_commands("python -m recsys_ssl", __doc__, COMMANDS, argv)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ For every data fraction and method: SSL methods first tune alpha (``ssl.weight``
 grid on the **validation** split with seed 0 (the eval split is never looked at while choosing);
 then the chosen alpha (and ``none``) is trained with every seed and evaluated on the eval split.
 Every run is ``python -m recsys_ssl train`` + ``evaluate`` in a subprocess, in
-``OUT/f<fraction>/<method>/alpha<a>/seed<k>/``; a finished run is never repeated, so an interrupted
+``OUTPUT_DIR/f<fraction>/<method>/alpha<a>/seed<k>/``; a finished run is never repeated, so an interrupted
 ablation resumes where it stopped. After every run ``OUT/ablation.json``, ``OUT/ablation.md``
 (mean ± std over seeds of recall@{10,50,100} per slice: overall / head / tail / cold; paired
 per-user bootstrap 95% intervals of each method's difference to ``none``, and of method A minus
@@ -12,8 +12,8 @@ method B for every ``--versus A:B``) and ``OUT/ablation.png`` are rewritten from
 
 Example::
 
-  python -m recsys_ssl ablate --features runs/features --out runs/ablation \\
-      --methods none,dropout,rfm,cfm --seeds 3 --fractions 0.25,0.5,1 --preset movielens --versus cfm:rfm
+  python -m recsys_ssl ablate --features runs/features --output_dir runs/ablation \\
+      --methods none,dropout,rfm,cfm --seeds 0,1,2 --fractions 0.25,0.5,1 --preset movielens --versus cfm:rfm
 """
 
 from __future__ import annotations
@@ -120,17 +120,17 @@ def _format_alpha(alpha: float) -> str:
 class Ablation:
     """Runs and reports one ablation (see the module docstring)."""
 
-    def __init__(self, features: str, out: str, methods: dict[str, tuple[str, ...]], seeds: int,
+    def __init__(self, features: str, out: str, methods: dict[str, tuple[str, ...]], seeds: Sequence[int],
                  fractions: Sequence[float], alphas: Sequence[float], preset: str, overrides: Sequence[str],
                  tune_metric: str = "overall", pairs: Sequence[tuple[str, str]] = ()):
-        if seeds < 1 or not fractions or not alphas:
-            raise ValueError("--seeds must be >= 1 and --fractions / --alphas non-empty")
+        if not seeds or not fractions or not alphas:
+            raise ValueError("--seeds, --fractions and --alphas must not be empty")
         if any(not 0 < f <= 1 for f in fractions):
             raise ValueError(f"fractions must be in (0, 1], received {list(fractions)}")
         if tune_metric not in ("overall", "tail"):
             raise ValueError(f"tune_metric must be overall or tail, received {tune_metric!r}")
         self.features, self.out, self.methods = features, out, methods
-        self.seeds, self.fractions, self.alphas = list(range(seeds)), list(fractions), list(alphas)
+        self.seeds, self.fractions, self.alphas = list(seeds), list(fractions), list(alphas)
         self.preset, self.overrides, self.tune_metric = preset, list(overrides), tune_metric
         self.pairs = list(pairs)
         self.document = {"features": os.path.abspath(features), "preset": preset, "overrides": self.overrides,
@@ -335,14 +335,12 @@ def plot(document: dict, path: str) -> None:
 
 
 def main_ablate(args) -> int:
-    """The ``ablate`` command (arguments parsed by ``recsys_ssl.__main__``)."""
-    methods = parse_methods(args.methods, args.variant)
+    """The ``ablate`` command (``recsys_ssl.__main__.AblateOptions``)."""
+    methods = parse_methods(",".join(args.methods), args.variant)
     pairs = parse_pairs(args.versus, methods)
-    fractions = [float(f) for f in args.fractions.split(",")]
-    alphas = [float(a) for a in args.alphas.split(",")]
-    ablation = Ablation(args.features, args.out, methods, args.seeds, fractions, alphas, args.preset,
-                        args.overrides, args.tune_metric, pairs)
+    ablation = Ablation(args.features, args.output_dir, methods, args.seeds, args.fractions, args.alphas,
+                        args.preset, args.overrides, args.tune_metric, pairs)
     ablation.run()
-    logging.info("ablation written to %s (ablation.json, ablation.md, ablation.png)", args.out)
+    logging.info("ablation written to %s (ablation.json, ablation.md, ablation.png)", args.output_dir)
     print(markdown(ablation.document))
     return 0

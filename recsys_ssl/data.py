@@ -60,14 +60,7 @@ class FeatureSet:
     @classmethod
     def load(cls, features_dir: str, max_values: int = 16, min_count: int = 1) -> "FeatureSet":
         schema = fs.FeatureSchema.load(features_dir)
-        vocabularies = {}
-        for feature in schema.item_features + schema.query_features:
-            if feature.vocab_name in vocabularies:
-                continue
-            values, counts = fs.read_vocab(feature.vocab_path(features_dir))
-            if feature.vocab_name != fs.ITEM_ID:  # every corpus item keeps its id
-                values = [v for v, c in zip(values, counts) if c >= min_count]
-            vocabularies[feature.vocab_name] = values
+        vocabularies = read_vocabularies(features_dir, schema, min_count)
         item_ids = np.array(vocabularies[fs.ITEM_ID], dtype=object)
         with open(os.path.join(features_dir, fs.STATS_FILE)) as f:
             stats = json.load(f)
@@ -127,6 +120,20 @@ class FeatureSet:
         for key in (fs.USER_ID, fs.ITEM_ID, fs.HISTORY):
             result[key] = np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(result[key])
         return result
+
+
+def read_vocabularies(features_dir: str, schema: fs.FeatureSchema, min_count: int = 1) -> dict[str, list[str]]:
+    """Vocab name -> values of every item and query feature (``model.min_count`` applied; every
+    corpus item keeps its id)."""
+    vocabularies = {}
+    for feature in schema.item_features + schema.query_features:
+        if feature.vocab_name in vocabularies:
+            continue
+        values, counts = fs.read_vocab(feature.vocab_path(features_dir))
+        if feature.vocab_name != fs.ITEM_ID:
+            values = [v for v, c in zip(values, counts) if c >= min_count]
+        vocabularies[feature.vocab_name] = values
+    return vocabularies
 
 
 def _corpus_feature_ids(features_dir, schema, vocabularies, item_ids, max_values) -> dict[str, np.ndarray]:

@@ -24,7 +24,7 @@ from recsys_ssl.augment import FeatureMasking, drop_values
 from recsys_ssl.config import Config
 from recsys_ssl.data import FIRST_ID, FeatureSet
 from recsys_ssl.losses import info_nce, retrieval_task
-from recsys_ssl.towers import CorpusHistoryEncoder, ItemTower, QueryTower
+from recsys_ssl.towers import CorpusHistoryEncoder, ItemTower, QueryTower, hash_item_ids, string_lookup
 
 
 def feature_affinity(feature_set: FeatureSet, affinity: str) -> np.ndarray:
@@ -51,13 +51,23 @@ class SSLTwoTowerModel(tfrs.Model):
         self.item_feature_names = schema.item_feature_names
         self.multivalent = [f.multivalent for f in schema.item_features]
         self.num_items = feature_set.num_items
+        tower_features = [(f.name, len(feature_set.vocabularies[f.vocab_name]), f.multivalent)
+                          for f in schema.item_features]
+        corpus_ids = dict(feature_set.item_feature_ids)
+        if config.model.item_id_buckets:
+            # The item_id feature becomes hashed ids (hashes > 1: a "multivalent" feature whose values
+            # the tower averages); SSL dropout still sees item_id as single-valued (self.multivalent).
+            hashes = config.model.item_id_hashes
+            tower_features = [(name, config.model.item_id_buckets, hashes > 1) if name == fs.ITEM_ID
+                              else (name, size, multi) for name, size, multi in tower_features]
+            corpus_ids[fs.ITEM_ID] = hash_item_ids(tf.constant(feature_set.item_ids.astype(str)),
+                                                   config.model.item_id_buckets, hashes).numpy().astype(np.int32)
         item_tower = ItemTower(
-            [(f.name, len(feature_set.vocabularies[f.vocab_name]), f.multivalent) for f in schema.item_features],
-            config.model,
+            tower_features, config.model,
             ignored=() if config.model.item_tower_identifiers else [f.name for f in schema.item_features
                                                                      if f.identifier],
         )
-        corpus = {name: tf.constant(ids) for name, ids in feature_set.item_feature_ids.items()}
+        corpus = {name: tf.constant(ids) for name, ids in corpus_ids.items()}
         history_encoder = None
         if config.model.query_history == "item_tower":
             history_encoder = CorpusHistoryEncoder(item_tower, corpus)
@@ -67,6 +77,10 @@ class SSLTwoTowerModel(tfrs.Model):
             history_encoder=history_encoder,
         )
         self.item_tower = item_tower
+        # Target ids -> corpus rows: the query tower's lookup, or (hashed history, no lookup there) our own.
+        self._item_lookup = None
+        if self.query_tower.item_lookup is None:
+            self._item_lookup = string_lookup(feature_set.vocabularies[fs.ITEM_ID], "item_lookup")
         self.retrieval = retrieval_task(config.train.temperature, config.train.remove_accidental_hits)
         self._corpus = corpus
         self._item_probability = tf.constant(np.maximum(feature_set.item_probability, 1e-9))
@@ -86,7 +100,8 @@ class SSLTwoTowerModel(tfrs.Model):
 
     def item_rows(self, item_ids: tf.Tensor) -> tf.Tensor:
         """Corpus rows of item id strings [batch] -> int32 [batch] (-1 for unknown items)."""
-        return tf.cast(self.query_tower.item_lookup(item_ids), tf.int32) - FIRST_ID
+        lookup = self.query_tower.item_lookup if self._item_lookup is None else self._item_lookup
+        return tf.cast(lookup(item_ids), tf.int32) - FIRST_ID
 
     def corpus_features(self, rows: tf.Tensor) -> dict[str, tf.Tensor]:
         """The item tower's id inputs of corpus rows int32 [batch]."""

@@ -3,7 +3,7 @@
 Training/serving skew is the classic bug of this field, so every producer and consumer of
 recommendation features reads feature names, kinds and files from here:
 
-- ``pipelines.recsys_features`` writes ``schema.json`` with :meth:`FeatureSchema.to_json` and
+- ``pipelines.features.job`` writes ``schema.json`` with :meth:`FeatureSchema.to_json` and
   serialises tf.Examples with :func:`example_to_proto` / :func:`item_to_proto`;
 - ``recsys_ssl`` training reads ``schema.json`` with :meth:`FeatureSchema.load` and parses the
   TFRecords with :meth:`FeatureSchema.example_parse_spec`;

@@ -31,6 +31,25 @@ def string_lookup(vocabulary: Sequence[str], name: str) -> tf.keras.layers.Strin
     )
 
 
+def hash_item_ids(item_ids: tf.Tensor, buckets: int, hashes: int = 1) -> tf.Tensor:
+    """Item id strings -> hashed embedding ids (``model.item_id_buckets``), in ``[FIRST_ID, FIRST_ID + buckets)``.
+
+    Hash ``0`` is FarmHash64 of the id (``tf.strings.to_hash_bucket_fast``, a stock op: exported
+    models load in TF Serving); hash ``i > 0`` hashes the id joined with ``"\x1f<i>"``.
+
+    Args:
+      item_ids: string [...] item ids.
+      buckets: embedding rows shared by all items.
+      hashes: buckets per id.
+
+    Returns:
+      int64 [...] when ``hashes == 1``, else int64 [..., hashes].
+    """
+    salted = [item_ids] + [tf.strings.join([item_ids, f"\x1f{i}"]) for i in range(1, hashes)]
+    ids = [tf.strings.to_hash_bucket_fast(s, buckets) + FIRST_ID for s in salted]
+    return ids[0] if hashes == 1 else tf.stack(ids, axis=-1)
+
+
 class QueryTower(tf.keras.Model):
     """user_id and the pooled history items -> MLP -> L2-normalised query embedding.
 
@@ -40,7 +59,8 @@ class QueryTower(tf.keras.Model):
 
     Args:
       history_encoder: None: history items are embedded by the tower's own id table (unknown items
-        use its OOV row). Otherwise a callable ``(item ids int [batch, H], training) -> float32
+        use its OOV row; with ``config.item_id_buckets`` the table has that many hashed rows and
+        unknown items hash into one of them). Otherwise a callable ``(item ids int [batch, H], training) -> float32
         [batch, H, d]`` (e.g. ``CorpusHistoryEncoder``); unknown items are then left out of the mean.
     """
 
@@ -48,24 +68,35 @@ class QueryTower(tf.keras.Model):
                  name: str = "query_tower", history_encoder=None):
         super().__init__(name=name)
         self.user_lookup = string_lookup(user_vocabulary, "user_lookup")
-        self.item_lookup = string_lookup(item_vocabulary, "item_lookup")
+        # A hashed history table needs no item vocabulary: the tower (and its export) then holds none.
+        hashed_history = bool(config.item_id_buckets) and history_encoder is None
+        self.item_lookup = None if hashed_history else string_lookup(item_vocabulary, "item_lookup")
         self.user_embedding = tf.keras.layers.Embedding(len(user_vocabulary) + 2, config.embedding_dim,
                                                         name="user_embedding")
         self.history_encoder = history_encoder
+        self.item_id_buckets, self.item_id_hashes = config.item_id_buckets, config.item_id_hashes
         if history_encoder is None:
-            self.history_embedding = tf.keras.layers.Embedding(len(item_vocabulary) + 2, config.embedding_dim,
+            rows = config.item_id_buckets or len(item_vocabulary)
+            self.history_embedding = tf.keras.layers.Embedding(rows + 2, config.embedding_dim,
                                                                name="history_embedding")
         self.mlp = _mlp(config.query_hidden, config.output_dim, "mlp")
 
     def call(self, inputs, training=False):
         user = self.user_embedding(self.user_lookup(inputs[fs.USER_ID]))
-        history_ids = self.item_lookup(inputs[fs.HISTORY])
-        if self.history_encoder is None:
-            valid = tf.cast(tf.not_equal(history_ids, PAD_ID), tf.float32)[..., None]
-            embedded = self.history_embedding(history_ids)
+        if self.history_encoder is None and self.item_id_buckets:
+            valid = tf.cast(tf.not_equal(inputs[fs.HISTORY], ""), tf.float32)[..., None]
+            embedded = self.history_embedding(hash_item_ids(inputs[fs.HISTORY], self.item_id_buckets,
+                                                            self.item_id_hashes))
+            if self.item_id_hashes > 1:
+                embedded = tf.reduce_mean(embedded, axis=-2)
         else:
-            valid = tf.cast(history_ids >= FIRST_ID, tf.float32)[..., None]
-            embedded = self.history_encoder(history_ids, training=training)
+            history_ids = self.item_lookup(inputs[fs.HISTORY])
+            if self.history_encoder is None:
+                valid = tf.cast(tf.not_equal(history_ids, PAD_ID), tf.float32)[..., None]
+                embedded = self.history_embedding(history_ids)
+            else:
+                valid = tf.cast(history_ids >= FIRST_ID, tf.float32)[..., None]
+                embedded = self.history_encoder(history_ids, training=training)
         history = tf.reduce_sum(embedded * valid, axis=1) / tf.maximum(tf.reduce_sum(valid, axis=1), 1.0)
         return tf.math.l2_normalize(self.mlp(tf.concat([user, history], axis=-1), training=training), axis=-1)
 

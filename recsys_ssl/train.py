@@ -2,7 +2,8 @@
 
 ``python -m recsys_ssl train --features DIR --workdir DIR [--preset NAME] [--set k=v ...]``
 
-Workdir layout: ``config.json`` (resolved config and the features directory), ``checkpoints/``
+Workdir layout (:mod:`core.workdir`): ``config.json`` (the resolved config), ``run.json`` (the
+features directory), ``checkpoints/``
 (model, optimiser and loop state every ``train.checkpoint_every_steps`` steps and at every epoch
 end), ``best/`` (the weights of the best epoch on validation recall@K), ``tensorboard/`` (main,
 SSL and total loss, validation recall), ``train_summary.json`` and ``training.png``.
@@ -23,15 +24,16 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from core import config as dataclass_config
 from core.files import write_json_atomic
+from core.workdir import update_run, write_config
 from core.loop import LoopConfig, run_loop
 from recsys_ssl import schema as fs
 from recsys_ssl.config import Config
 from recsys_ssl.data import FeatureSet
 from recsys_ssl.metrics import corpus_embeddings, hits_at_k, query_embeddings, seen_rows
 from recsys_ssl.model import SSLTwoTowerModel
-from recsys_ssl.workdir import CONFIG_FILE, build_model
+from recsys_ssl.optimizers import make_optimizer
+from recsys_ssl.workdir import build_model
 
 SUMMARY_FILE = "train_summary.json"
 
@@ -64,17 +66,9 @@ class Trainer:
 
     # -- set-up ------------------------------------------------------------------------------
     def _write_config(self) -> None:
-        os.makedirs(self.workdir, exist_ok=True)
-        document = {"config": dataclass_config.to_dict(self.config), "features_dir": os.path.abspath(self.features_dir)}
-        path = os.path.join(self.workdir, CONFIG_FILE)
-        if os.path.isfile(path):
-            with open(path) as f:
-                previous = json.load(f)
-            if previous["config"] != document["config"]:
-                raise ValueError(f"{path} holds a different config; use a new workdir or the same settings to resume")
+        write_config(self.workdir, self.config, write=self.is_chief)
         if self.is_chief:
-            write_json_atomic(path, document)
-        logging.info("config: %s", json.dumps(document, sort_keys=True))
+            update_run(self.workdir, features_dir=os.path.abspath(self.features_dir))
 
     def _train_dataset(self, epoch: int, skip_batches: int) -> tf.data.Dataset:
         train = self.config.train
@@ -160,8 +154,7 @@ class Trainer:
         with self.strategy.scope():
             tf.keras.utils.set_random_seed(config.train.seed)  # initial weights follow the seed
             self.model = build_model(self.feature_set, config)
-            optimizer_class = {"adam": tf.keras.optimizers.Adam, "adagrad": tf.keras.optimizers.Adagrad}
-            self.optimizer = optimizer_class[config.train.optimizer](learning_rate=config.train.learning_rate)
+            self.optimizer = make_optimizer(config.train)
         best_dir = os.path.join(self.workdir, "best") if self.is_chief else tempfile.mkdtemp()
         self._best_manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=self.model), best_dir, max_to_keep=1)
         self._prepare_validation()

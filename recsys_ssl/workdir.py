@@ -1,8 +1,9 @@
 """A training workdir of the two-tower model: its config, its model rebuilt, its best weights.
 
-``python -m recsys_ssl train`` writes ``WORKDIR/config.json`` (the resolved config and the
-features directory), ``WORKDIR/checkpoints/`` and ``WORKDIR/best/``; evaluation, export and the
-diagnostics reopen a workdir through this module, without the training code.
+``python -m recsys_ssl train`` writes ``WORKDIR/config.json`` (the resolved config),
+``WORKDIR/run.json`` (the features directory; :mod:`core.workdir`), ``WORKDIR/checkpoints/`` and
+``WORKDIR/best/``; evaluation, export and the diagnostics reopen a workdir through this module,
+without the training code.
 """
 
 from __future__ import annotations
@@ -12,23 +13,23 @@ import os
 
 import tensorflow as tf
 
-from core import config as dataclass_config
+from core import workdir as core_workdir
 from recsys_ssl import schema as fs
 from recsys_ssl.config import Config
 from recsys_ssl.data import FeatureSet
 from recsys_ssl.model import SSLTwoTowerModel
 
-CONFIG_FILE = "config.json"
-
-
 def load_run(workdir: str) -> tuple[Config, str]:
     """The resolved config and features directory of a training workdir."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: train a model into {workdir!r} first")
-    with open(path) as f:
-        document = json.load(f)
-    return dataclass_config.from_dict(Config, document["config"]), document["features_dir"]
+    config = core_workdir.read_config(workdir, Config)
+    features_dir = core_workdir.read_run(workdir).get("features_dir")
+    if features_dir is None:  # workdirs written before run.json kept it in config.json
+        with open(os.path.join(workdir, core_workdir.CONFIG_FILE)) as f:
+            features_dir = json.load(f).get("features_dir")
+    if features_dir is None:
+        raise FileNotFoundError(f"{workdir}: no features directory recorded (run.json); was it trained by "
+                                "`python -m recsys_ssl train`?")
+    return config, features_dir
 
 
 def build_model(feature_set: FeatureSet, config: Config) -> SSLTwoTowerModel:

@@ -1,6 +1,6 @@
 """TF-Serving-compatible serving of the project's SavedModels (REST and gRPC), and export conventions.
 
-Run the server with ``python -m serving`` (or ``ssl-serve``); see ``serving/__main__.py``.
+Run the server with ``python -m serving serve`` (or ``ssl-serving serve``); see ``serving/__main__.py``.
 
 The export directory convention both halves write with: ``export`` (atomic, versioned export
 dirs). The project-wide helpers (environment, configs, atomic files, the training loop) live in

@@ -25,7 +25,7 @@ import grpc
 import numpy as np
 
 from serving.batching_config import BatchingOptions
-from serving.errors import ServingError, invalid_argument
+from serving.errors import ServingError, too_many_rows
 from serving.servable import Servable
 
 
@@ -92,10 +92,7 @@ class Batcher:
         rows = _mergeable_rows(inputs) if self._options.enabled else 0
         limit = self._options.max_enqueued_batches * self._options.max_batch_size
         if rows > limit:
-            raise invalid_argument(
-                f"the request has {rows} rows, more than this server's batch queue holds ({limit} rows = "
-                "max_enqueued_batches x max_batch_size); split it into smaller requests"
-            )
+            raise too_many_rows(rows, limit)
         if self._queued_rows + max(rows, 1) > limit:
             raise ServingError(
                 grpc.StatusCode.UNAVAILABLE,

@@ -32,17 +32,28 @@ _HTTP_STATUS = {
 }
 
 
+MAX_MESSAGE_CHARS = 2000  # Longer messages (they may quote client input) are cut.
+
+
+def clip(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was cut (messages quoting client input:
+    an 8 MB signature name must not come back as an 8 MB error body or gRPC trailer)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit:,} more characters)"
+
+
 class ServingError(Exception):
     """A request that cannot be served, with the canonical status code to report.
 
     Attributes:
       code: the ``grpc.StatusCode`` (TF Serving's canonical error space).
-      message: a human-readable explanation naming what was expected and what was received.
+      message: a human-readable explanation naming what was expected and what was received
+        (cut to ``MAX_MESSAGE_CHARS`` characters).
       http_status: the HTTP status the REST API answers with; defaults to TF Serving's mapping of
         ``code``, overridable where HTTP has a more precise status (413 for an oversize body).
     """
 
     def __init__(self, code: grpc.StatusCode, message: str, http_status: int | None = None):
+        message = clip(message)
         super().__init__(message)
         self.code = code
         self.message = message
@@ -59,3 +70,12 @@ def invalid_argument(message: str) -> ServingError:
 def not_found(message: str) -> ServingError:
     return ServingError(grpc.StatusCode.NOT_FOUND, message)
 
+
+
+def too_many_rows(rows: int | str, limit: int) -> ServingError:
+    """INVALID_ARGUMENT for a request with more rows than the batch queue holds (it could never
+    run: retrying cannot help). Raised by the batcher, and before decoding by both APIs."""
+    return invalid_argument(
+        f"the request has {rows} rows, more than this server's batch queue holds ({limit} rows = "
+        "max_enqueued_batches x max_batch_size); split it into smaller requests"
+    )

@@ -84,3 +84,31 @@ def atomic_version_dir(export_dir: str, version: int | None = None) -> Iterator[
     finally:
         if os.path.isdir(target.tmp_path):
             shutil.rmtree(target.tmp_path, ignore_errors=True)
+
+
+SERVING_LIMITS_FILE = os.path.join("assets.extra", "serving_limits.json")
+
+
+def write_serving_limits(version_dir: str, max_string_bytes: int) -> str:
+    """Records request limits the model needs in ``assets.extra/serving_limits.json``.
+
+    The server (:mod:`serving.servable`) applies the smaller of this and ``--max_string_bytes`` to
+    every ``DT_STRING`` element of a request (longer ones: INVALID_ARGUMENT / HTTP 400 before the
+    model runs). TF Serving ignores ``assets.extra``.
+
+    Args:
+      version_dir: the (temporary) version directory being exported.
+      max_string_bytes: the longest string element, in bytes, the model accepts (>= 1).
+
+    Returns:
+      The file written.
+    """
+    import json
+
+    if max_string_bytes < 1:
+        raise ValueError(f"max_string_bytes must be >= 1, received {max_string_bytes}")
+    path = os.path.join(version_dir, SERVING_LIMITS_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"max_string_bytes": int(max_string_bytes)}, f, indent=1)
+    return path

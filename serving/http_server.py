@@ -8,10 +8,16 @@ aiohttp parses requests; this module bounds what a client can hold:
   number also closes idle keep-alive connections.
 - **body read timeout**: enforced by the request handler (:mod:`serving.rest`), which reads the
   body under a deadline and answers 408.
-- **connection cap**: at most ``max_connections`` open REST connections; further ones get an
-  immediate ``503 {"error": ...}`` and are closed, so stalled clients can never exhaust the
-  process's file descriptors (the soft ``RLIMIT_NOFILE`` is raised to fit the cap, or the cap
-  lowered to fit the limit, at start).
+- **connection cap**: at most ``max_connections`` open REST connections, and at most
+  ``max_connections_per_client`` from one client address; further ones get an immediate
+  ``503 {"error": ...}`` and are closed, so stalled clients can never exhaust the process's file
+  descriptors, nor one client lock the others out (the soft ``RLIMIT_NOFILE`` is raised to fit
+  the REST and gRPC caps plus a reserve for model files, or the caps lowered to fit the limit, at
+  start: :func:`fit_connection_caps`).
+- **write timeout**: a response must be written (read by the client) within ``write_timeout``
+  seconds; a client that does not read is disconnected, which frees the buffered response.
+- refusals, unparsable requests and accept errors are logged at most once per interval
+  (:mod:`serving.log_limits`), never once per event.
 - requests aiohttp cannot parse (an unknown method such as ``BREW``, a bad request line) get
   TF Serving's ``{"error": ...}`` JSON body like every other error, and are logged in one line
   at INFO, without a traceback.
@@ -20,6 +26,7 @@ aiohttp parses requests; this module bounds what a client can hold:
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import resource
@@ -27,20 +34,28 @@ import resource
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-logger = logging.getLogger(__name__)
+from serving.log_limits import RateLimitedLog
 
-FD_RESERVE = 128  # Descriptors kept for model files, gRPC connections and logs.
+logger = logging.getLogger(__name__)
+events = RateLimitedLog(logger)
+
+FD_RESERVE = 128  # Descriptors kept for model files (the manager's polls and loads), threads and logs.
 LINGER_SECONDS = 1.0  # How long an unread request body is drained before closing.
 
 
-def fit_connection_cap(max_connections: int) -> int:
-    """Raises the soft open-file limit to fit ``max_connections`` + a reserve, or lowers the cap.
+def fit_connection_caps(rest_connections: int, grpc_connections: int) -> tuple[int, int]:
+    """Raises the soft open-file limit to fit both connection caps + :data:`FD_RESERVE`, or
+    lowers the caps (in proportion) to fit the hard limit, so connections can never take the
+    descriptors the model manager needs to poll and load versions.
+
+    Args:
+      rest_connections, grpc_connections: the caps asked for (0: that API is off).
 
     Returns:
-      The connection cap to use (``max_connections`` unless the hard limit is too low).
+      ``(rest cap, grpc cap)`` to use.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    needed = max_connections + FD_RESERVE
+    needed = rest_connections + grpc_connections + FD_RESERVE
     if soft != resource.RLIM_INFINITY and soft < needed:
         target = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
         try:
@@ -48,12 +63,21 @@ def fit_connection_cap(max_connections: int) -> int:
             soft = target
         except (ValueError, OSError) as error:
             logger.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, error)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        cap = max(1, soft - FD_RESERVE)
-        logger.warning("--rest_max_connections %d does not fit the open-file limit %d; using %d",
-                       max_connections, soft, cap)
-        return cap
-    return max_connections
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return rest_connections, grpc_connections
+    available = max(2, soft - FD_RESERVE)
+    total = rest_connections + grpc_connections
+    rest = max(1, available * rest_connections // total) if rest_connections else 0
+    grpc_cap = max(1, available - rest) if grpc_connections else 0
+    logger.warning("connection caps (REST %d, gRPC %d) + %d reserved descriptors do not fit the open-file "
+                   "limit %d; using REST %d, gRPC %d", rest_connections, grpc_connections, FD_RESERVE, soft,
+                   rest, grpc_cap)
+    return rest, grpc_cap
+
+
+def fit_connection_cap(max_connections: int) -> int:
+    """The REST cap alone (see :func:`fit_connection_caps`)."""
+    return fit_connection_caps(max_connections, 0)[0]
 
 
 def _json_error(status: int, message: str, reason: str) -> bytes:
@@ -63,12 +87,10 @@ def _json_error(status: int, message: str, reason: str) -> bytes:
 
 
 class _Refusal(asyncio.Protocol):
-    """Answers a connection over the cap with 503 JSON, then closes it (draining what it sent)."""
+    """Answers a connection over a cap with 503 JSON, then closes it (draining what it sent)."""
 
-    def __init__(self, max_connections: int):
-        self._response = _json_error(
-            503, f"this server already has {max_connections} open REST connections (--rest_max_connections); "
-                 "retry later", "Service Unavailable")
+    def __init__(self, message: str):
+        self._response = _json_error(503, message, "Service Unavailable")
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport.write(self._response)
@@ -87,19 +109,35 @@ class _JsonErrorsHandler(RequestHandler):
     server's own list lags behind a burst of accepts).
     """
 
-    def __init__(self, *args, open_connections: set, **kwargs):
+    def __init__(self, *args, on_lost, write_timeout: float, **kwargs):
         super().__init__(*args, **kwargs)
-        self._open_connections = open_connections
-        open_connections.add(self)
+        self._on_lost = on_lost
+        self._write_timeout = write_timeout
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._open_connections.discard(self)
+        if self._on_lost is not None:
+            self._on_lost()
+            self._on_lost = None
         super().connection_lost(exc)
+
+    async def finish_response(self, request, resp, start_time):
+        """Writes the response within ``write_timeout`` s, else drops the connection (and the
+        buffered response with it): a client that never reads cannot hold memory."""
+        try:
+            async with asyncio.timeout(self._write_timeout):
+                return await super().finish_response(request, resp, start_time)
+        except TimeoutError:
+            events.log("write_timeout", logging.INFO, "client %s did not read its response within %g s "
+                       "(--rest_write_timeout_seconds); connection closed", request.remote, self._write_timeout)
+            if self.transport is not None:
+                self.transport.abort()
+            return resp, True
 
     def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
-        text = (message or (str(exc) if exc else "") or f"HTTP {status}").strip().splitlines()[0]
-        logger.info("unparsable request from %s answered %d: %s", request.remote, status, text)
+        text = (message or (str(exc) if exc else "") or f"HTTP {status}").strip().splitlines()[0][:200]
+        events.log("unparsable", logging.INFO, "unparsable request from %s answered %d: %s", request.remote,
+                   status, text)
         if request.writer.output_size > 0:
             raise ConnectionError("response already started; cannot send the error")
         response = web.Response(status=status, text=json.dumps({"error": f"malformed HTTP request: {text}"}),
@@ -108,30 +146,78 @@ class _JsonErrorsHandler(RequestHandler):
         return response
 
 
+class _Admission(asyncio.Protocol):
+    """The first protocol of every accepted connection: hands the transport to aiohttp's handler,
+    or to a :class:`_Refusal` when the client address already holds its share of connections.
+
+    It is counted as open from creation (asyncio calls ``connection_made`` only on a later loop
+    iteration, so counting there would lag behind a burst of accepts).
+    """
+
+    def __init__(self, site: "LimitedSite"):
+        self._site = site
+        site._open_connections.add(self)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        site = self._site
+        peer = (transport.get_extra_info("peername") or ("unknown",))[0]
+        if site._max_per_client and site._by_client[peer] >= site._max_per_client:
+            site._open_connections.discard(self)
+            events.log("refused_client", logging.WARNING, "REST connection from %s refused: it has %d open "
+                       "(--rest_max_connections_per_client)", peer, site._by_client[peer])
+            protocol = _Refusal(f"this client already has {site._max_per_client} open REST connections "
+                                "(--rest_max_connections_per_client); reuse them or retry later")
+        else:
+            site._by_client[peer] += 1
+            protocol = site._handler(lambda: site._release(self, peer))
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:  # Closed before it was handed over.
+        self._site._open_connections.discard(self)
+
+
 class LimitedSite(web.TCPSite):
-    """A TCP site whose connections get :class:`_JsonErrorsHandler` and a connection cap.
+    """A TCP site whose connections get :class:`_JsonErrorsHandler`, a connection cap, a
+    per-client cap and a response write timeout.
 
     Args:
       runner: the set-up ``web.AppRunner``.
       host, port: where to listen.
       max_connections: open connections allowed at once.
       header_timeout: seconds a connection may take to send a complete request head.
+      max_connections_per_client: open connections allowed from one client address (0: no limit).
+      write_timeout: seconds a response may take to be written to the client.
     """
 
-    def __init__(self, runner: web.AppRunner, host: str, port: int, max_connections: int, header_timeout: float):
+    def __init__(self, runner: web.AppRunner, host: str, port: int, max_connections: int, header_timeout: float,
+                 max_connections_per_client: int = 0, write_timeout: float = 60.0):
         super().__init__(runner, host, port, reuse_address=True)
         self._max_connections = max_connections
+        self._max_per_client = max_connections_per_client
         self._header_timeout = header_timeout
+        self._write_timeout = write_timeout
         self._open_connections: set = set()
+        self._by_client: collections.Counter[str] = collections.Counter()
 
     def _protocol(self) -> asyncio.BaseProtocol:
         if len(self._open_connections) >= self._max_connections:
-            logger.warning("REST connection refused: %d connections open (--rest_max_connections)",
-                           len(self._open_connections))
-            return _Refusal(self._max_connections)
+            events.log("refused", logging.WARNING, "REST connection refused: %d connections open "
+                       "(--rest_max_connections)", len(self._open_connections))
+            return _Refusal(f"this server already has {self._max_connections} open REST connections "
+                            "(--rest_max_connections); retry later")
+        return _Admission(self)
+
+    def _handler(self, on_lost) -> _JsonErrorsHandler:
         return _JsonErrorsHandler(self._runner.server, loop=asyncio.get_running_loop(), access_log=None,
                                   keepalive_timeout=self._header_timeout, lingering_time=LINGER_SECONDS,
-                                  open_connections=self._open_connections)
+                                  on_lost=on_lost, write_timeout=self._write_timeout)
+
+    def _release(self, admission: _Admission, peer: str) -> None:
+        self._open_connections.discard(admission)
+        self._by_client[peer] -= 1
+        if self._by_client[peer] <= 0:
+            del self._by_client[peer]
 
     async def start(self) -> None:
         await web.BaseSite.start(self)

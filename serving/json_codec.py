@@ -28,7 +28,9 @@ from typing import Any, Literal
 import numpy as np
 from tensorflow.core.framework import types_pb2
 
-from serving.errors import invalid_argument
+from serving import large_json
+from serving.errors import invalid_argument, too_many_rows
+from serving.pools import LARGE_BYTES
 from serving.signature import DEFAULT_SIGNATURE, SignatureSpec, TensorSpec
 
 BYTES_SUFFIX = "_bytes"
@@ -45,16 +47,20 @@ class PredictBody:
     payload: Any
 
 
-def parse_predict_body(body: bytes) -> PredictBody:
+def parse_predict_body(body: bytes, max_rows: int | None = None) -> PredictBody:
     """Parses a ``:predict`` body's JSON envelope.
+
+    Bodies of ``serving.pools.LARGE_BYTES`` (1 MiB) or more are parsed by :func:`serving.large_json.loads`: element
+    by element (never holding the GIL for the whole body) and stopping after ``max_rows`` rows.
 
     Raises:
       ServingError: INVALID_ARGUMENT for malformed JSON (also nesting deeper than the parser's
         recursion limit and integers over 4,300 digits), a non-object body, neither or both of
-        ``instances``/``inputs``, or a non-string ``signature_name``.
+        ``instances``/``inputs``, a non-string ``signature_name``, or (large bodies) more than
+        ``max_rows`` rows.
     """
     try:
-        document = json.loads(body)
+        document = large_json.loads(body, max_rows) if len(body) >= LARGE_BYTES else json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise invalid_argument(f"JSON Parse error: {error}") from None
     except RecursionError:
@@ -79,8 +85,11 @@ def parse_predict_body(body: bytes) -> PredictBody:
     return PredictBody(signature_name or DEFAULT_SIGNATURE, "columnar", document["inputs"])
 
 
-def request_arrays(body: PredictBody, signature: SignatureSpec) -> dict[str, np.ndarray]:
+def request_arrays(body: PredictBody, signature: SignatureSpec, max_rows: int | None = None) -> dict[str, np.ndarray]:
     """Converts the body's values into one array per input, with the signature's dtypes.
+
+    ``max_rows`` (the batch queue's capacity) is checked on the parsed lists before any value is
+    converted: a request that could never run costs no conversion.
 
     Returns:
       ``{input name: array}``; ``DT_STRING`` inputs are ``object`` arrays of ``bytes``. Shapes are
@@ -91,6 +100,8 @@ def request_arrays(body: PredictBody, signature: SignatureSpec) -> dict[str, np.
         or instances that do not name the signature's inputs.
     """
     if body.format == "row":
+        if max_rows and isinstance(body.payload, list) and len(body.payload) > max_rows:
+            raise too_many_rows(len(body.payload), max_rows)
         return _row_arrays(body.payload, signature)
     payload = body.payload
     if _is_named_map(payload):
@@ -102,6 +113,9 @@ def request_arrays(body: PredictBody, signature: SignatureSpec) -> dict[str, np.
             f"'inputs' must be an object naming each input of signature {signature.name!r} "
             f"({signature.describe_inputs()}), received JSON {type(payload).__name__}"
         )
+    lengths = {len(value) if isinstance(value, list) else -1 for value in named.values()}
+    if max_rows and len(lengths) == 1 and lengths.pop() > max_rows:
+        raise too_many_rows(len(next(iter(named.values()))), max_rows)
     return {name: to_array(value, _spec_or_unknown(signature, name)) for name, value in named.items()}
 
 

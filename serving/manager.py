@@ -148,30 +148,44 @@ class ModelManager:
     def reconfigure(self, configs: Iterable[ModelConfig]) -> None:
         """Replaces the served model set (new models load, removed ones unload), then polls.
 
-        A model whose base path changed is unloaded and loaded again from the new path; one whose
-        policy or labels changed keeps its loaded versions and adapts on this poll.
+        A model whose base path changed keeps serving from its old path until the new path's
+        versions are loaded, then switches over at once (as a version swap does: no gap of 404s).
+        One whose policy or labels changed keeps its loaded versions and adapts on this poll.
         """
         configs = list(configs)
         with self._sync_lock:
             with self._lock:
                 new = {c.name: c for c in configs}
+                moved = {name: _Model(config, resolve_base_path(config.base_path)) for name, config in new.items()
+                         if name in self._models and resolve_base_path(config.base_path) != self._models[name].base_path}
                 for name in list(self._models):
-                    model = self._models[name]
-                    if name not in new or resolve_base_path(new[name].base_path) != model.base_path:
+                    if name not in new:
                         logger.info("model %r removed from the config; unloading it", name)
-                        del self._models[name]
-                        for status in model.versions.values():
-                            status.servable, status.state = None, State.END
+                        self._drop(self._models.pop(name))
                 for name, config in new.items():
+                    if name in moved:
+                        continue
                     if name in self._models:
                         self._models[name].config = config
                     else:
                         logger.info("model %r added from %s, version policy %s", name,
                                     config.base_path, describe_policy(config))
                         self._models[name] = _Model(config, resolve_base_path(config.base_path))
-                models = list(self._models.values())
+                models = [m for name, m in self._models.items() if name not in moved]
+            for name, model in moved.items():
+                logger.info("model %r moves to %s; loading it there before unloading %s", name, model.base_path,
+                            self._models[name].base_path)
+                self._sync_model(model)  # Loads outside the lock; the old path keeps serving meanwhile.
+                with self._lock:
+                    self._drop(self._models[name])
+                    self._models[name] = model
             for model in models:
                 self._sync_model(model)
+
+    @staticmethod
+    def _drop(model: _Model) -> None:
+        for status in model.versions.values():
+            status.servable, status.state = None, State.END
 
     def _sync_model(self, model: _Model) -> None:
         name = model.config.name

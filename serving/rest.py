@@ -13,13 +13,17 @@ Endpoints (paths matched case-insensitively with TF Serving's own regular expres
 Every error is ``{"error": "<message>"}`` with TF Serving's HTTP status for its code (400 invalid
 argument, 404 unknown model / version / label, 504 timeout, ...); an oversize body is 413, a body
 that does not arrive within ``--rest_body_read_timeout_seconds`` is 408. JSON parsing, conversion
-to arrays and response rendering run in a thread pool, never on the event loop.
+to arrays and response rendering run in a thread pool, never on the event loop; bodies of 1 MiB
+or more in a lane of their own (:class:`serving.pools.DecodeLanes`), so they never delay ordinary
+requests. A row-format body with more instances than the batch queue holds is refused before its
+values are converted. Every failed predict, also one that fails before the model (bad JSON, an
+unknown model), is counted in the statistics and Prometheus (model ``(unknown)`` when the name is
+not served, so clients cannot grow the label set).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import dataclasses
 import json
 import logging
@@ -33,6 +37,7 @@ from aiohttp import web
 from serving import json_codec, metrics
 from serving.errors import ServingError, invalid_argument
 from serving.manager import ModelManager
+from serving.pools import LARGE_BYTES, DecodeLanes
 from serving.predictor import Predictor
 from serving.responses import metadata_json, model_metadata, model_status, status_json
 
@@ -56,14 +61,14 @@ class RestOptions:
     Attributes:
       max_body_bytes: largest request body (413 beyond).
       body_timeout: seconds to receive a request body once its head arrived (408 beyond).
-      decode_executor: threads that parse JSON and render responses (never the event loop).
+      decode_lanes: threads that parse JSON and render responses (never the event loop).
       metrics: the Prometheus metrics (``None``: the endpoint answers 404).
       metrics_path: where they are served.
     """
 
     max_body_bytes: int
     body_timeout: float
-    decode_executor: concurrent.futures.Executor
+    decode_lanes: DecodeLanes
     metrics: object | None = None
     metrics_path: str = ""
 
@@ -139,28 +144,31 @@ class _RestHandler:
     async def _predict(self, request: web.Request, name: str, version: int | None, label: str | None,
                        method: str) -> web.Response:
         started = time.perf_counter()
-        if method != "predict":
-            raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
-                               f"':{method}' is not implemented by this server; use ':predict'")
-        body = await self._read_body(request)
-        servable = self._manager.resolve(name, version, label)
-        loop = asyncio.get_running_loop()
-        decode = self._options.decode_executor
-        parsed = await loop.run_in_executor(decode, json_codec.parse_predict_body, body)
-        del body
-        known = parsed.signature_name if parsed.signature_name in servable.signatures else "(unknown)"
-        key = ("rest", servable.name, servable.version, known)
+        key = ["rest", known_model(self._manager, name), "" if version is None else version, UNKNOWN]
         try:
-            signature = servable.signature(parsed.signature_name)
-            arrays = await loop.run_in_executor(decode, json_codec.request_arrays, parsed, signature)
-            result = await self._predictor.predict(servable, parsed.signature_name, arrays)
-            text = await loop.run_in_executor(decode, json_codec.render_response, result.outputs, parsed.format)
+            if method != "predict":
+                raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
+                                   f"':{method}' is not implemented by this server; use ':predict'")
+            body = await self._read_body(request)
+            servable = self._manager.resolve(name, version, label)
+            key[1:3] = servable.name, servable.version
+            async with self._options.decode_lanes.admit(len(body) >= LARGE_BYTES) as lane:
+                parsed = await lane.run(json_codec.parse_predict_body, body, self._predictor.max_rows)
+                del body
+                if parsed.signature_name in servable.signatures:
+                    key[3] = parsed.signature_name
+                signature = servable.signature(parsed.signature_name)
+                arrays = await lane.run(json_codec.request_arrays, parsed, signature, self._predictor.max_rows)
+                await lane.run(self._predictor.check_strings, servable, arrays)
+                result = await self._predictor.predict(servable, parsed.signature_name, arrays)
+                del arrays
+                text = await lane.run(json_codec.render_response, result.outputs, parsed.format)
         except ServingError as error:
-            self._predictor.stats.record_error(key, error.code.name)
+            self._predictor.stats.record_error(tuple(key), error.code.name)
             raise
         total = time.perf_counter() - started
         timing = result.timing
-        self._predictor.stats.record(key, total, timing.model_seconds, timing.queue_seconds, timing.batch_rows)
+        self._predictor.stats.record(tuple(key), total, timing.model_seconds, timing.queue_seconds, timing.batch_rows)
         headers = {"Server-Timing": (
             f"model;dur={timing.model_seconds * 1e3:.3f}, queue;dur={timing.queue_seconds * 1e3:.3f}, "
             f"total;dur={total * 1e3:.3f}, batch;desc=\"{timing.batch_rows} rows\""
@@ -189,6 +197,15 @@ class _RestHandler:
                 f"the request body did not arrive within {timeout:g} s (--rest_body_read_timeout_seconds)",
                 http_status=408,
             ) from None
+
+
+UNKNOWN = "(unknown)"
+
+
+def known_model(manager: ModelManager, name: str) -> str:
+    """``name`` if the server serves it, else ``(unknown)`` (statistics keys and metric labels
+    must not grow with whatever names clients send)."""
+    return name if name in manager.model_names() else UNKNOWN
 
 
 def _model_ref(name: str, version: str | None, label: str | None) -> tuple[str, int | None, str | None]:

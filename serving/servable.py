@@ -148,6 +148,7 @@ class Servable:
             if key in self.signature_defs
         }
         self.batchers: dict[str, object] = {}
+        self.max_string_bytes = read_serving_limits(path).get("max_string_bytes")
 
     def signature(self, name: str) -> SignatureSpec:
         """Returns the named signature's spec.
@@ -216,6 +217,30 @@ class Servable:
                 raise ServableLoadError(f"warm-up request {count} failed: {error}") from None
             count += 1
         return count
+
+
+def read_serving_limits(path: str) -> dict:
+    """The export's ``assets.extra/serving_limits.json`` (:func:`serving.export.write_serving_limits`),
+    ``{}`` when absent.
+
+    Raises:
+      ServableLoadError: the file exists but is not a JSON object of positive integers.
+    """
+    import json
+
+    from serving.export import SERVING_LIMITS_FILE
+
+    limits_path = os.path.join(path, SERVING_LIMITS_FILE)
+    if not os.path.isfile(limits_path):
+        return {}
+    try:
+        with open(limits_path) as f:
+            limits = json.load(f)
+    except (OSError, ValueError) as error:
+        raise ServableLoadError(f"cannot read {limits_path}: {error}") from None
+    if not isinstance(limits, dict) or not all(isinstance(v, int) and v > 0 for v in limits.values()):
+        raise ServableLoadError(f"{limits_path} must be a JSON object of positive integers, received {limits!r}")
+    return limits
 
 
 def error_code(error: tf.errors.OpError):

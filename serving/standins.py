@@ -38,9 +38,15 @@ class _QueryTower(tf.keras.Model):
 
     Inputs: ``{"user_id": string [batch], "history": string [batch, None]}`` ("" = padding).
     Output: float32 [batch, embedding_dim].
+
+    History items are embedded by an exact table (a ``StringLookup`` of every item and a row per
+    item holding its own vector) or, with ``history_buckets``, by a hashed table of that many
+    rows (each initialised with the vector of a random item): the shape of a model trained with
+    ``model.item_id_buckets``, whose query side does not grow with the catalogue.
     """
 
-    def __init__(self, items: list[str], item_vectors: np.ndarray, num_user_buckets: int, seed: int):
+    def __init__(self, items: list[str], item_vectors: np.ndarray, num_user_buckets: int, seed: int,
+                 history_buckets: int | None = None):
         super().__init__()
         dim = item_vectors.shape[1]
         rng = np.random.default_rng(seed)
@@ -50,12 +56,15 @@ class _QueryTower(tf.keras.Model):
             embeddings_initializer=tf.keras.initializers.Constant(
                 rng.normal(size=(num_user_buckets, dim)).astype("float32") / np.sqrt(dim)),
         )
-        self.item_lookup = tf.keras.layers.StringLookup(vocabulary=items, mask_token="", name="item_lookup")
-        # Row 0: mask, row 1: out-of-vocabulary, rows 2..: the items' own vectors.
-        table = np.concatenate([np.zeros((2, dim), "float32"), item_vectors.astype("float32")])
+        if history_buckets is None:
+            self.item_lookup = tf.keras.layers.StringLookup(vocabulary=items, mask_token="", name="item_lookup")
+            # Row 0: mask, row 1: out-of-vocabulary, rows 2..: the items' own vectors.
+            table = np.concatenate([np.zeros((2, dim), "float32"), item_vectors.astype("float32")])
+        else:
+            self.item_lookup = tf.keras.layers.Hashing(history_buckets, name="history_hashing")
+            table = item_vectors[rng.integers(0, len(item_vectors), size=history_buckets)].astype("float32")
         self.item_embedding = tf.keras.layers.Embedding(
-            len(items) + 2, dim, name="item_embedding",
-            embeddings_initializer=tf.keras.initializers.Constant(table),
+            len(table), dim, name="item_embedding", embeddings_initializer=tf.keras.initializers.Constant(table),
         )
 
     def call(self, inputs):
@@ -68,16 +77,25 @@ class _QueryTower(tf.keras.Model):
 
 
 class _RetrievalModule(tf.Module):
-    def __init__(self, index: tf.keras.layers.Layer):
+    """The query tower, the index, ``serving_default`` and (optionally) ``search`` by query vector."""
+
+    def __init__(self, tower: tf.keras.Model, index: tf.keras.layers.Layer, query_dim: int | None):
         super().__init__()
-        self.index = index
+        self.tower, self.index = tower, index
+        if query_dim is not None:
+            self.search = tf.function(self._search, input_signature=[
+                tf.TensorSpec([None, query_dim], tf.float32, name="query")])
 
     @tf.function(input_signature=[
         tf.TensorSpec([None], tf.string, name="user_id"),
         tf.TensorSpec([None, None], tf.string, name="history"),
     ])
     def serve(self, user_id, history):
-        scores, ids = self.index({"user_id": user_id, "history": history})
+        scores, ids = self.index(self.tower({"user_id": user_id, "history": history}))
+        return {"item_ids": ids, "scores": scores}
+
+    def _search(self, query):
+        scores, ids = self.index(query)
         return {"item_ids": ids, "scores": scores}
 
 
@@ -91,43 +109,61 @@ def export_retrieval(export_dir: str, *, index: Literal["brute_force", "scann"] 
                      num_items: int = 200, embedding_dim: int = 16, k: int = 10,
                      num_user_buckets: int = 1000, num_leaves: int = 100, num_leaves_to_search: int = 10,
                      num_reordering_candidates: int | None = None, seed: int = 0,
-                     version: int | None = None) -> str:
-    """Builds and exports a retrieval stand-in over random unit item vectors.
+                     version: int | None = None, item_vectors: np.ndarray | None = None,
+                     history_buckets: int | None = None, query_signature: bool = False,
+                     timings: dict | None = None) -> str:
+    """Builds and exports a retrieval stand-in.
 
     Args:
       export_dir: the model's base path; the SavedModel lands in ``export_dir/<version>``.
       index: ``brute_force`` (loads in stock TF Serving) or ``scann`` (needs the Scann ops).
-      num_items, embedding_dim: catalogue size and vector width.
+      num_items, embedding_dim: catalogue size and vector width (of random unit item vectors).
       k: results per query, fixed at export.
       num_user_buckets: hash buckets of the user embedding.
       num_leaves, num_leaves_to_search, num_reordering_candidates: ScaNN index parameters.
       seed: seeds the item and user vectors.
       version: the version number (default: next free).
+      item_vectors: float32 [num_items, embedding_dim] item vectors to index instead of random
+        ones (then ``num_items`` and ``embedding_dim`` are taken from it).
+      history_buckets: None: history items are embedded exactly (one row per item); an int: by a
+        hashed table of that many rows (the query side stays small at any catalogue size).
+      query_signature: also export ``search(query: float32 [batch, embedding_dim]) -> {item_ids,
+        scores}``: the index searched with a query vector computed elsewhere (recall measurements).
+      timings: if given, receives ``index_seconds`` (building the index) and ``save_seconds``.
 
     Returns:
       The version directory written.
     """
+    import time
+
     import tensorflow_recommenders as tfrs
 
+    if item_vectors is None:
+        item_vectors = random_unit_vectors(num_items, embedding_dim, seed)
+    num_items = len(item_vectors)
     items = item_ids(num_items)
-    vectors = random_unit_vectors(num_items, embedding_dim, seed)
-    tower = _QueryTower(items, vectors, num_user_buckets, seed + 1)
+    tower = _QueryTower(items, item_vectors, num_user_buckets, seed + 1, history_buckets)
     if index == "brute_force":
-        layer = tfrs.layers.factorized_top_k.BruteForce(tower, k=k)
+        layer = tfrs.layers.factorized_top_k.BruteForce(k=k)
     elif index == "scann":
         layer = tfrs.layers.factorized_top_k.ScaNN(
-            tower, k=k, num_leaves=min(num_leaves, num_items), num_leaves_to_search=num_leaves_to_search,
+            k=k, num_leaves=min(num_leaves, num_items), num_leaves_to_search=num_leaves_to_search,
             num_reordering_candidates=num_reordering_candidates,
         )
     else:
         raise ValueError(f"index must be 'brute_force' or 'scann', received {index!r}")
-    candidates = tf.data.Dataset.from_tensor_slices((tf.constant(items), vectors)).batch(4096)
-    layer.index_from_dataset(candidates)
-    module = _RetrievalModule(layer)
+    started = time.perf_counter()
+    layer.index(tf.constant(item_vectors, tf.float32), tf.constant(items))
+    index_seconds = time.perf_counter() - started
+    module = _RetrievalModule(tower, layer, item_vectors.shape[1] if query_signature else None)
     module.serve(tf.constant(["u0"]), tf.constant([["item0", ""]]))  # Builds the tower.
+    signatures = {"serving_default": module.serve, **({"search": module.search} if query_signature else {})}
+    started = time.perf_counter()
     with atomic_version_dir(export_dir, version) as target:
-        tf.saved_model.save(module, target.tmp_path, signatures={"serving_default": module.serve},
+        tf.saved_model.save(module, target.tmp_path, signatures=signatures,
                             options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
+    if timings is not None:
+        timings.update(index_seconds=index_seconds, save_seconds=time.perf_counter() - started)
     logger.info("exported %s retrieval stand-in (%d items, k=%d) to %s", index, num_items, k, target.path)
     return target.path
 

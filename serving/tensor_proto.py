@@ -69,16 +69,9 @@ def carried_elements(proto: tensor_pb2.TensorProto) -> int:
     return len(getattr(proto, _VALUE_FIELDS[proto.dtype]))
 
 
-def to_ndarray(name: str, proto: tensor_pb2.TensorProto, max_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS) -> np.ndarray:
-    """Converts one request tensor after checking its dtype, shape and value count.
-
-    Args:
-      name: the input's name (for messages).
-      proto: the request's ``TensorProto``.
-      max_elements: the largest element count accepted for one tensor.
-
-    Returns:
-      The array, of the declared shape; ``DT_STRING`` gives an ``object`` array of ``bytes``.
+def checked_shape(name: str, proto: tensor_pb2.TensorProto, max_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS) -> tuple[int, ...]:
+    """The shape ``proto`` declares, after checking its dtype, dimensions and value count (reads
+    no values: constant time per tensor).
 
     Raises:
       ServingError: INVALID_ARGUMENT naming the input for an unsupported dtype, a bad shape, more
@@ -105,6 +98,24 @@ def to_ndarray(name: str, proto: tensor_pb2.TensorProto, max_elements: int = DEF
             f"input {name!r} declares shape {list(shape)} = {declared} elements, more than this server's "
             f"limit of {max_elements} per tensor (--max_tensor_elements)"
         )
+    return shape
+
+
+def to_ndarray(name: str, proto: tensor_pb2.TensorProto, max_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS) -> np.ndarray:
+    """Converts one request tensor after checking its dtype, shape and value count.
+
+    Args:
+      name: the input's name (for messages).
+      proto: the request's ``TensorProto``.
+      max_elements: the largest element count accepted for one tensor.
+
+    Returns:
+      The array, of the declared shape; ``DT_STRING`` gives an ``object`` array of ``bytes``.
+
+    Raises:
+      ServingError: INVALID_ARGUMENT naming the input (see :func:`checked_shape`).
+    """
+    checked_shape(name, proto, max_elements)
     try:
         return tf.make_ndarray(proto)
     except Exception as error:  # noqa: BLE001 - malformed TensorProtos raise various types.

@@ -1,13 +1,17 @@
-"""``python -m text_ood {pretrain,train,evaluate,export}``: MLKD text OoD detection (Wu et al. 2023).
+"""``python -m text_ood <command>``: MLKD text OoD detection (Wu et al. 2023) and sentence-encoder detectors.
 
 Typical run (CLINC150, CPU preset)::
 
-  python -m text_ood pretrain --workdir runs/pretrain \
-      --corpus $SSL_DATA_DIR/text/general/*.txt $SSL_DATA_DIR/text/sst2/train.tsv \
-      --dataset clinc150
+  python -m text_ood pretrain --workdir runs/pretrain --dataset clinc150   # default corpus under $SSL_DATA_DIR
   python -m text_ood train --dataset clinc150 --workdir runs/clinc --teacher runs/pretrain
   python -m text_ood evaluate --workdir runs/clinc
   python -m text_ood export --workdir runs/clinc --export_dir exports/ood
+
+Commands (each has ``--help``): pretrain (tokenizer + general-English LM), train (teacher
+fine-tuning, MLKD distillation, from-scratch baseline, encoder detectors), evaluate (AUROC / AUPR /
+FAR95 of every trained detector), select (the detector to deploy, chosen without OoD data),
+export (versioned SavedModel taking raw strings; the selected detector by default). Config
+presets, with their measured cost: ``text_ood/config.py``.
 
 Sentence-encoder detectors (k-NN, Mahalanobis) and the MLKD + k-NN hybrid::
 
@@ -15,286 +19,315 @@ Sentence-encoder detectors (k-NN, Mahalanobis) and the MLKD + k-NN hybrid::
       --encoder $SSL_DATA_DIR/models/all-MiniLM-L6-v2 --detectors knn,mahalanobis,hybrid
   python -m text_ood export --workdir runs/clinc --export_dir exports/knn --detector knn
 
-Choosing the detector to deploy without OoD data (then `export` exports the choice by default)::
+Choosing the detector to deploy without OoD data (then ``export`` exports the choice by default)::
 
   python -m text_ood select --workdir runs/clinc
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import dataclasses
 import logging
 import os
 import sys
 
-from core.config import ConfigError, apply_overrides
-from core.env import DATA_DIR_ENV, data_root
+from core import cli
+from core.config import apply_overrides
+from core.workdir import read_run, update_run
+from text_ood.config import PRESETS
+from text_ood.data import DATASETS, DEFAULT_CORPUS
+from text_ood.detectors import DEFAULT_DETECTORS, DETECTORS, SELECTED
 
 logger = logging.getLogger("text_ood")
 
-
-def _parser() -> argparse.ArgumentParser:
-    from text_ood.config import PRESETS
-    from text_ood.data import DATASETS, DEFAULT_CORPUS
-    from text_ood.detectors import DEFAULT_DETECTORS, DETECTORS
-
-    parser = argparse.ArgumentParser(prog="python -m text_ood", description=__doc__, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--verbosity", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    def add_config_flags(p):
-        p.add_argument("--preset", default="cpu", choices=PRESETS,
-                       help="model/optimisation preset (default: cpu = 4 x 256 GPT-2)")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="config override, repeatable, e.g. --set student.epochs=8")
-        p.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
-
-    def add_data_flags(p, required: bool):
-        p.add_argument("--dataset", choices=DATASETS, required=required,
-                       help="clinc150, or 'files' (DATA_DIR/{id_train,id_val,id_test,ood_test}"
-                            ".{txt,jsonl,tsv})")
-        p.add_argument("--data_dir", default=None,
-                       help=f"data set directory (default: ${DATA_DIR_ENV}, plus text/clinc150 "
-                            "for clinc150)")
-
-    p = commands.add_parser("pretrain", allow_abbrev=False, help="train the tokenizer and a general-English LM")
-    p.add_argument("--corpus", nargs="+", default=None, metavar="FILE",
-                   help="pre-training corpus files (.txt, .jsonl, .tsv); never the evaluation set. "
-                        f"Default: under ${DATA_DIR_ENV}: " + ", ".join(DEFAULT_CORPUS))
-    p.add_argument("--workdir", required=True, help="output: tokenizer/, pretrain/, logs/, config.json")
-    add_data_flags(p, required=False)
-    p.description = ("Trains SentencePiece on the corpus (plus the ID training texts of --dataset, "
-                     "if given: tokenizer only) and pre-trains a GPT-2-architecture LM for "
-                     "pretrain.epochs passes; the ID validation texts of --dataset are only "
-                     "measured (perplexity per pass). The model section is the teacher's "
-                     "architecture.")
-    add_config_flags(p)
-
-    p = commands.add_parser("train", allow_abbrev=False, help="fine-tune the teacher, distil the MLKD student, "
-                                          "train the from-scratch baseline")
-    add_data_flags(p, required=True)
-    p.add_argument("--workdir", required=True,
-                   help="output: one directory per stage (resumable), logs/, config.json, run.json")
-    teacher = p.add_mutually_exclusive_group()
-    teacher.add_argument("--teacher", metavar="PRETRAIN_DIR",
-                         help="a `pretrain` workdir (needed by the language-model detectors)")
-    teacher.add_argument("--teacher_hf", metavar="HF_DIR",
-                         help="a local Hugging Face GPT-2-family checkpoint with its tokenizer")
-    p.add_argument("--teacher_pass", type=int, default=None, metavar="N",
-                   help="start the teacher from pre-training pass N (PRETRAIN_DIR/pretrain/epochs/N) "
-                        "instead of the pass with the best held-out perplexity")
-    p.add_argument("--encoder", metavar="ENCODER_DIR",
-                   help="a local Hugging Face BERT-family sentence encoder (config.json, vocab.txt, "
-                        "model.safetensors), e.g. all-MiniLM-L6-v2: needed by knn, mahalanobis, "
-                        "hybrid. Teacher and encoder given earlier for --workdir are remembered")
-    p.add_argument("--detectors", default=",".join(DEFAULT_DETECTORS),
-                   help=f"comma-separated detectors to train; registered: {sorted(DETECTORS)}")
-    p.add_argument("--require_better_teacher", action="store_true",
-                   help="fail (exit 1) before distilling when the fine-tuned teacher's ID-validation "
-                        "perplexity is not below the from-scratch model's (default: warn)")
-    add_config_flags(p)
-
-    p = commands.add_parser("evaluate", allow_abbrev=False, help="metrics of every trained detector -> eval.json, roc.png")
-    p.add_argument("--workdir", required=True, help="a `train` workdir")
-    p.add_argument("--data_dir", default=None, help="overrides the data directory in run.json")
-    p.add_argument("--detectors", default=None,
-                   help="comma-separated detectors (default: those `train` trained)")
-
-    p = commands.add_parser("select", allow_abbrev=False,
-                            help="choose the detector to deploy without OoD data -> selection.json")
-    p.description = ("Ranks every trained detector, a k-NN / Mahalanobis settings grid and hybrids "
-                     "by AUROC of ID validation texts vs proxy outliers (general text held out from "
-                     "pre-training, length-matched; never test or OoD data); writes "
-                     "selection.json, selection.png and detectors/selected/, which `export` "
-                     "then exports by default.")
-    p.add_argument("--workdir", required=True, help="a `train` workdir")
-    p.add_argument("--data_dir", default=None, help="overrides the data directory in run.json")
-    p.add_argument("--proxy", nargs="+", default=None, metavar="FILE",
-                   help="proxy-outlier files (.txt, .jsonl, .tsv; never evaluation data) instead of "
-                        "the teacher's held-out pre-training corpus (PRETRAIN_DIR/corpus.json, else "
-                        f"the default corpus under ${DATA_DIR_ENV})")
-    p.add_argument("--proxy_texts", type=int, default=0,
-                   help="proxy texts to draw (default 0: as many as ID validation texts, at least "
-                        "500 and at most 2,000)")
-    p.add_argument("--no_grid", action="store_true",
-                   help="rank only the trained detectors and hybrids of them (no settings grid)")
-    p.add_argument("--choose", default=None, metavar="LABEL",
-                   help="save this candidate of the ranking instead of the best (recorded as a user "
-                        "override in selection.json)")
-
-    p = commands.add_parser("export", allow_abbrev=False, help="versioned SavedModel taking raw strings")
-    p.add_argument("--workdir", required=True, help="a `train` workdir")
-    p.add_argument("--export_dir", required=True, help="writes EXPORT_DIR/<next version>/")
-    p.add_argument("--data_dir", default=None, help="overrides the data directory in run.json")
-    p.add_argument("--detector", default=None,
-                   help="the detector to export (default: the one `select` chose when the workdir "
-                        "has selection.json, else mlkd)")
-    return parser
+SEED_RENAMED = {"--seed": "--set seed=N"}
 
 
-def _resolve_data_dir(data_dir: str | None) -> str:
-    root = data_root(data_dir)
-    if root is None:
-        raise SystemExit(f"no data directory: pass --data_dir or set ${DATA_DIR_ENV}")
-    return root
+def _dataset_flag(required: bool):
+    return cli.flag("clinc150 (under the data root), or files (--input DIR with "
+                    "{id_train,id_val,id_test,ood_test}.{txt,jsonl,tsv})", default=dataclasses.MISSING if required
+                    else None, choices=DATASETS)
 
 
-def _build_config(args):
+def _input_flag():
+    return cli.flag("--dataset files: the directory holding its split files", default=None, must_exist="dir",
+                    metavar="DIR")
+
+
+def _dataset_location(dataset: str, data_dir: str | None, input_dir: str | None) -> str:
+    """Where ``load_dataset`` reads ``dataset``: the data root, or ``--input`` for ``files``."""
+    if dataset == "files":
+        if input_dir is None:
+            raise cli.UsageError("--dataset files needs --input DIR")
+        return input_dir
+    if input_dir is not None:
+        raise cli.UsageError(f"--input is for --dataset files; {dataset} is read from the data root (--data_dir)")
+    return cli.resolve_data_dir(data_dir)
+
+
+class _UserInput:
+    """Turns the errors of checking what the user gave (data, teacher, encoder) into usage errors (exit 2)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if kind is not None and issubclass(kind, (ValueError, FileNotFoundError)) and not issubclass(
+                kind, cli.UsageError):
+            raise cli.UsageError(str(error)) from None
+        return False
+
+
+def _config(preset_name: str, overrides):
     from text_ood.config import preset
 
-    config = apply_overrides(preset(args.preset), args.overrides)
-    if args.seed is not None:
-        config = apply_overrides(config, [f"seed={args.seed}"])
-    return config
+    return apply_overrides(preset(preset_name), overrides)
 
 
-def _open_workdir(args):
-    from text_ood.data import load_dataset
-    from text_ood.workdir import RUN_FILE, load_context
-
-    run_path = os.path.join(args.workdir, RUN_FILE)
-    if not os.path.isfile(run_path):
-        raise SystemExit(f"{args.workdir} is not a trained workdir (no {RUN_FILE}); run `train` first")
-    with open(run_path) as f:
-        run = json.load(f)
-    data_dir = args.data_dir or run.get("data_dir") or data_root()
-    dataset = load_dataset(run["dataset"], data_dir)
-    return load_context(args.workdir, dataset), run
-
-
-def _update_run(run_path: str, **fields) -> None:
-    """Sets ``fields`` in the workdir's run.json."""
-    with open(run_path) as f:
-        run = json.load(f)
-    run.update(fields)
-    with open(run_path, "w") as f:
-        json.dump(run, f, indent=2)
+@dataclasses.dataclass(frozen=True)
+class PretrainOptions:
+    workdir: str = cli.workdir_flag("where tokenizer/, pretrain/ (one snapshot per pass), logs/ and config.json go "
+                                    "(re-running resumes)")
+    corpus: tuple[str, ...] = cli.flag(
+        "comma-separated pre-training corpus files (.txt, .jsonl, .tsv); never an evaluation set. Default, "
+        "under the data root: " + ", ".join(DEFAULT_CORPUS), default=(), metavar="FILES")
+    dataset: str | None = _dataset_flag(required=False)
+    data_dir: str | None = cli.data_dir_flag()
+    input: str | None = _input_flag()
+    preset: str = cli.preset_flag(PRESETS, "cpu")
+    overrides: tuple[str, ...] = cli.overrides_flag()
 
 
-def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.verbosity),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)  # checkpoint-sharding chatter
-    logging.getLogger("tensorflow").setLevel(logging.WARNING)
-    from text_ood.data import DataError, default_corpus, load_dataset
-    from text_ood.detectors import DETECTORS, STUDENT_DETECTORS, create_detector
-    from text_ood.tokenizer import TokenizerError
+def pretrain_command(options: PretrainOptions) -> int:
+    from text_ood.data import default_corpus, load_dataset
+    from text_ood.stages import pretrain
 
-    try:
-        if args.command == "pretrain":
-            from text_ood.stages import pretrain
-
-            config = _build_config(args)
-            extra, monitor = [], []
-            if args.dataset:
-                id_data = load_dataset(args.dataset, _resolve_data_dir(args.data_dir), config.seed)
-                extra, monitor = id_data.id_train, id_data.id_val
-            corpus = args.corpus or default_corpus(_resolve_data_dir(None))
-            summary = pretrain(corpus, args.workdir, config, tokenizer_extra_texts=extra,
-                               monitor_texts=monitor)
-            logger.info("pre-training done: validation perplexity %.3f", summary["best_val_perplexity"])
-        elif args.command == "train":
-            from text_ood.curves import plot_validation_perplexity
-            from text_ood.stages import teacher_gate, train_detector
-            from text_ood.workdir import RUN_FILE, prepare_training
-
-            config = _build_config(args)
-            names = [n.strip() for n in args.detectors.split(",") if n.strip()]
-            unknown = [n for n in names if n not in DETECTORS]
-            if unknown:
-                raise SystemExit(f"unknown detectors {unknown}; registered: {sorted(DETECTORS)}")
-            if "selected" in names:
-                raise SystemExit("`selected` is chosen by `python -m text_ood select`, not trained")
-            data_dir = _resolve_data_dir(args.data_dir)
-            dataset = load_dataset(args.dataset, data_dir, config.seed)
-            logger.info("data set %s: %s", dataset.name, dataset.summary())
-            ctx = prepare_training(args.workdir, config, dataset, teacher_dir=args.teacher,
-                                   teacher_hf=args.teacher_hf, teacher_pass=args.teacher_pass,
-                                   data_dir=data_dir, encoder_dir=args.encoder)
-            run_path = os.path.join(args.workdir, RUN_FILE)
-            distilled = set(names) | (set(config.encoder.hybrid_components) if "hybrid" in names
-                                      else set())
-            if distilled & set(STUDENT_DETECTORS):
-                for name in sorted(distilled & set(STUDENT_DETECTORS)):
-                    ctx.require_language_models(name)
-                gate = teacher_gate(ctx, dataset.id_train)
-                _update_run(run_path, teacher_gate=gate)
-                if gate["teacher_better"]:
-                    logger.info("%s", gate["message"])
-                elif args.require_better_teacher:
-                    logger.error("%s (--require_better_teacher)", gate["message"])
-                    return 1
-                else:
-                    logger.warning("%s", gate["message"])
-            for name in names:
-                train_detector(ctx, name)
-                logger.info("detector %s trained and saved in %s", name, ctx.detector_dir(name))
-            with open(run_path) as f:
-                trained = set(json.load(f).get("detectors", [])) | set(names)
-            _update_run(run_path, detectors=sorted(trained))
-            curves = plot_validation_perplexity(args.workdir)
-            if curves:
-                logger.info("validation perplexity per epoch of every stage: %s", curves)
-        elif args.command == "evaluate":
-            from text_ood.evaluate import evaluate_detectors
-
-            ctx, run = _open_workdir(args)
-            names = ([n.strip() for n in args.detectors.split(",") if n.strip()]
-                     if args.detectors else run.get("detectors", []))
-            if not names:
-                raise SystemExit("no detectors to evaluate: `train` recorded none; pass --detectors")
-            evaluate_detectors(ctx, names)
-        elif args.command == "select":
-            from text_ood.selection import select_detector
-
-            ctx, run = _open_workdir(args)
-            document = select_detector(ctx, args.proxy, args.proxy_texts, grid=not args.no_grid,
-                                       data_root=data_root(), choose=args.choose)
-            _update_run(os.path.join(args.workdir, "run.json"),
-                        detectors=sorted(set(run.get("detectors", [])) | {"selected"}))
-            chosen = document["selected"]
-            logger.info("selected %s (proxy AUROC %.2f, FAR95 %.2f; %d candidates): %s", chosen["label"],
-                        100 * chosen["proxy_auroc"], 100 * chosen["proxy_far95"],
-                        len(document["candidates"]), os.path.join(args.workdir, "selection.json"))
-        elif args.command == "export":
-            from text_ood.export import export_detector
-            from text_ood.selection import SELECTION_FILE, read_selection
-
-            ctx, run = _open_workdir(args)
-            name, metadata = args.detector, {}
-            if name is None:
-                if os.path.isfile(os.path.join(args.workdir, SELECTION_FILE)):
-                    name = "selected"
-                    chosen = read_selection(args.workdir)["selected"]
-                    metadata["selected"] = {k: chosen[k] for k in ("label", "proxy_auroc", "proxy_far95")}
-                    logger.info("exporting the detector `select` chose: %s (%s)", chosen["label"],
-                                os.path.join(args.workdir, SELECTION_FILE))
-                else:
-                    name = "mlkd"
-                    logger.info("exporting mlkd (no %s in %s; `select` chooses a detector)",
-                                SELECTION_FILE, args.workdir)
-            detector = create_detector(name, ctx).restore(ctx.detector_dir(name))
-            check = ctx.dataset.id_val[:32] + ctx.dataset.ood_test[:32]
-            path = export_detector(detector, ctx.dataset.id_val, args.export_dir,
-                                   metadata={"workdir": os.path.abspath(args.workdir),
-                                             "dataset": run["dataset"], **metadata},
-                                   check_texts=check)
-            print(path)
-    except (ConfigError, DataError, TokenizerError, FileNotFoundError, ValueError) as error:
-        logger.error("%s", error)
-        return 2
-    except Exception as error:  # noqa: BLE001  (export errors carry their own message)
-        from text_ood.detectors import RequiresFittingError
-        from text_ood.scorers import ExportError
-
-        if isinstance(error, (ExportError, RequiresFittingError)):
-            logger.error("%s", error)
-            return 2
-        raise
+    config = _config(options.preset, options.overrides)
+    extra, monitor = [], []
+    with _UserInput():
+        if options.dataset:
+            location = _dataset_location(options.dataset, options.data_dir, options.input)
+            id_data = load_dataset(options.dataset, location, config.seed)
+            extra, monitor = id_data.id_train, id_data.id_val
+        missing = [path for path in options.corpus if not os.path.isfile(path)]
+        if missing:
+            raise cli.UsageError(f"--corpus: no such files {missing}")
+        corpus = list(options.corpus) or default_corpus(cli.resolve_data_dir(options.data_dir))
+    summary = pretrain(corpus, options.workdir, config, tokenizer_extra_texts=extra, monitor_texts=monitor)
+    logger.info("pre-training done: validation perplexity %.3f", summary["best_val_perplexity"])
     return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+    dataset: str = _dataset_flag(required=True)
+    workdir: str = cli.workdir_flag("one directory per stage (resumable), detectors/, logs/, config.json, run.json")
+    data_dir: str | None = cli.data_dir_flag()
+    input: str | None = _input_flag()
+    teacher: str | None = cli.flag("a `pretrain` workdir (needed by the language-model detectors)", default=None,
+                                   must_exist="dir", metavar="PRETRAIN_DIR")
+    teacher_hf: str | None = cli.flag("a local Hugging Face GPT-2-family checkpoint with its tokenizer",
+                                      default=None, must_exist="dir", metavar="HF_DIR")
+    teacher_pass: int | None = cli.flag(
+        "start the teacher from pre-training pass N (PRETRAIN_DIR/pretrain/epochs/N) instead of the pass with the "
+        "best held-out perplexity", default=None, metavar="N")
+    encoder: str | None = cli.flag(
+        "a local Hugging Face BERT-family sentence encoder (config.json, vocab.txt, model.safetensors), e.g. "
+        "all-MiniLM-L6-v2: needed by knn, mahalanobis, hybrid. Teacher and encoder given earlier for --workdir "
+        "are remembered", default=None, must_exist="dir", metavar="ENCODER_DIR")
+    detectors: tuple[str, ...] = cli.flag(f"comma-separated detectors to train; registered: {sorted(DETECTORS)}",
+                                          default=DEFAULT_DETECTORS)
+    require_better_teacher: bool = cli.flag(
+        "fail (exit 1) before distilling when the fine-tuned teacher's ID-validation perplexity is not below the "
+        "from-scratch model's (default: warn)", default=False)
+    preset: str = cli.preset_flag(PRESETS, "cpu")
+    overrides: tuple[str, ...] = cli.overrides_flag()
+
+    def __post_init__(self):
+        unknown = [n for n in self.detectors if n not in DETECTORS]
+        if unknown or not self.detectors:
+            raise ValueError(f"--detectors: unknown {unknown or 'none given'}; registered: {sorted(DETECTORS)}")
+        if SELECTED in self.detectors:
+            raise ValueError(f"--detectors: `{SELECTED}` is chosen by `python -m text_ood select`, not trained")
+        if self.teacher and self.teacher_hf:
+            raise ValueError("give one teacher: --teacher PRETRAIN_DIR (from `pretrain`) or --teacher_hf HF_DIR")
+
+
+def train_command(options: TrainOptions) -> int:
+    from text_ood.curves import plot_validation_perplexity
+    from text_ood.data import load_dataset
+    from text_ood.detectors import STUDENT_DETECTORS
+    from text_ood.stages import teacher_gate, train_detector
+    from text_ood.workdir import prepare_training
+
+    config = _config(options.preset, options.overrides)
+    names = list(options.detectors)
+    distilled = set(names) | (set(config.encoder.hybrid_components) if "hybrid" in names else set())
+    with _UserInput():
+        location = _dataset_location(options.dataset, options.data_dir, options.input)
+        dataset = load_dataset(options.dataset, location, config.seed)
+        logger.info("data set %s: %s", dataset.name, dataset.summary())
+        ctx = prepare_training(options.workdir, config, dataset, teacher_dir=options.teacher,
+                               teacher_hf=options.teacher_hf, teacher_pass=options.teacher_pass,
+                               data_dir=location, encoder_dir=options.encoder)
+        for name in sorted(distilled & set(STUDENT_DETECTORS)):
+            ctx.require_language_models(name)
+    if distilled & set(STUDENT_DETECTORS):
+        gate = teacher_gate(ctx, dataset.id_train)
+        update_run(options.workdir, teacher_gate=gate)
+        if gate["teacher_better"]:
+            logger.info("%s", gate["message"])
+        elif options.require_better_teacher:
+            raise cli.JobError(f"{gate['message']} (--require_better_teacher)")
+        else:
+            logger.warning("%s", gate["message"])
+    for name in names:
+        train_detector(ctx, name)
+        logger.info("detector %s trained and saved in %s", name, ctx.detector_dir(name))
+    trained = set(read_run(options.workdir).get("detectors", [])) | set(names)
+    update_run(options.workdir, detectors=sorted(trained))
+    curves = plot_validation_perplexity(options.workdir)
+    if curves:
+        logger.info("validation perplexity per epoch of every stage: %s", curves)
+    return 0
+
+
+def _open_workdir(workdir: str, data_dir: str | None):
+    """The training context of a `train` workdir and its run.json (the data set found again)."""
+    from text_ood.data import load_dataset
+    from text_ood.workdir import load_context
+
+    run = read_run(workdir)
+    if "dataset" not in run:
+        raise cli.UsageError(f"{workdir} is not a trained workdir (no run.json); run `train` first")
+    location = data_dir or run.get("data_dir") or cli.resolve_data_dir(None)
+    with _UserInput():
+        return load_context(workdir, load_dataset(run["dataset"], location)), run
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateOptions:
+    workdir: str = cli.workdir_flag("a `train` workdir", must_exist=True)
+    data_dir: str | None = cli.flag("where the data set is read (default: the location recorded in run.json)",
+                                    default=None, must_exist="dir", metavar="DIR")
+    detectors: tuple[str, ...] = cli.flag("comma-separated detectors (default: those `train` trained)", default=())
+
+
+def evaluate_command(options: EvaluateOptions) -> int:
+    from text_ood.evaluate import evaluate_detectors
+
+    ctx, run = _open_workdir(options.workdir, options.data_dir)
+    names = list(options.detectors) or run.get("detectors", [])
+    if not names:
+        raise cli.UsageError("no detectors to evaluate: `train` recorded none; pass --detectors")
+    evaluate_detectors(ctx, names)
+    return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectOptions:
+    workdir: str = cli.workdir_flag("a `train` workdir", must_exist=True)
+    data_dir: str | None = cli.flag("where the data set is read (default: the location recorded in run.json)",
+                                    default=None, must_exist="dir", metavar="DIR")
+    proxy: tuple[str, ...] = cli.flag(
+        "comma-separated proxy-outlier files (.txt, .jsonl, .tsv; never evaluation data) instead of the teacher's "
+        "held-out pre-training corpus (PRETRAIN_DIR/corpus.json, else the default corpus under the data root)",
+        default=(), metavar="FILES")
+    proxy_texts: int = cli.flag("proxy texts to draw; 0 = as many as ID validation texts, at least 500 and at "
+                                "most 2,000", default=0, metavar="N")
+    grid: bool = cli.flag("also rank a k-NN / Mahalanobis / classifier settings grid and hybrids of the best "
+                          "settings (false: the trained detectors and hybrids of them only)", default=True)
+    choose: str | None = cli.flag("save this candidate label of the ranking instead of the best (recorded as a "
+                                  "user override in selection.json)", default=None, metavar="LABEL")
+
+    def __post_init__(self):
+        if self.proxy_texts < 0:
+            raise ValueError(f"--proxy_texts: expected 0 (automatic) or a positive count, received {self.proxy_texts}")
+
+
+def select_command(options: SelectOptions) -> int:
+    from core.env import data_root
+    from text_ood.selection import select_detector
+
+    missing = [path for path in options.proxy if not os.path.isfile(path)]
+    if missing:
+        raise cli.UsageError(f"--proxy: no such files {missing}")
+    ctx, run = _open_workdir(options.workdir, options.data_dir)
+    with _UserInput():  # an unknown --choose label, or no trained detector
+        document = select_detector(ctx, list(options.proxy) or None, options.proxy_texts, grid=options.grid,
+                                   data_root=data_root(None), choose=options.choose)
+    update_run(options.workdir, detectors=sorted(set(run.get("detectors", [])) | {SELECTED}))
+    chosen = document["selected"]
+    logger.info("selected %s (proxy AUROC %.2f, FAR95 %.2f; %d candidates): %s", chosen["label"],
+                100 * chosen["proxy_auroc"], 100 * chosen["proxy_far95"], len(document["candidates"]),
+                os.path.join(options.workdir, "selection.json"))
+    return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportOptions:
+    workdir: str = cli.workdir_flag("a `train` workdir", must_exist=True)
+    export_dir: str = cli.export_dir_flag("writes EXPORT_DIR/<next version>/ (atomically)")
+    data_dir: str | None = cli.flag("where the data set is read (default: the location recorded in run.json)",
+                                    default=None, must_exist="dir", metavar="DIR")
+    detector: str | None = cli.flag("the detector to export (default: the one `select` chose when the workdir has "
+                                    "selection.json, else mlkd)", default=None, choices=tuple(sorted(DETECTORS)))
+
+
+def export_command(options: ExportOptions) -> int:
+    from text_ood.detectors import RequiresFittingError, create_detector
+    from text_ood.export import export_detector
+    from text_ood.scorers import ExportError
+    from text_ood.selection import SELECTION_FILE, read_selection
+
+    ctx, run = _open_workdir(options.workdir, options.data_dir)
+    name, metadata = options.detector, {}
+    if name is None and os.path.isfile(os.path.join(options.workdir, SELECTION_FILE)):
+        name, chosen = SELECTED, read_selection(options.workdir)["selected"]
+        metadata["selected"] = {k: chosen[k] for k in ("label", "proxy_auroc", "proxy_far95")}
+        logger.info("exporting the detector `select` chose: %s (%s)", chosen["label"],
+                    os.path.join(options.workdir, SELECTION_FILE))
+    elif name is None:
+        name = "mlkd"
+        logger.info("exporting mlkd (no %s in %s; `select` chooses a detector)", SELECTION_FILE, options.workdir)
+    try:  # a detector that was never trained, or one that cannot be exported, is a usage error
+        detector = create_detector(name, ctx).restore(ctx.detector_dir(name))
+        check = ctx.dataset.id_val[:32] + ctx.dataset.ood_test[:32]
+        path = export_detector(detector, ctx.dataset.id_val, options.export_dir,
+                               metadata={"workdir": os.path.abspath(options.workdir), "dataset": run["dataset"],
+                                         **metadata},
+                               check_texts=check)
+    except (ExportError, RequiresFittingError) as error:
+        raise cli.UsageError(str(error)) from None
+    print(path)
+    return 0
+
+
+COMMANDS = (
+    cli.Command("pretrain", PretrainOptions, pretrain_command, renamed=SEED_RENAMED,
+                help="train the tokenizer and a general-English LM (the teacher before fine-tuning)",
+                description="Trains SentencePiece on the corpus (plus the ID training texts of --dataset, if given: "
+                            "tokenizer only) and pre-trains a GPT-2-architecture LM for pretrain.epochs passes; the "
+                            "ID validation texts of --dataset are only measured (perplexity per pass). The model "
+                            "section is the teacher's architecture."),
+    cli.Command("train", TrainOptions, train_command, renamed=SEED_RENAMED,
+                help="fine-tune the teacher, distil the MLKD student, train the from-scratch baseline and encoder "
+                     "detectors"),
+    cli.Command("evaluate", EvaluateOptions, evaluate_command,
+                help="AUROC / AUPR / FAR95 of every trained detector -> eval.json, roc.png"),
+    cli.Command("select", SelectOptions, select_command, renamed={"--no_grid": "--grid=false"},
+                help="choose the detector to deploy without OoD data -> selection.json, detectors/selected",
+                description="Ranks every trained detector, a k-NN / Mahalanobis / classifier settings grid and "
+                            "hybrids by the AUROC of ID validation texts vs proxy outliers (general text held out "
+                            "from pre-training, length-matched; never test or OoD data); writes selection.json, "
+                            "selection.png and detectors/selected/, which `export` then exports by default."),
+    cli.Command("export", ExportOptions, export_command,
+                help="versioned SavedModel taking raw strings (the selected detector by default)"),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run_commands("python -m text_ood", __doc__, COMMANDS, argv)
 
 
 if __name__ == "__main__":

@@ -178,7 +178,6 @@ class EncoderConfig:
 class TextOODConfig:
     """Everything one ``pretrain`` / ``train`` run needs."""
 
-    preset: str = "cpu"
     seed: int = 0
     model: ModelConfig = ModelConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
@@ -195,8 +194,6 @@ class TextOODConfig:
     eval_batch_size: int = 128
 
     def __post_init__(self):
-        if self.preset not in PRESETS:
-            raise ValueError(f"preset must be one of {PRESETS}, received {self.preset!r}")
         layers = self.distill.student_layers or default_student_layers(self.model.n_layer)
         bad = [i for i in layers if not 1 <= i <= self.model.n_layer]
         if bad:
@@ -229,11 +226,10 @@ def preset(name: str = "cpu") -> TextOODConfig:
       ConfigError: unknown preset name (the error lists the valid ones).
     """
     if name == "cpu":
-        return TextOODConfig(preset="cpu")
+        return TextOODConfig()
     if name == "gpt2-small":
         paper = StageConfig(epochs=5, batch_size=8, learning_rate=5e-5, warmup_steps=0)
         return TextOODConfig(
-            preset="gpt2-small",
             model=ModelConfig(n_layer=12, n_embd=768, n_head=12, max_length=128),
             tokenizer=TokenizerConfig(vocab_size=16000),
             pretrain=StageConfig(epochs=3, batch_size=32, learning_rate=3e-4, warmup_steps=1000),
@@ -246,7 +242,6 @@ def preset(name: str = "cpu") -> TextOODConfig:
         quick = StageConfig(epochs=1, batch_size=8, learning_rate=3e-3, warmup_steps=2,
                             max_steps=6, checkpoint_every_steps=3, log_every_steps=1)
         return TextOODConfig(
-            preset="tiny",
             model=ModelConfig(n_layer=2, n_embd=32, n_head=2, max_length=24, dropout=0.0),
             tokenizer=TokenizerConfig(vocab_size=120, max_sentences=5000),
             pretrain=quick,

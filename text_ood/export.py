@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from serving.export import atomic_version_dir
-from text_ood.contract import DETECTOR_JSON
+from serving.export import atomic_version_dir, write_serving_limits
+from text_ood.contract import DEFAULT_MAX_TEXT_BYTES, DETECTOR_JSON, MAX_TEXT_BYTES_FIELD, MAX_TEXT_TOKENS_FIELD
 from text_ood.detectors import OODDetector
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def score_in_batches(function, texts: Sequence[str], batch_size: int = 256) -> n
 
 def export_detector(detector: OODDetector, calibration_texts: Sequence[str], export_dir: str,
                     metadata: dict | None = None, check_texts: Sequence[str] = (),
-                    tolerance: float = 1e-3) -> str:
+                    tolerance: float = 1e-3, max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES) -> str:
     """Exports a fitted detector; returns the new version directory.
 
     Args:
@@ -63,6 +63,10 @@ def export_detector(detector: OODDetector, calibration_texts: Sequence[str], exp
       metadata: extra fields for ``detector.json``.
       check_texts: texts whose in-graph scores must match ``detector.score`` within
         ``tolerance`` (training/serving skew check) before anything is written.
+      max_text_bytes: the longest text (UTF-8 bytes) the export accepts: the server answers
+        longer ones with 400 and batch scoring rejects them (``text_too_long``); recorded in
+        ``detector.json`` with ``max_text_tokens`` (the scorer's token window, when it has one)
+        and in ``assets.extra/serving_limits.json``.
 
     Raises:
       NotImplementedError / ExportError: the detector cannot be exported.
@@ -92,6 +96,8 @@ def export_detector(detector: OODDetector, calibration_texts: Sequence[str], exp
                             "share_at_or_below": float(np.mean(val_scores <= threshold))},
             "signature": {"inputs": {"text": "string [batch]"}, "outputs": dict(sorted(outputs.items()))},
             "load_requires": "import tensorflow_text before tf.saved_model.load (tokenizer ops)",
+            MAX_TEXT_BYTES_FIELD: int(max_text_bytes),
+            MAX_TEXT_TOKENS_FIELD: getattr(scorer, "max_length", None),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             **(metadata or {})}
     with atomic_version_dir(export_dir) as target:
@@ -100,5 +106,6 @@ def export_detector(detector: OODDetector, calibration_texts: Sequence[str], exp
         os.makedirs(extra, exist_ok=True)
         with open(os.path.join(extra, DETECTOR_JSON), "w") as f:
             json.dump(info, f, indent=2)
+        write_serving_limits(target.tmp_path, max_text_bytes)
     logger.info("exported %s to %s (threshold %.4f)", detector.name, target.path, threshold)
     return target.path

@@ -9,12 +9,11 @@ Training stages, detectors, evaluation and export reopen a workdir through this 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from collections.abc import Sequence
 
-from core.config import from_dict, to_dict
+from core import workdir as core_workdir
 from text_ood.config import TextOODConfig
 from text_ood.data import OODDataset
 from text_ood.tokenizer import HFGPT2Tokenizer, SentencePieceTokenizer, load_tokenizer
@@ -24,63 +23,33 @@ logger = logging.getLogger(__name__)
 DONE_FILE = "done.json"  # a finished stage (see text_ood.trainer)
 
 
-CONFIG_FILE = "config.json"
-RUN_FILE = "run.json"
+CONFIG_FILE, RUN_FILE = core_workdir.CONFIG_FILE, core_workdir.RUN_FILE
 
 
 PRETRAIN_SECTIONS = ("seed", "model", "tokenizer", "pretrain")
 TRAIN_SECTIONS = ("seed", "model", "teacher", "student", "scratch", "distill")
 
 
+# Config keys removed since earlier workdirs were written (dropped when those are read).
+RETIRED_KEYS = ("preset",)
+
+
 def write_config(workdir: str, config: TextOODConfig, sections: Sequence[str]) -> None:
-    """Writes (and logs) the resolved config; a workdir keeps the config it was created with.
+    """Writes the resolved config; a workdir keeps the config it was created with.
 
     Args:
       sections: the config sections this workdir's artefacts depend on; resuming with any of
         them changed is refused (other sections may differ, e.g. ``student`` for a pretrain dir).
 
     Raises:
-      ValueError: ``workdir`` already holds a config that differs in ``sections`` (resuming it
-        with other settings would mix two runs); the message lists the differing keys.
+      ValueError: ``workdir`` already holds a config that differs in ``sections``.
     """
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, CONFIG_FILE)
-    if os.path.isfile(path):
-        with open(path) as f:
-            # Through the dataclasses: fields added since the workdir was created take their
-            # defaults (the values the old code used), so they do not count as changes.
-            old_values = to_dict(from_dict(TextOODConfig, json.load(f)))
-        new_values = to_dict(config)
-        existing = _flatten({k: old_values.get(k) for k in sections})
-        new = _flatten({k: new_values.get(k) for k in sections})
-        changed = sorted(k for k in set(existing) | set(new) if existing.get(k) != new.get(k))
-        if changed:
-            raise ValueError(
-                f"{workdir} was created with a different config ({', '.join(changed[:8])} differ: "
-                f"{[(k, existing.get(k), new.get(k)) for k in changed[:3]]}); use a new --workdir "
-                "or the original settings to resume")
-    with open(path, "w") as f:
-        json.dump(to_dict(config), f, indent=2)
-    logger.info("config: %s", json.dumps(to_dict(config)))
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
+    core_workdir.write_config(workdir, config, sections, retired=RETIRED_KEYS)
 
 
 def read_config(workdir: str) -> TextOODConfig:
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{workdir} has no {CONFIG_FILE}: run `python -m text_ood train` "
-                                "(or `pretrain`) with this --workdir first")
-    with open(path) as f:
-        return from_dict(TextOODConfig, json.load(f))
+    """The config a ``pretrain`` / ``train`` workdir was created with."""
+    return core_workdir.read_config(workdir, TextOODConfig, retired=RETIRED_KEYS)
 
 
 @dataclasses.dataclass
@@ -122,11 +91,7 @@ def prepare_training(workdir: str, config: TextOODConfig, dataset: OODDataset,
     (``encoder_dir``); a workdir may have both. Sources not given now keep what ``W/run.json``
     recorded earlier (so ``train --encoder DIR`` adds embedding detectors to an MLKD workdir).
     """
-    run_path = os.path.join(workdir, RUN_FILE)
-    previous = {}
-    if os.path.isfile(run_path):
-        with open(run_path) as f:
-            previous = json.load(f)
+    previous = core_workdir.read_run(workdir)
     if teacher_pass is not None and teacher_dir is None:
         raise ValueError("--teacher_pass selects a pass of a `pretrain` workdir: give --teacher PRETRAIN_DIR")
     if teacher_dir is not None and teacher_hf is not None:
@@ -162,17 +127,15 @@ def prepare_training(workdir: str, config: TextOODConfig, dataset: OODDataset,
     write_config(workdir, config, TRAIN_SECTIONS)
     if teacher_dir is not None or teacher_hf is not None:
         tokenizer.save(os.path.join(workdir, "tokenizer"))
-    with open(run_path, "w") as f:
-        json.dump({**previous, "dataset": dataset.kind, "dataset_name": dataset.name,
-                   "data_dir": data_dir and os.path.abspath(data_dir), "splits": dataset.summary(),
-                   "teacher": source, "encoder": encoder}, f, indent=2)
+    core_workdir.update_run(workdir, dataset=dataset.kind, dataset_name=dataset.name,
+                            data_dir=data_dir and os.path.abspath(data_dir), splits=dataset.summary(),
+                            teacher=source, encoder=encoder)
     return TrainingContext(workdir, config, dataset, tokenizer, source, encoder)
 
 
 def load_context(workdir: str, dataset: OODDataset) -> TrainingContext:
     """Reopens a workdir written by :func:`prepare_training`."""
-    with open(os.path.join(workdir, RUN_FILE)) as f:
-        run = json.load(f)
+    run = core_workdir.read_run(workdir)
     tokenizer_dir = os.path.join(workdir, "tokenizer")
     tokenizer = load_tokenizer(tokenizer_dir) if os.path.isdir(tokenizer_dir) else None
     return TrainingContext(workdir, read_config(workdir), dataset, tokenizer, run.get("teacher"),

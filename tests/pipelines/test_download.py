@@ -16,6 +16,7 @@ import pytest
 
 from core.net import free_port
 from pipelines import download as dl
+from pipelines.__main__ import main
 
 MOVIELENS_FILES = ("README.txt", "links.csv", "movies.csv", "ratings.csv", "tags.csv")
 
@@ -98,9 +99,10 @@ def test_real_files_download_verify_skip_repair_and_force(data_dir, server, tmp_
     _write_zip(os.path.join(server.root, "ml-latest-small.zip"), members)
     shutil.copy(clinc, os.path.join(server.root, "data_full.json"))
     out = str(tmp_path / "data")
-    argv = ["movielens", "clinc150", "--data_dir", out, "--base_url", server.url, "--no_progress"]
+    argv = ["download", "--datasets", "movielens,clinc150", "--data_dir", out, "--base_url", server.url,
+            "--progress=false"]
 
-    assert dl.main(argv) == 0
+    assert main(argv) == 0
     assert server.requests == ["/ml-latest-small.zip", "/data_full.json"]
     assert _files_under(out) == sorted([os.path.join("movielens", "ml-latest-small", f) for f in MOVIELENS_FILES]
                                        + [os.path.join("text", "clinc150", "data_full.json")])
@@ -109,7 +111,7 @@ def test_real_files_download_verify_skip_repair_and_force(data_dir, server, tmp_
             assert got.read() == members[f"ml-latest-small/{f}"]
     assert dl.sha256_of(os.path.join(out, "text", "clinc150", "data_full.json")) == dl.sha256_of(clinc)
 
-    assert dl.main(argv) == 0  # everything present and verified: no request at all
+    assert main(argv) == 0  # everything present and verified: no request at all
     assert len(server.requests) == 2
 
     ratings = os.path.join(out, "movielens", "ml-latest-small", "ratings.csv")
@@ -117,12 +119,14 @@ def test_real_files_download_verify_skip_repair_and_force(data_dir, server, tmp_
     movies_inode = os.stat(movies).st_ino
     with open(ratings, "ab") as f:
         f.write(b"corrupted\n")
-    assert dl.main(["movielens", "--data_dir", out, "--base_url", server.url, "--no_progress"]) == 0
+    assert main(["download", "--datasets", "movielens", "--data_dir", out, "--base_url", server.url,
+                 "--progress=false"]) == 0
     assert server.requests[2:] == ["/ml-latest-small.zip"]
     assert dl.sha256_of(ratings) == dl.DATASETS["movielens"].files["ratings.csv"]  # repaired
     assert os.stat(movies).st_ino == movies_inode  # the verified file was left alone
 
-    assert dl.main(["clinc150", "--data_dir", out, "--base_url", server.url, "--force", "--no_progress"]) == 0
+    assert main(["download", "--datasets", "clinc150", "--data_dir", out, "--base_url", server.url, "--force",
+                 "--progress=false"]) == 0
     assert server.requests[3:] == ["/data_full.json"]
 
 
@@ -170,7 +174,8 @@ def test_checksum_mismatch_keeps_existing_file(server, tmp_path):
 def test_cli_reports_checksum_failure_with_exit_code(server, tmp_path, caplog):
     _fake_movielens(server.root)  # fake content against the real built-in checksums
     with caplog.at_level(logging.ERROR, logger="pipelines.download"):
-        code = dl.main(["movielens", "--data_dir", str(tmp_path / "data"), "--base_url", server.url, "--no_progress"])
+        code = main(["download", "--datasets", "movielens", "--data_dir", str(tmp_path / "data"), "--base_url",
+                     server.url, "--progress=false"])
     assert code == 1
     assert "checksum mismatch" in caplog.text and dl.DATASETS["movielens"].files["ratings.csv"] in caplog.text
     assert not (tmp_path / "data").exists()
@@ -216,18 +221,13 @@ def test_argument_errors(tmp_path, monkeypatch, capsys):
         dl.download("imagenet", str(tmp_path))
     with pytest.raises(ValueError, match="must name exactly"):
         dl.download("clinc150", str(tmp_path), checksums={"other.json": "0" * 64})
-    with pytest.raises(SystemExit) as raised:
-        dl.main(["--help"])
-    assert raised.value.code == 0
+    assert main(["download", "--help"]) == 0
     help_text = capsys.readouterr().out
-    assert "{clinc150,movielens}" in help_text and "--base_url" in help_text and "--force" in help_text
-    with pytest.raises(SystemExit) as raised:
-        dl.main(["imagenet", "--data_dir", str(tmp_path)])
-    assert raised.value.code == 2
+    assert "clinc150,movielens" in help_text and "--base_url" in help_text and "--force" in help_text
+    assert main(["download", "--datasets", "imagenet", "--data_dir", str(tmp_path)]) == 2
+    assert "unknown ['imagenet']" in capsys.readouterr().err
     monkeypatch.delenv("SSL_DATA_DIR", raising=False)
-    with pytest.raises(SystemExit) as raised:
-        dl.main(["clinc150"])
-    assert raised.value.code == 2
+    assert main(["download", "--datasets", "clinc150"]) == 2
     assert "--data_dir is required" in capsys.readouterr().err
 
 

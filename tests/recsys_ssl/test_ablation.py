@@ -42,7 +42,7 @@ def test_methods_and_variants_are_parsed_strictly():
 @pytest.mark.slow
 def test_ablate_tunes_alpha_on_validation_then_compares_seeds(features_dir, tmp_path, capsys):
     out = str(tmp_path / "ablation")
-    argv = ["ablate", "--features", features_dir, "--out", out, "--methods", "none,cfm", "--seeds", "2",
+    argv = ["ablate", "--features", features_dir, "--output_dir", out, "--methods", "none,cfm", "--seeds", "0,1",
             "--alphas", "0.1,1.0", "--versus", "cfm:none", "--preset", "tiny", "--set", "train.epochs=1"]
     assert cli.main(argv) == 0
     document = json.load(open(os.path.join(out, "ablation.json")))

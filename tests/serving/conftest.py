@@ -143,10 +143,11 @@ class ServerProcess:
       flags: the server's flags besides the config file and the ports.
       config: a ``ModelServerConfig`` text with ``{root}`` placeholders.
       config_name: the config file's name inside ``root``.
+      preexec_fn: run in the server process before it starts (e.g. to lower its open-file limit).
     """
 
     def __init__(self, root: str, log_path: str, flags=SHARED_SERVER_FLAGS, config: str = MODELS_CONFIG,
-                 config_name: str = "models.config"):
+                 config_name: str = "models.config", preexec_fn=None):
         self.root = root
         self.grpc_port, self.rest_port = free_port(), free_port()
         self.rest_url = f"http://127.0.0.1:{self.rest_port}"
@@ -156,10 +157,11 @@ class ServerProcess:
             f.write(config.format(root=root))
         self.log_path = log_path
         self._log = open(log_path, "w")
+        self.started_at = time.time()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "serving", f"--model_config_file={self.config_path}",
+            [sys.executable, "-m", "serving", "serve", f"--model_config_file={self.config_path}",
              f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}", *flags],
-            stdout=self._log, stderr=subprocess.STDOUT,
+            stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=preexec_fn,
         )
 
     def log(self) -> str:

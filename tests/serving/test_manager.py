@@ -167,17 +167,13 @@ def test_project_models_config_parses():
     assert sorted(configs) == ["ood", "retrieval", "retrieval_scann"]
 
 
-def test_cli_help_and_bad_flags(capsys, tmp_path):
-    with pytest.raises(SystemExit) as raised:
-        cli.main(["--help"])
-    assert raised.value.code == 0 and "--model_config_file" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as raised:
-        cli.main([])  # Neither a base path nor a config file.
-    assert raised.value.code == 2
+def test_cli_bad_model_arguments_are_usage_errors(capsys, tmp_path):
+    assert cli.main(["serve"]) == 2  # Neither a base path nor a config file.
     bad_config = tmp_path / "bad.config"
     bad_config.write_text("model_config_list { config { name: 'a' } }")
-    assert cli.main([f"--model_config_file={bad_config}"]) == 2
-    assert cli.main(["--model_base_path=/x", "--port=0", "--rest_api_port=0"]) == 2
+    assert cli.main(["serve", f"--model_config_file={bad_config}"]) == 2
+    assert cli.main(["serve", "--model_base_path=/x", "--port=0", "--rest_api_port=0"]) == 2
+    assert cli.main(["--model_base_path=/x"]) == 2  # the command word comes first
 
 
 def _text(value: str):

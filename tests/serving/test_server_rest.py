@@ -180,8 +180,11 @@ def test_request_timeout_is_504_and_the_server_keeps_serving(server):
 
 
 def test_stats_endpoint_reports_model_time_and_overhead(server):
+    started = time.time()
     for _ in range(3):
         _rows(server, "ood", {"instances": OOD_CORPUS_V1})
+    status, _, _ = post_json(f"{server.rest_url}/v1/models/ood:predict", {"instances": [1, 2]})  # an error to count
+    assert status == 400
     status, document = get_json(f"{server.rest_url}/monitoring/stats")
     assert status == 200
     series = [s for s in document["series"] if s["model"] == "ood" and s["api"] == "rest"
@@ -194,9 +197,10 @@ def test_stats_endpoint_reports_model_time_and_overhead(server):
     for part in ("total_ms", "model_ms", "queue_ms", "overhead_ms"):
         stats = entry[part]
         assert stats["p50"] <= stats["p90"] <= stats["p99"], (part, stats)
-    assert all(isinstance(v, int) and v > 0 for v in entry["errors"].values())
+    assert entry["errors"] and all(isinstance(v, int) and v > 0 for v in entry["errors"].values())
+    assert entry["errors"].get("INVALID_ARGUMENT", 0) >= 1, entry["errors"]
     assert entry["window"] >= 3 and entry["mean_batch_rows"] >= 1
-    assert document["since"] <= time.time()
+    assert server.started_at <= document["since"] <= started
 
 
 def test_concurrent_requests_are_merged_and_answered_correctly(server, model_root):

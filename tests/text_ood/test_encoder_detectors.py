@@ -53,7 +53,7 @@ def encoder_dir(tmp_path_factory) -> str:
 def _train_encoder_workdir(tmp_path_factory, name, encoder_dir, data_dir, *flags) -> str:
     """Train encoder detectors (no teacher) on the tiny data set into a fresh workdir."""
     workdir = str(tmp_path_factory.mktemp(name))
-    assert main(["train", "--dataset", "files", "--data_dir", data_dir, "--workdir", workdir,
+    assert main(["train", "--dataset", "files", "--input", data_dir, "--workdir", workdir,
                  "--encoder", encoder_dir, "--preset", "tiny", "--set", "encoder.knn_k=2", *flags]) == 0
     return workdir
 
@@ -77,7 +77,7 @@ def hybrid_workdir(tmp_path_factory, trained_workdir, encoder_dir, ood_data_dir)
     """A copy of the session's MLKD workdir with the encoder added and the hybrid trained."""
     workdir = str(tmp_path_factory.mktemp("hybrid") / "w")
     shutil.copytree(trained_workdir, workdir)
-    assert main(["train", "--dataset", "files", "--data_dir", ood_data_dir, "--workdir", workdir,
+    assert main(["train", "--dataset", "files", "--input", ood_data_dir, "--workdir", workdir,
                  "--encoder", encoder_dir, "--preset", "tiny", "--detectors", "knn,hybrid"]) == 0
     return workdir
 
@@ -146,13 +146,13 @@ def test_mahalanobis_uses_labels_only_when_asked(encoder_workdir, ood_data_dir):
 
 
 def test_missing_teacher_or_encoder_fails_cleanly(encoder_workdir, tmp_path, ood_data_dir, caplog):
-    assert main(["train", "--dataset", "files", "--data_dir", ood_data_dir, "--workdir",
+    assert main(["train", "--dataset", "files", "--input", ood_data_dir, "--workdir",
                  encoder_workdir, "--preset", "tiny", "--detectors", "mlkd"]) == 2
     assert "needs a teacher language model" in caplog.text
-    assert main(["train", "--dataset", "files", "--data_dir", ood_data_dir, "--workdir",
+    assert main(["train", "--dataset", "files", "--input", ood_data_dir, "--workdir",
                  str(tmp_path / "nothing"), "--preset", "tiny", "--detectors", "knn"]) == 2
     assert "--encoder DIR" in caplog.text
-    assert main(["train", "--dataset", "files", "--data_dir", ood_data_dir, "--workdir",
+    assert main(["train", "--dataset", "files", "--input", ood_data_dir, "--workdir",
                  str(tmp_path / "bad"), "--encoder", str(tmp_path), "--preset", "tiny",
                  "--detectors", "knn"]) == 2
     assert "not a Hugging Face model directory" in caplog.text

@@ -62,13 +62,31 @@ def test_threshold_is_calibrated_on_id_validation(exported, trained_workdir, ood
     with open(os.path.join(exported, "1", "assets.extra", "detector.json")) as f:
         info = json.load(f)
     assert info["detector"] == "mlkd" and info["calibration"]["split"] == "id_val"
+    # The text limits the server and batch scoring apply (issue 23): bytes, and the scorer's token window.
+    assert info["max_text_bytes"] == 100_000 and info["max_text_tokens"] == ctx_max_length(trained_workdir)
+    with open(os.path.join(exported, "1", "assets.extra", "serving_limits.json")) as f:
+        assert json.load(f) == {"max_string_bytes": 100_000}
     ctx = load_context(trained_workdir, load_dataset("files", ood_data_dir))
     val_scores = create_detector("mlkd", ctx).restore(ctx.detector_dir("mlkd")).score(ctx.dataset.id_val)
     share = np.mean(val_scores <= info["threshold"] + 1e-5)
     assert 0.95 <= share < 0.95 + 2 / len(val_scores)
 
 
-def test_second_export_is_a_new_version(exported, trained_workdir):
-    assert main(["export", "--workdir", trained_workdir, "--export_dir", exported,
-                 "--detector", "scratch"]) == 0
-    assert sorted(os.listdir(exported)) == ["1", "2"]
+def ctx_max_length(workdir: str) -> int:
+    """The LM scorer's token window (max_length) from the workdir's resolved config."""
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = json.load(f)
+    return config["model"]["max_length"]
+
+
+def test_second_export_is_a_new_version(trained_workdir, tmp_path):
+    """Its own export directory: the session's shared export (read by other tests) stays at version 1."""
+    import shutil
+
+    exported = str(tmp_path / "export")
+    for detector, versions in (("mlkd", ["1"]), ("scratch", ["1", "2"])):
+        assert main(["export", "--workdir", trained_workdir, "--export_dir", exported, "--detector", detector]) == 0
+        assert sorted(os.listdir(exported)) == versions
+    with open(os.path.join(exported, "2", "assets.extra", "detector.json")) as f:
+        assert json.load(f)["detector"] == "scratch"
+    shutil.rmtree(exported)

@@ -66,22 +66,26 @@ def test_detector_contract_and_bad_inputs(trained_workdir, ood_data_dir):
     assert {"mlkd", "mlkd_no_intermediate", "teacher", "scratch"} <= set(DETECTORS)
 
 
-def test_cli_errors_are_clear(tmp_path, ood_data_dir, caplog):
-    assert main(["train", "--dataset", "files", "--data_dir", ood_data_dir, "--workdir",
+def test_cli_errors_are_clear(tmp_path, ood_data_dir, pretrain_dir, capsys):
+    not_pretrained = tmp_path / "not_pretrained"
+    not_pretrained.mkdir()
+    assert main(["train", "--dataset", "files", "--input", ood_data_dir, "--workdir",
+                 str(tmp_path / "w"), "--teacher", str(not_pretrained), "--preset", "tiny"]) == 2
+    assert "no finished pre-training" in capsys.readouterr().err
+    assert main(["train", "--dataset", "files", "--input", ood_data_dir, "--workdir",
                  str(tmp_path / "w"), "--teacher", str(tmp_path / "missing"), "--preset", "tiny"]) == 2
-    assert "no finished pre-training" in caplog.text
-    assert main(["train", "--dataset", "files", "--data_dir", ood_data_dir, "--workdir",
-                 str(tmp_path / "w"), "--teacher", "x", "--set", "model.n_head=5"]) == 2
-    assert "must divide" in caplog.text
-    with pytest.raises(SystemExit):
-        main(["evaluate", "--workdir", str(tmp_path / "never-trained")])
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--help"])
-    assert exit_info.value.code == 0
+    assert "--teacher" in capsys.readouterr().err
+    assert main(["train", "--dataset", "files", "--input", ood_data_dir, "--workdir",
+                 str(tmp_path / "w"), "--teacher", pretrain_dir, "--set", "model.n_head=5"]) == 2
+    assert "must divide" in capsys.readouterr().err
+    assert main(["evaluate", "--workdir", str(tmp_path / "never-trained")]) == 2
+    assert main(["train", "--dataset", "files", "--workdir", str(tmp_path / "w"), "--teacher", pretrain_dir]) == 2
+    assert "--dataset files needs --input DIR" in capsys.readouterr().err
+    assert main(["--help"]) == 0
 
 
 def test_workdir_refuses_a_different_config(trained_workdir, pretrain_dir, ood_data_dir, caplog):
-    assert main(["train", "--dataset", "files", "--data_dir", ood_data_dir, "--workdir",
+    assert main(["train", "--dataset", "files", "--input", ood_data_dir, "--workdir",
                  trained_workdir, "--teacher", pretrain_dir, "--preset", "tiny",
                  "--set", "student.epochs=3"]) == 2
     assert "different config" in caplog.text and "student.epochs" in caplog.text
@@ -97,7 +101,7 @@ def test_student_lm_weight_adds_the_ground_truth_loss(trained_workdir, tmp_path,
     shutil.copytree(os.path.join(trained_workdir, "teacher"), os.path.join(workdir, "teacher"))
     with open(os.path.join(trained_workdir, "run.json")) as f:
         teacher_dir = json.load(f)["teacher"]["path"]
-    assert main(["train", "--dataset", "files", "--data_dir", ood_data_dir, "--workdir", workdir,
+    assert main(["train", "--dataset", "files", "--input", ood_data_dir, "--workdir", workdir,
                  "--teacher", teacher_dir, "--preset", "tiny", "--detectors", "mlkd",
                  "--set", "distill.lm_weight=1"]) == 0
     with open(os.path.join(trained_workdir, "mlkd", "history.json")) as f:
@@ -166,7 +170,7 @@ def test_require_better_teacher_stops_before_distilling(trained_workdir, tmp_pat
         with open(done_path, "w") as f:
             json.dump(done, f)
         caplog.clear()
-        assert main(["train", "--dataset", "files", "--data_dir", ood_data_dir, "--workdir", workdir,
+        assert main(["train", "--dataset", "files", "--input", ood_data_dir, "--workdir", workdir,
                      "--teacher", teacher_dir, "--preset", "tiny", "--detectors", "mlkd", *flag]) == code
         assert "teacher gate FAILED" in caplog.text
         assert os.path.isdir(os.path.join(workdir, "mlkd")) == (code == 0)
@@ -198,7 +202,7 @@ def test_student_options_normalised_distance_and_projection_decay(trained_workdi
                        ("decay", ["student.weight_decay=0.5"])):
         workdir = str(tmp_path / name)
         _copy_stages(trained_workdir, workdir, ("teacher", "scratch"))
-        assert main(["train", "--dataset", "files", "--data_dir", ood_data_dir, "--workdir", workdir,
+        assert main(["train", "--dataset", "files", "--input", ood_data_dir, "--workdir", workdir,
                      "--teacher", teacher_dir, "--preset", "tiny", "--detectors", "mlkd",
                      "--set", "student.epochs=1", *[x for s in sets for x in ("--set", s)]]) == 0
         norms[name] = logged(workdir, "train/projection_norm")
@@ -243,7 +247,7 @@ def test_detectors_are_saved_by_train_and_restored_without_training(trained_work
 
 def test_teacher_can_start_from_any_pretraining_pass(pretrain_dir, ood_data_dir, tmp_path, caplog):
     assert os.path.isdir(os.path.join(pretrain_dir, "pretrain", "epochs", "1"))  # every pass is kept
-    base = ["train", "--dataset", "files", "--data_dir", ood_data_dir, "--teacher", pretrain_dir,
+    base = ["train", "--dataset", "files", "--input", ood_data_dir, "--teacher", pretrain_dir,
             "--preset", "tiny", "--detectors", "teacher"]
     assert main([*base, "--workdir", str(tmp_path / "bad"), "--teacher_pass", "7"]) == 2
     assert "epochs/7 does not exist" in caplog.text

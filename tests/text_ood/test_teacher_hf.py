@@ -54,7 +54,7 @@ def test_hf_tokenizer_frames_with_endoftext(hf_dir):
 @pytest.mark.slow
 def test_train_evaluate_with_hf_teacher_and_export_refuses_clearly(hf_dir, ood_data_dir, tmp_path, caplog):
     workdir = str(tmp_path / "hf_run")
-    assert main(["train", "--dataset", "files", "--data_dir", ood_data_dir, "--workdir", workdir,
+    assert main(["train", "--dataset", "files", "--input", ood_data_dir, "--workdir", workdir,
                  "--teacher_hf", hf_dir, "--preset", "tiny", "--detectors", "mlkd,teacher"]) == 0
     assert isinstance(load_tokenizer(os.path.join(workdir, "tokenizer")), HFGPT2Tokenizer)
     assert main(["evaluate", "--workdir", workdir]) == 0

@@ -40,9 +40,11 @@ DETECTORS: dict[str, DetectorFactory] = {
     "hybrid": lambda ctx: HybridDetector(
         "hybrid", ctx, [create_detector(n, ctx) for n in ctx.config.encoder.hybrid_components]),
     # The detector `python -m text_ood select` chose (WORKDIR/selection.json), with its settings.
-    "selected": lambda ctx: _selected(ctx),
+    "selected": lambda ctx: _selected(ctx),  # SELECTED
 }
 DEFAULT_DETECTORS = ("teacher", "scratch", "mlkd")
+# The registry name of the detector `python -m text_ood select` chose (never trained by `train`).
+SELECTED = "selected"
 # Detectors whose training distils the fine-tuned teacher (``train`` checks the teacher gate first).
 STUDENT_DETECTORS = ("mlkd", "mlkd_no_intermediate")
 
@@ -64,7 +66,7 @@ def create_detector(name: str, context: TrainingContext) -> OODDetector:
     return DETECTORS[name](context)
 
 
-__all__ = ["DETECTORS", "DEFAULT_DETECTORS", "STUDENT_DETECTORS", "ClassifierDetector", "EmbeddingDetector",
+__all__ = ["DETECTORS", "DEFAULT_DETECTORS", "SELECTED", "STUDENT_DETECTORS", "ClassifierDetector", "EmbeddingDetector",
            "HybridDetector", "KNNDetector",
            "MahalanobisDetector", "MissingEncoderError", "OODDetector", "PerplexityDetector",
            "RequiresFittingError", "create_detector"]
