@@ -94,6 +94,24 @@ def materialise(ctx, candidate: Candidate, by_label: dict[str, Candidate]):
     return detector.fit(ctx.dataset.id_train, ctx.dataset.id_train_labels)
 
 
+def save_choice(ctx, chosen: Candidate, by_label: dict[str, Candidate]):
+    """Fits ``chosen`` and saves it as ``detectors/selected``.
+
+    Returns:
+      ``(detector, entry)``: the fitted detector and the ``selection.json`` "selected" entry
+      without metrics: the candidate, its encoder config and, for a hybrid, every component's
+      (what :func:`selected_detector` rebuilds it from).
+    """
+    detector = materialise(ctx, chosen, by_label)
+    detector.name = SELECTED
+    detector.save(ctx.detector_dir(SELECTED))
+    return detector, {**chosen.to_dict(),
+                      "encoder_config": to_dict(getattr(detector, "context", ctx).config.encoder),
+                      "component_encoder_configs": {c.name: to_dict(c.context.config.encoder)
+                                                    for c in getattr(detector, "components", ())},
+                      "score": getattr(detector, "score_description", "mean next-token NLL")}
+
+
 def select_detector(ctx, proxy_files: Sequence[str] | None = None, proxy_size: int = 0,
                     grid: bool = True, seed: int = 0, data_root: str | None = None,
                     choose: str | None = None) -> dict:
@@ -143,9 +161,7 @@ def select_detector(ctx, proxy_files: Sequence[str] | None = None, proxy_size: i
         raise ValueError(f"--choose {choose!r} is not a candidate; the best five: "
                          f"{[c.label for c in ranking[:5]]} (all in selection.json of a run without --choose)")
     chosen = by_label[choose] if choose else ranking[0]
-    detector = materialise(ctx, chosen, by_label)
-    detector.name = SELECTED
-    detector.save(ctx.detector_dir(SELECTED))
+    detector, entry = save_choice(ctx, chosen, by_label)
     check = {"val": detector.score(sets["val"]), "proxy": detector.score(proxy)}
     recheck = criterion(check)
     gap = float(max(np.max(np.abs(check[k] - scores[chosen.label][k])) for k in check))
@@ -156,11 +172,7 @@ def select_detector(ctx, proxy_files: Sequence[str] | None = None, proxy_size: i
         "criterion": CRITERION, "proxy": proxy_info, "id_val_texts": len(sets["val"]),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "candidates": [{**c.to_dict(), **metrics[c.label]} for c in ranking],
-        "selected": {**chosen.to_dict(), **metrics[chosen.label],
-                     "encoder_config": to_dict(getattr(detector, "context", ctx).config.encoder),
-                     "component_encoder_configs": {c.name: to_dict(c.context.config.encoder)
-                                                   for c in getattr(detector, "components", ())},
-                     "score": getattr(detector, "score_description", "mean next-token NLL")},
+        "selected": {**entry, **metrics[chosen.label]},
         "recheck": {**recheck, "max_abs_score_difference": gap},
         "overridden_by_user": choose is not None,
     }
