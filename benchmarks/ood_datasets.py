@@ -18,7 +18,7 @@ pre-trained or tuned on them, and their OoD texts are only ever test texts.
   ``--`` removed, whitespace collapsed, cut at 600 characters on a word boundary
   (about 100 words: the sentence encoder's cost grows with length; the LMs read 64 tokens).
 
-Usage: ``python benchmarks/ood_datasets.py --output_dir runs/data`` (all configurations) or
+Usage: ``python -m benchmarks.ood_datasets --output_dir runs/data`` (all configurations) or
 :func:`write_config` from another script.
 """
 
@@ -157,9 +157,11 @@ def write_config(name: str, output_dir: str, root: str, seed: int = 0) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--output_dir", required=True,
+                        help="writes OUTPUT_DIR/<configuration>/{id_train,id_val,id_test,ood_test}.jsonl")
     parser.add_argument("--data_dir", default=None, help="data root (default: $SSL_DATA_DIR)")
-    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--configs", default=",".join(CONFIGS),
+                        help=f"comma-separated configurations (default: all): {', '.join(CONFIGS)}")
     args = parser.parse_args(argv)
     root = data_root(args.data_dir)
     if root is None:

@@ -20,12 +20,12 @@ skipped on a re-run) and ``WORKDIR/proxy_vs_test.png``.
 
 Usage (encoder detectors only; minutes per configuration)::
 
-  SSL_DATA_DIR=../shared/data .venv/bin/python benchmarks/ood_selection.py --workdir runs/selection_enc
+  SSL_DATA_DIR=../shared/data .venv/bin/python -m benchmarks.ood_selection --workdir runs/selection_enc
 
 With the language models (AG News and 20NG fine-tune the pre-trained teacher; CLINC150 reuses
 the 3 seeds of the MLKD benchmark)::
 
-  SSL_DATA_DIR=../shared/data nohup .venv/bin/python benchmarks/ood_selection.py --workdir runs/selection \\
+  SSL_DATA_DIR=../shared/data nohup .venv/bin/python -m benchmarks.ood_selection --workdir runs/selection \\
       --pretrain_dir runs/pt_q4x256 --clinc_runs runs/mlkd_v3_s0,runs/mlkd_v3_s1,runs/mlkd_v3_s2 \\
       > runs/selection.log 2>&1 &
 """
@@ -44,8 +44,8 @@ import time
 import numpy as np
 
 import text_ood  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
+from benchmarks.ood_datasets import CONFIGS, write_config
 from core.env import data_root
-from ood_datasets import CONFIGS, write_config
 from text_ood.__main__ import main as text_ood_main
 from text_ood.metrics import auroc, far95
 
@@ -198,9 +198,13 @@ def plot_proxy_vs_test(analyses: dict, path: str) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="runs/selection")
+    parser.add_argument("--workdir", default="runs/selection",
+                        help="one workdir per configuration, results.{json,md}, proxy_vs_test.png (re-running "
+                             "skips finished configurations; default: runs/selection)")
     parser.add_argument("--data_dir", default=None, help="data root (default: $SSL_DATA_DIR)")
-    parser.add_argument("--configs", default=",".join(["clinc150"] + CONFIGS))
+    parser.add_argument("--configs", default=",".join(["clinc150"] + CONFIGS),
+                        help="comma-separated configurations: clinc150 and those of benchmarks/ood_datasets.py "
+                             "(default: all)")
     parser.add_argument("--encoder", default=None, help="default: DATA_DIR/models/all-MiniLM-L6-v2")
     parser.add_argument("--pretrain_dir", default=None,
                         help="a finished `pretrain` workdir: also train teacher / from scratch / MLKD")
@@ -215,7 +219,7 @@ def main(argv=None) -> int:
     root = data_root(args.data_dir)
     if root is None:
         parser.error("pass --data_dir or set $SSL_DATA_DIR")
-    from clinc150_encoders import prepare_hybrid_workdir
+    from benchmarks.clinc150_encoders import prepare_hybrid_workdir
     from text_ood.data import load_dataset
 
     encoder = args.encoder or os.path.join(root, "models", "all-MiniLM-L6-v2")
@@ -227,14 +231,13 @@ def main(argv=None) -> int:
     jobs = []
     for name in args.configs.split(","):
         if name == "clinc150":
-            clinc = os.path.join(root, "text", "clinc150")
             sources = args.clinc_runs.split(",") if args.clinc_runs else [None]
             for source in sources:
                 label = f"clinc150_{os.path.basename(os.path.normpath(source))}" if source else "clinc150"
-                jobs.append((label, ["--dataset", "clinc150", "--data_dir", clinc], True, source, []))
+                jobs.append((label, ["--dataset", "clinc150", "--data_dir", root], True, source, []))
         else:
             directory = write_config(name, os.path.join(args.workdir, "data"), root)
-            jobs.append((name, ["--dataset", "files", "--data_dir", directory], name.startswith("20ng"),
+            jobs.append((name, ["--dataset", "files", "--input", directory], name.startswith("20ng"),
                          None, BUDGETS["ag_news" if name.startswith("ag_news") else "20ng"]))
     for label, data_flags, has_labels, source, budget in jobs:
         if label in results["configs"]:

@@ -31,7 +31,7 @@ from core.config import from_dict, to_dict
 from core.files import write_json_atomic
 from text_ood.candidates import (Candidate, CandidateScorer, grid_candidates, hybrid_candidates,
                                  trained_candidates, with_overrides)
-from text_ood.detectors import RequiresFittingError, create_detector
+from text_ood.detectors import SELECTED, RequiresFittingError, create_detector
 from text_ood.detectors.hybrid import HybridDetector
 from text_ood.metrics import auroc, far95
 from text_ood.proxy import build_proxy_outliers, held_out_texts, pretraining_corpus
@@ -40,7 +40,6 @@ logger = logging.getLogger(__name__)
 
 SELECTION_FILE = "selection.json"
 SELECTION_PLOT = "selection.png"
-SELECTED = "selected"
 TIE_AUROC = 1e-4
 CRITERION = ("AUROC with the ID validation texts as negatives and the proxy outliers as positives "
              "(higher is better); ties within 1e-4 go to the lower FAR95, then to fewer components")

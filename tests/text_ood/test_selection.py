@@ -26,7 +26,7 @@ from text_ood.workdir import load_context
 def selected_workdir(tmp_path_factory, trained_workdir, encoder_dir, ood_data_dir, corpus_file) -> str:
     workdir = str(tmp_path_factory.mktemp("select") / "w")
     shutil.copytree(trained_workdir, workdir)
-    assert main(["train", "--dataset", "files", "--data_dir", ood_data_dir, "--workdir", workdir,
+    assert main(["train", "--dataset", "files", "--input", ood_data_dir, "--workdir", workdir,
                  "--encoder", encoder_dir, "--preset", "tiny", "--detectors", "knn"]) == 0
     assert main(["select", "--workdir", workdir, "--proxy", corpus_file, "--proxy_texts", "40"]) == 0
     return workdir
@@ -111,7 +111,7 @@ def test_selection_never_reads_ood_or_test_data(selected_workdir, ood_data_dir, 
         [(c["label"], c["proxy_auroc"]) for c in after["candidates"]]
 
 
-def test_export_defaults_to_the_selection_and_evaluate_reports_it(selected_workdir, tmp_path, caplog):
+def test_export_defaults_to_the_selection_and_evaluate_reports_it(selected_workdir, tmp_path, caplog, capsys):
     import logging
 
     caplog.set_level(logging.INFO)
@@ -127,9 +127,10 @@ def test_export_defaults_to_the_selection_and_evaluate_reports_it(selected_workd
         row = json.load(f)["detectors"]["selected"]
     scores = np.load(os.path.join(selected_workdir, "scores", "selected.npz"))
     assert row["auroc"] == pytest.approx(auroc(scores["id"], scores["ood"]))
-    with pytest.raises(SystemExit, match="chosen by `python -m text_ood select`"):
-        main(["train", "--dataset", "files", "--data_dir", "x", "--workdir", selected_workdir,
-              "--detectors", "selected"])
+    capsys.readouterr()
+    assert main(["train", "--dataset", "files", "--input", selected_workdir, "--workdir", selected_workdir,
+                 "--detectors", "selected"]) == 2
+    assert "chosen by `python -m text_ood select`" in capsys.readouterr().err
 
 
 def test_export_without_selection_keeps_mlkd(trained_workdir, tmp_path, caplog):
@@ -146,7 +147,7 @@ def test_rank_hybrid_with_max_exports_with_matching_graph(selected_workdir, ood_
     """A rank-normalised max hybrid trained through `train` exports (the export checks graph = Python)."""
     workdir = str(tmp_path / "w")
     shutil.copytree(selected_workdir, workdir)
-    assert main(["train", "--dataset", "files", "--data_dir", ood_data_dir, "--workdir", workdir,
+    assert main(["train", "--dataset", "files", "--input", ood_data_dir, "--workdir", workdir,
                  "--preset", "tiny", "--set", "encoder.hybrid_normalisation=rank",
                  "--set", "encoder.hybrid_combination=max", "--detectors", "hybrid"]) == 0
     ctx = load_context(workdir, load_dataset("files", ood_data_dir))
@@ -170,7 +171,7 @@ def test_classifier_detector_trains_exports_and_joins_the_grid(encoder_dir, ood_
             label = "travel" if "flight" in text or "hotel" in text else "bank"
             f.write(json.dumps({"text": text, "label": label}) + "\n")
     workdir = str(tmp_path / "w")
-    assert main(["train", "--dataset", "files", "--data_dir", data, "--workdir", workdir, "--encoder",
+    assert main(["train", "--dataset", "files", "--input", data, "--workdir", workdir, "--encoder",
                  encoder_dir, "--preset", "tiny", "--set", "encoder.classifier_score=msp",
                  "--set", "encoder.classifier_steps=60",
                  "--detectors", "classifier,knn"]) == 0
