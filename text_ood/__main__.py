@@ -278,7 +278,7 @@ def export_command(options: ExportOptions) -> int:
     from text_ood.detectors import RequiresFittingError, create_detector
     from text_ood.export import export_detector
     from text_ood.scorers import ExportError
-    from text_ood.selection import SELECTION_FILE, read_selection
+    from text_ood.detectors.selected import SELECTION_FILE, read_selection
 
     ctx, run = _open_workdir(options.workdir, options.data_dir)
     name, metadata = options.detector, {}

@@ -27,18 +27,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from core.config import from_dict, to_dict
+from core.config import to_dict
 from core.files import write_json_atomic
 from text_ood.candidates import (Candidate, CandidateScorer, grid_candidates, hybrid_candidates,
                                  trained_candidates, with_overrides)
-from text_ood.detectors import SELECTED, RequiresFittingError, create_detector
+from text_ood.detectors import create_detector
 from text_ood.detectors.hybrid import HybridDetector
+from text_ood.detectors.selected import SELECTED, SELECTION_FILE
 from text_ood.metrics import auroc, far95
 from text_ood.proxy import build_proxy_outliers, held_out_texts, pretraining_corpus
 
 logger = logging.getLogger(__name__)
 
-SELECTION_FILE = "selection.json"
 SELECTION_PLOT = "selection.png"
 TIE_AUROC = 1e-4
 CRITERION = ("AUROC with the ID validation texts as negatives and the proxy outliers as positives "
@@ -99,7 +99,7 @@ def save_choice(ctx, chosen: Candidate, by_label: dict[str, Candidate]):
     Returns:
       ``(detector, entry)``: the fitted detector and the ``selection.json`` "selected" entry
       without metrics: the candidate, its encoder config and, for a hybrid, every component's
-      (what :func:`selected_detector` rebuilds it from).
+      (what :func:`text_ood.detectors.selected.selected_detector` rebuilds it from).
     """
     detector = materialise(ctx, chosen, by_label)
     detector.name = SELECTED
@@ -178,42 +178,6 @@ def select_detector(ctx, proxy_files: Sequence[str] | None = None, proxy_size: i
     write_json_atomic(os.path.join(ctx.workdir, SELECTION_FILE), document, indent=2, sort_keys=False)
     plot_selection(document, os.path.join(ctx.workdir, SELECTION_PLOT))
     return document
-
-
-def read_selection(workdir: str) -> dict:
-    """``WORKDIR/selection.json``.
-
-    Raises:
-      RequiresFittingError: ``select`` has not run in this workdir.
-    """
-    path = os.path.join(workdir, SELECTION_FILE)
-    if not os.path.isfile(path):
-        raise RequiresFittingError(f"no detector selected in {workdir} (no {SELECTION_FILE}); run "
-                                   f"`python -m text_ood select --workdir {workdir}` first")
-    with open(path) as f:
-        return json.load(f)
-
-
-def selected_detector(ctx):
-    """The (unfitted) detector ``select`` chose, named ``selected``: restore it from its directory."""
-    import dataclasses
-
-    from text_ood.config import EncoderConfig
-
-    def configured(encoder_config: dict):
-        encoder = from_dict(EncoderConfig, encoder_config)
-        return dataclasses.replace(ctx, config=dataclasses.replace(ctx.config, encoder=encoder))
-
-    chosen = read_selection(ctx.workdir)["selected"]
-    local = configured(chosen["encoder_config"])
-    components = chosen.get("component_encoder_configs")
-    if components:  # a hybrid whose components have their own settings
-        detector = HybridDetector(SELECTED, local, [create_detector(name, configured(config))
-                                                    for name, config in components.items()])
-    else:
-        detector = create_detector(chosen["detector"], local)
-    detector.name = SELECTED
-    return detector
 
 
 FAMILY_COLOURS = {"language model": "tab:orange", "k-NN": "tab:blue", "Mahalanobis": "tab:green",

@@ -16,6 +16,7 @@ from text_ood.detectors.hybrid import HybridDetector
 from text_ood.detectors.knn import KNNDetector
 from text_ood.detectors.mahalanobis import MahalanobisDetector
 from text_ood.detectors.perplexity import PerplexityDetector
+from text_ood.detectors.selected import SELECTED, selected_detector
 from text_ood.workdir import TrainingContext
 
 DetectorFactory = Callable[[TrainingContext], OODDetector]
@@ -40,19 +41,11 @@ DETECTORS: dict[str, DetectorFactory] = {
     "hybrid": lambda ctx: HybridDetector(
         "hybrid", ctx, [create_detector(n, ctx) for n in ctx.config.encoder.hybrid_components]),
     # The detector `python -m text_ood select` chose (WORKDIR/selection.json), with its settings.
-    "selected": lambda ctx: _selected(ctx),  # SELECTED
+    SELECTED: lambda ctx: selected_detector(ctx, create_detector),
 }
 DEFAULT_DETECTORS = ("teacher", "scratch", "mlkd")
-# The registry name of the detector `python -m text_ood select` chose (never trained by `train`).
-SELECTED = "selected"
 # Detectors whose training distils the fine-tuned teacher (``train`` checks the teacher gate first).
 STUDENT_DETECTORS = ("mlkd", "mlkd_no_intermediate")
-
-
-def _selected(ctx: TrainingContext) -> OODDetector:
-    from text_ood.selection import selected_detector  # selection imports this registry
-
-    return selected_detector(ctx)
 
 
 def create_detector(name: str, context: TrainingContext) -> OODDetector:
