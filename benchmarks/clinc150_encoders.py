@@ -49,7 +49,7 @@ import time
 import numpy as np
 
 import text_ood  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
-from clinc150_ood import PAPER, _mean_std
+from benchmarks.clinc150_ood import PAPER, _mean_std
 from core.env import data_root
 from text_ood.__main__ import main as text_ood_main
 from text_ood.metrics import ood_metrics
@@ -105,14 +105,14 @@ def _flat_overrides(tree: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _evaluate_workdir(workdir, detectors, clinc, encoder, config_flags, shared_cache) -> dict:
+def _evaluate_workdir(workdir, detectors, root, encoder, config_flags, shared_cache) -> dict:
     """``train`` + ``evaluate`` of ``detectors`` in ``workdir``; returns eval.json's rows."""
     os.makedirs(workdir, exist_ok=True)
     link = os.path.join(workdir, "embeddings")
     if not os.path.lexists(link):
         os.symlink(os.path.abspath(shared_cache), link)  # the cache is keyed by encoder + texts
     start = time.time()
-    _run(["train", "--dataset", "clinc150", "--data_dir", clinc, "--workdir", workdir, "--encoder",
+    _run(["train", "--dataset", "clinc150", "--data_dir", root, "--workdir", workdir, "--encoder",
           encoder, "--detectors", detectors, *config_flags])
     fit_s = time.time() - start
     _run(["evaluate", "--workdir", workdir, "--detectors", detectors])
@@ -222,16 +222,16 @@ def prepare_hybrid_workdir(source: str, target: str) -> list[str]:
     return _config_flags(source)
 
 
-def train_missing_student(mlkd_runs: str, seed: int, target: str, clinc: str) -> str:
+def train_missing_student(mlkd_runs: str, seed: int, target: str, root: str) -> str:
     """Trains seed ``seed``'s MLKD student like ``mlkd_runs``' finished seeds; returns its workdir."""
     finished = sorted(d for d in os.listdir(mlkd_runs) if d.startswith("seed") and d[4:].isdigit()
                       and os.path.isfile(os.path.join(mlkd_runs, d, "mlkd", "done.json")))
     if not finished:
         raise FileNotFoundError(f"no finished MLKD seed in {mlkd_runs} to copy the recipe from")
     flags = _config_flags(os.path.join(mlkd_runs, finished[0]))
-    _run(["train", "--dataset", "clinc150", "--data_dir", clinc, "--workdir", target,
+    _run(["train", "--dataset", "clinc150", "--data_dir", root, "--workdir", target,
           "--teacher", os.path.join(mlkd_runs, "pretrain"), "--detectors", "mlkd", *flags,
-          "--seed", str(seed)])
+          "--set", f"seed={seed}"])
     return target
 
 
@@ -370,7 +370,7 @@ def main(argv=None) -> int:
         if key not in results["rows"]:
             detectors, overrides = variants[variant]
             flags = ["--preset", "cpu"] + [x for o in overrides for x in ("--set", o)]
-            rows = _evaluate_workdir(os.path.join(args.workdir, variant), detectors, clinc,
+            rows = _evaluate_workdir(os.path.join(args.workdir, variant), detectors, root,
                                      encoder, flags, cache)
             results["rows"].update({k: rows[d] for k, v, d, _ in ROWS if v == variant})
             save()
@@ -387,11 +387,11 @@ def main(argv=None) -> int:
             source = os.path.join(args.mlkd_runs, f"seed{seed}")
             if not os.path.isfile(os.path.join(source, "mlkd", "done.json")):
                 source = train_missing_student(args.mlkd_runs, seed, os.path.join(
-                    args.workdir, f"mlkd_seed{seed}"), clinc)
+                    args.workdir, f"mlkd_seed{seed}"), root)
             workdir = os.path.join(args.workdir, f"hybrid_{variant}_seed{seed}")
             flags = prepare_hybrid_workdir(source, workdir) + [
                 x for o in overrides for x in ("--set", o)]
-            rows = _evaluate_workdir(workdir, "mlkd,knn,hybrid", clinc, encoder, flags, cache)
+            rows = _evaluate_workdir(workdir, "mlkd,knn,hybrid", root, encoder, flags, cache)
             hybrids[variant][str(seed)] = {"seed": seed, "student_from": source, **rows,
                                            "analysis": hybrid_analysis(workdir, clinc)}
             save()

@@ -215,8 +215,8 @@ def main(argv=None) -> int:
                          "(pretrain/done.json)")
     else:
         pretrain_dir = os.path.join(args.workdir, "pretrain")
-        _run(["pretrain", "--workdir", pretrain_dir, "--corpus", *corpus, "--dataset", "clinc150",
-              "--data_dir", clinc, *config_flags])
+        _run(["pretrain", "--workdir", pretrain_dir, "--corpus", ",".join(corpus), "--dataset", "clinc150",
+              "--data_dir", root, *config_flags])
     with open(os.path.join(pretrain_dir, "pretrain", "done.json")) as f:
         done = json.load(f)
     results["pretrain"] = {"wall_time_s": done["wall_time_s"], "steps": done["steps"],
@@ -249,9 +249,8 @@ def main(argv=None) -> int:
         for name in args.detectors.split(","):  # one at a time: an interrupted run keeps what finished
             if name in entry["metrics"]:
                 continue
-            _run(["train", "--dataset", "clinc150", "--data_dir", clinc, "--workdir", workdir,
-                  "--teacher", pretrain_dir, "--detectors", name, "--seed", str(seed),
-                  *config_flags])
+            _run(["train", "--dataset", "clinc150", "--data_dir", root, "--workdir", workdir,
+                  "--teacher", pretrain_dir, "--detectors", name, *config_flags, "--set", f"seed={seed}"])
             eval_start = time.time()
             _run(["evaluate", "--workdir", workdir, "--detectors", name])
             entry["evaluate_s"] += time.time() - eval_start
@@ -273,9 +272,9 @@ def main(argv=None) -> int:
                     os.makedirs(option_dir, exist_ok=True)
                     os.symlink(os.path.abspath(os.path.join(workdir, stage)), link)
             option_flags = [x for o in overrides.split(",") if o for x in ("--set", o)]
-            _run(["train", "--dataset", "clinc150", "--data_dir", clinc, "--workdir", option_dir,
-                  "--teacher", pretrain_dir, "--detectors", "mlkd", "--seed", str(seed),
-                  *config_flags, *option_flags])
+            _run(["train", "--dataset", "clinc150", "--data_dir", root, "--workdir", option_dir,
+                  "--teacher", pretrain_dir, "--detectors", "mlkd", *config_flags, *option_flags,
+                  "--set", f"seed={seed}"])
             eval_start = time.time()
             _run(["evaluate", "--workdir", option_dir, "--detectors", "mlkd"])
             entry["evaluate_s"] += time.time() - eval_start

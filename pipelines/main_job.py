@@ -8,10 +8,13 @@ Steps (each is the project's own command, run as a subprocess with its log in
 1. MovieLens features (Beam, ``--split user_time``)
 2. CFM two-tower training (early stopping on validation), 3. evaluation, 4. ScaNN export
 5. the TF-Serving-compatible server on the export, queried over REST for a few users
-6. CLINC150: tokenizer + general-English LM pre-training, 7. teacher fine-tuning and MLKD
-   distillation, 8. evaluation, 9. export of the MLKD detector
-10. batch scoring (Beam RunInference) of the CLINC150 test texts with the export
-11. a printed summary: recall table, OoD metrics, where the artefacts and plots are.
+6. CLINC150: tokenizer + general-English LM pre-training, 7. teacher fine-tuning, from-scratch
+   LM and MLKD distillation, and (``default``) the all-MiniLM-L6-v2 k-NN detector,
+   8. ``text_ood select``: the detector to deploy, chosen without OoD data (k-NN, a hybrid, or an
+   LM), 9. evaluation of every detector, 10. export of the selected detector
+11. batch scoring (Beam RunInference) of the CLINC150 test texts with that export
+12. a printed summary: recall table, OoD metrics (the selected detector beside teacher, from
+    scratch and MLKD), where the artefacts and plots are.
 
 The presets (``pipelines/presets.py``, with their measured cost): ``default`` (short schedules,
 not the benchmarks'), ``smoke`` (tiny models, a few steps: checks the wiring in about 3 minutes).
@@ -162,11 +165,18 @@ class MainJob:
                                         "--workdir", p["text_pretrain"], "--dataset", "clinc150", "--data_dir",
                                         self.data_dir, "--preset", preset, *_set_flags(self.preset.pretrain_overrides)],
                       os.path.join(p["text_pretrain"], "pretrain", "done.json"))
+        detectors, encoder_flags = "teacher,scratch,mlkd", []
+        if self.preset.encoder:  # the sentence-encoder k-NN (and hybrids with it) become candidates
+            detectors += ",knn"
+            encoder_flags = ["--encoder", os.path.join(self.data_dir, "models", "all-MiniLM-L6-v2")]
         self.run_step("text_train", [self.python, "-m", "text_ood", "train", "--dataset", "clinc150", "--data_dir",
                                      self.data_dir, "--workdir", p["text_train"], "--teacher", p["text_pretrain"],
-                                     "--preset", preset, "--detectors", "teacher,mlkd",
+                                     *encoder_flags, "--preset", preset, "--detectors", detectors,
                                      *_set_flags(self.preset.train_overrides)],
-                      os.path.join(p["text_train"], "mlkd", "done.json"))
+                      os.path.join(p["text_train"], "detectors", detectors.rsplit(",", 1)[-1], "detector.json"))
+        # The detector to deploy, chosen without OoD data; `export` exports it by default.
+        self.run_step("text_select", [self.python, "-m", "text_ood", "select", "--workdir", p["text_train"],
+                                      *self.preset.select_flags], os.path.join(p["text_train"], "selection.json"))
         self.run_step("text_evaluate", [self.python, "-m", "text_ood", "evaluate", "--workdir", p["text_train"]],
                       os.path.join(p["text_train"], "eval.json"))
         self.run_step("text_export", [self.python, "-m", "text_ood", "export", "--workdir", p["text_train"],
@@ -177,7 +187,9 @@ class MainJob:
                       os.path.join(p["scored"], SUMMARY_FILE))
         with open(os.path.join(p["text_train"], "eval.json")) as f:
             evaluation = json.load(f)
-        return {"eval": evaluation, "batch": self.batch_metrics(p["scored"])}
+        with open(os.path.join(p["text_train"], "selection.json")) as f:
+            selection = json.load(f)
+        return {"eval": evaluation, "selection": selection, "batch": self.batch_metrics(p["scored"])}
 
     def pretraining_corpus(self) -> list[str]:
         from text_ood.data import default_corpus
@@ -247,13 +259,18 @@ class MainJob:
         lines += ["", "Text OoD (CLINC150 test: 4,500 in-scope + 1,000 out-of-scope; OoD = positive):",
                   f"  {'detector':<22} {'AUROC':>7} {'AUPR-OUT':>9} {'AUPR-IN':>8} {'FAR95':>7}"]
         for name, metrics in _detector_rows(text["eval"]):
-            lines.append(f"  {name:<22} {100 * metrics['auroc']:>7.2f} {100 * metrics['aupr_out']:>9.2f} "
+            label = f"{name} (deploy this)" if name == "selected" else name
+            lines.append(f"  {label:<22} {100 * metrics['auroc']:>7.2f} {100 * metrics['aupr_out']:>9.2f} "
                          f"{100 * metrics['aupr_in']:>8.2f} {100 * metrics['far95']:>7.2f}")
         gate = text["eval"].get("teacher_gate")
         if gate:
             lines.append(f"  {gate['message']}")
+        chosen = text["selection"]["selected"]
+        lines.append(f"  selected without OoD data: {chosen['label']} (AUROC {100 * chosen['proxy_auroc']:.2f} "
+                     f"on ID validation vs {text['selection']['proxy']['texts']} proxy outliers; "
+                     f"{len(text['selection']['candidates'])} candidates, text_train/selection.png)")
         batch = text["batch"]
-        lines.append(f"  {'mlkd via batch job':<22} {100 * batch['auroc']:>7.2f} {100 * batch['aupr_out']:>9.2f} "
+        lines.append(f"  {'selected via batch job':<22} {100 * batch['auroc']:>7.2f} {100 * batch['aupr_out']:>9.2f} "
                      f"{100 * batch['aupr_in']:>8.2f} {100 * batch['far95']:>7.2f}")
         s = batch["summary"]
         lines += [f"  batch job: read {s['read']} = scored {s['scored']} + rejected {s['rejected']}; flagged OoD "

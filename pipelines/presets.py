@@ -20,6 +20,9 @@ class MainJobPreset:
       text_preset: the ``text_ood`` config preset of pre-training and the three ID stages.
       pretrain_overrides / train_overrides: ``--set`` overrides of ``text_ood pretrain`` / ``train``.
       corpus_lines: 0 = the default pre-training corpus; N = its first two files' first N lines.
+      encoder: also train the all-MiniLM-L6-v2 k-NN detector (a `select` candidate, alone and in
+        hybrids); False in ``smoke``: MiniLM over 15k texts would double its run (the LMs are ranked).
+      select_flags: flags of ``text_ood select`` (the detector to deploy, chosen without OoD data).
       cost: wall time measured on 2 idle cores (BENCHMARKS.md, "The main job").
     """
 
@@ -30,6 +33,8 @@ class MainJobPreset:
     train_overrides: tuple[str, ...]
     corpus_lines: int
     cost: str
+    encoder: bool = True
+    select_flags: tuple[str, ...] = ("--grid=false",)
 
 
 MAIN_JOB_PRESETS = {
@@ -41,14 +46,16 @@ MAIN_JOB_PRESETS = {
         text_preset="cpu",
         pretrain_overrides=("pretrain.max_steps=600", "tokenizer.max_sentences=60000"),
         train_overrides=("teacher.epochs=1", "scratch.epochs=1", "student.epochs=1"),
-        corpus_lines=0,
-        cost="23.7 min on 2 idle cores (2026-11-30); short schedules, not the benchmarks' quality"),
+        corpus_lines=0, select_flags=("--grid=false", "--proxy_texts", "1000"),
+        cost="23.7 min on 2 idle cores (2026-11-30, before the k-NN and `select` steps were added; not "
+             "re-measured); short schedules, not the benchmarks' quality"),
     # python -m pipelines main_job --preset smoke  (what CI runs: tests/pipelines/test_main_job.py)
     "smoke": MainJobPreset(
         recsys_preset="tiny",
         recsys_overrides=("ssl.method=cfm", "train.batch_size=256", "train.train_fraction=0.1", "train.epochs=1",
                           "train.checkpoint_every_steps=1000"),
         text_preset="tiny", pretrain_overrides=(), train_overrides=(), corpus_lines=3000,
+        encoder=False, select_flags=("--grid=false", "--proxy_texts", "200"),
         cost="about 3 min: tiny models, a few steps; checks the wiring, its numbers are not quality figures"),
 }
 

@@ -9,7 +9,8 @@ Typical run (CLINC150, CPU preset)::
 
 Commands (each has ``--help``): pretrain (tokenizer + general-English LM), train (teacher
 fine-tuning, MLKD distillation, from-scratch baseline, encoder detectors), evaluate (AUROC / AUPR /
-FAR95 of every trained detector), export (versioned SavedModel taking raw strings). Config
+FAR95 of every trained detector), select (the detector to deploy, chosen without OoD data),
+export (versioned SavedModel taking raw strings; the selected detector by default). Config
 presets, with their measured cost: ``text_ood/config.py``.
 
 Sentence-encoder detectors (k-NN, Mahalanobis) and the MLKD + k-NN hybrid::
@@ -17,6 +18,10 @@ Sentence-encoder detectors (k-NN, Mahalanobis) and the MLKD + k-NN hybrid::
   python -m text_ood train --dataset clinc150 --workdir runs/clinc \
       --encoder $SSL_DATA_DIR/models/all-MiniLM-L6-v2 --detectors knn,mahalanobis,hybrid
   python -m text_ood export --workdir runs/clinc --export_dir exports/knn --detector knn
+
+Choosing the detector to deploy without OoD data (then ``export`` exports the choice by default)::
+
+  python -m text_ood select --workdir runs/clinc
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from core.config import apply_overrides
 from core.workdir import read_run, update_run
 from text_ood.config import PRESETS
 from text_ood.data import DATASETS, DEFAULT_CORPUS
-from text_ood.detectors import DEFAULT_DETECTORS, DETECTORS
+from text_ood.detectors import DEFAULT_DETECTORS, DETECTORS, SELECTED
 
 logger = logging.getLogger("text_ood")
 
@@ -142,6 +147,8 @@ class TrainOptions:
         unknown = [n for n in self.detectors if n not in DETECTORS]
         if unknown or not self.detectors:
             raise ValueError(f"--detectors: unknown {unknown or 'none given'}; registered: {sorted(DETECTORS)}")
+        if SELECTED in self.detectors:
+            raise ValueError(f"--detectors: `{SELECTED}` is chosen by `python -m text_ood select`, not trained")
         if self.teacher and self.teacher_hf:
             raise ValueError("give one teacher: --teacher PRETRAIN_DIR (from `pretrain`) or --teacher_hf HF_DIR")
 
@@ -218,25 +225,77 @@ def evaluate_command(options: EvaluateOptions) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
+class SelectOptions:
+    workdir: str = cli.workdir_flag("a `train` workdir", must_exist=True)
+    data_dir: str | None = cli.flag("where the data set is read (default: the location recorded in run.json)",
+                                    default=None, must_exist="dir", metavar="DIR")
+    proxy: tuple[str, ...] = cli.flag(
+        "comma-separated proxy-outlier files (.txt, .jsonl, .tsv; never evaluation data) instead of the teacher's "
+        "held-out pre-training corpus (PRETRAIN_DIR/corpus.json, else the default corpus under the data root)",
+        default=(), metavar="FILES")
+    proxy_texts: int = cli.flag("proxy texts to draw; 0 = as many as ID validation texts, at least 500 and at "
+                                "most 2,000", default=0, metavar="N")
+    grid: bool = cli.flag("also rank a k-NN / Mahalanobis / classifier settings grid and hybrids of the best "
+                          "settings (false: the trained detectors and hybrids of them only)", default=True)
+    choose: str | None = cli.flag("save this candidate label of the ranking instead of the best (recorded as a "
+                                  "user override in selection.json)", default=None, metavar="LABEL")
+
+    def __post_init__(self):
+        if self.proxy_texts < 0:
+            raise ValueError(f"--proxy_texts: expected 0 (automatic) or a positive count, received {self.proxy_texts}")
+
+
+def select_command(options: SelectOptions) -> int:
+    from core.env import data_root
+    from text_ood.selection import select_detector
+
+    missing = [path for path in options.proxy if not os.path.isfile(path)]
+    if missing:
+        raise cli.UsageError(f"--proxy: no such files {missing}")
+    ctx, run = _open_workdir(options.workdir, options.data_dir)
+    with _UserInput():  # an unknown --choose label, or no trained detector
+        document = select_detector(ctx, list(options.proxy) or None, options.proxy_texts, grid=options.grid,
+                                   data_root=data_root(None), choose=options.choose)
+    update_run(options.workdir, detectors=sorted(set(run.get("detectors", [])) | {SELECTED}))
+    chosen = document["selected"]
+    logger.info("selected %s (proxy AUROC %.2f, FAR95 %.2f; %d candidates): %s", chosen["label"],
+                100 * chosen["proxy_auroc"], 100 * chosen["proxy_far95"], len(document["candidates"]),
+                os.path.join(options.workdir, "selection.json"))
+    return 0
+
+
+@dataclasses.dataclass(frozen=True)
 class ExportOptions:
     workdir: str = cli.workdir_flag("a `train` workdir", must_exist=True)
     export_dir: str = cli.export_dir_flag("writes EXPORT_DIR/<next version>/ (atomically)")
     data_dir: str | None = cli.flag("where the data set is read (default: the location recorded in run.json)",
                                     default=None, must_exist="dir", metavar="DIR")
-    detector: str = cli.flag("the detector to export", default="mlkd", choices=tuple(sorted(DETECTORS)))
+    detector: str | None = cli.flag("the detector to export (default: the one `select` chose when the workdir has "
+                                    "selection.json, else mlkd)", default=None, choices=tuple(sorted(DETECTORS)))
 
 
 def export_command(options: ExportOptions) -> int:
     from text_ood.detectors import RequiresFittingError, create_detector
     from text_ood.export import export_detector
     from text_ood.scorers import ExportError
+    from text_ood.detectors.selected import SELECTION_FILE, read_selection
 
     ctx, run = _open_workdir(options.workdir, options.data_dir)
+    name, metadata = options.detector, {}
+    if name is None and os.path.isfile(os.path.join(options.workdir, SELECTION_FILE)):
+        name, chosen = SELECTED, read_selection(options.workdir)["selected"]
+        metadata["selected"] = {k: chosen[k] for k in ("label", "proxy_auroc", "proxy_far95")}
+        logger.info("exporting the detector `select` chose: %s (%s)", chosen["label"],
+                    os.path.join(options.workdir, SELECTION_FILE))
+    elif name is None:
+        name = "mlkd"
+        logger.info("exporting mlkd (no %s in %s; `select` chooses a detector)", SELECTION_FILE, options.workdir)
     try:  # a detector that was never trained, or one that cannot be exported, is a usage error
-        detector = create_detector(options.detector, ctx).restore(ctx.detector_dir(options.detector))
+        detector = create_detector(name, ctx).restore(ctx.detector_dir(name))
         check = ctx.dataset.id_val[:32] + ctx.dataset.ood_test[:32]
         path = export_detector(detector, ctx.dataset.id_val, options.export_dir,
-                               metadata={"workdir": os.path.abspath(options.workdir), "dataset": run["dataset"]},
+                               metadata={"workdir": os.path.abspath(options.workdir), "dataset": run["dataset"],
+                                         **metadata},
                                check_texts=check)
     except (ExportError, RequiresFittingError) as error:
         raise cli.UsageError(str(error)) from None
@@ -256,7 +315,14 @@ COMMANDS = (
                      "detectors"),
     cli.Command("evaluate", EvaluateOptions, evaluate_command,
                 help="AUROC / AUPR / FAR95 of every trained detector -> eval.json, roc.png"),
-    cli.Command("export", ExportOptions, export_command, help="versioned SavedModel taking raw strings"),
+    cli.Command("select", SelectOptions, select_command, renamed={"--no_grid": "--grid=false"},
+                help="choose the detector to deploy without OoD data -> selection.json, detectors/selected",
+                description="Ranks every trained detector, a k-NN / Mahalanobis / classifier settings grid and "
+                            "hybrids by the AUROC of ID validation texts vs proxy outliers (general text held out "
+                            "from pre-training, length-matched; never test or OoD data); writes selection.json, "
+                            "selection.png and detectors/selected/, which `export` then exports by default."),
+    cli.Command("export", ExportOptions, export_command,
+                help="versioned SavedModel taking raw strings (the selected detector by default)"),
 )
 
 

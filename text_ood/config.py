@@ -118,7 +118,7 @@ class DistillConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
-    """Sentence-encoder detectors (``train --encoder DIR``): k-NN, Mahalanobis, the hybrid."""
+    """Sentence-encoder detectors (``train --encoder DIR``): k-NN, Mahalanobis, classifier, hybrid."""
 
     max_length: int = 0  # WordPiece ids per text incl. [CLS]/[SEP]; 0 = the encoder's own limit.
     # The embedding averages the (unit-norm, mean-pooled) states of the last pool_layers layers;
@@ -133,7 +133,20 @@ class EncoderConfig:
     # cosine k-NN (label-free; the mean is a constant of the exported graph).
     knn_center: bool = False
     mahalanobis_shrinkage: float = 0.01  # Covariance shrinkage towards a scaled identity, [0, 1].
+    # Softmax classifier on the embeddings (needs ID labels): its OoD score ("entropy", "msp" =
+    # 1 - max probability, "energy" = -logsumexp of the logits); classifier_c is scikit-learn's
+    # inverse L2 strength (loss = mean cross-entropy + |W|^2 / (2 C N)), 1.0 as its default;
+    # full-batch Adam steps (CLINC150: converged after ~150).
+    classifier_score: Literal["entropy", "msp", "energy"] = "entropy"
+    classifier_c: float = 1.0
+    classifier_steps: int = 200
     hybrid_components: tuple[str, ...] = ("mlkd", "knn")  # Detectors the hybrid combines.
+    # Per-component normalisation fitted on ID validation scores: "zscore" (mean / std) or "rank"
+    # (standard-normal quantile of the ID-validation ECDF); see text_ood.normalisation.
+    hybrid_normalisation: Literal["zscore", "rank"] = "zscore"
+    # "weighted_sum" (minimum-variance weights on ID validation) or "max" of the normalised
+    # scores; the rationale of each is in text_ood.detectors.hybrid.
+    hybrid_combination: Literal["weighted_sum", "max"] = "weighted_sum"
 
     def __post_init__(self):
         if self.max_length < 0 or min(self.batch_size, self.knn_k, self.pool_layers) < 1:
@@ -144,6 +157,18 @@ class EncoderConfig:
         if not 0.0 <= self.mahalanobis_shrinkage <= 1.0:
             raise ValueError(f"mahalanobis_shrinkage must be in [0, 1], received "
                              f"{self.mahalanobis_shrinkage}")
+        if self.classifier_score not in ("entropy", "msp", "energy"):
+            raise ValueError(f"classifier_score must be 'entropy', 'msp' or 'energy', received "
+                             f"{self.classifier_score!r}")
+        if self.classifier_c <= 0 or self.classifier_steps < 1:
+            raise ValueError(f"classifier_c must be > 0 and classifier_steps >= 1, received "
+                             f"{self.classifier_c}, {self.classifier_steps}")
+        if self.hybrid_normalisation not in ("zscore", "rank"):
+            raise ValueError(f"hybrid_normalisation must be 'zscore' or 'rank', received "
+                             f"{self.hybrid_normalisation!r}")
+        if self.hybrid_combination not in ("weighted_sum", "max"):
+            raise ValueError(f"hybrid_combination must be 'weighted_sum' or 'max', received "
+                             f"{self.hybrid_combination!r}")
         if len(self.hybrid_components) < 2 or "hybrid" in self.hybrid_components:
             raise ValueError(f"hybrid_components needs at least two detectors other than 'hybrid', "
                              f"received {self.hybrid_components}")

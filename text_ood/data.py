@@ -228,6 +228,12 @@ def read_corpus(paths: Sequence[str]) -> list[str]:
     return texts
 
 
+# Share of the pre-training corpus `pretrain` holds out (seeded) for its validation perplexity;
+# recorded with the corpus files in PRETRAIN_DIR/corpus.json.
+PRETRAIN_HOLDOUT = 0.02
+CORPUS_FILE = "corpus.json"
+
+
 def split_holdout(texts: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """Shuffles (seeded) and splits off ``fraction`` of ``texts``; returns ``(rest, held_out)``."""
     shuffled = list(texts)

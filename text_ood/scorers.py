@@ -11,7 +11,7 @@ Python scores and the exported ones come from the same computation:
   returns empty outputs.
 - :class:`EmbeddingScorer`: in-graph WordPiece, the sentence encoder, a fitted head (k-NN,
   Mahalanobis).
-- :class:`HybridScorer`: the component scorers, standardised and weighted.
+- :class:`HybridScorer`: the component scorers, normalised and combined.
 """
 
 from __future__ import annotations
@@ -95,17 +95,25 @@ class EmbeddingScorer(tf.Module):
 class HybridScorer(tf.Module):
     """In-graph hybrid: runs each component scorer on the raw strings and combines their scores.
 
+    Args:
+      scorers: the component scorers; names: their detector names.
+      normaliser: the fitted :class:`text_ood.normalisation.ScoreNormaliser` (its constants go
+        into the graph).
+      weights: float [K] weights of the ``weighted_sum`` rule.
+      combination: "weighted_sum" or "max" (:mod:`text_ood.detectors.hybrid`).
+
     Outputs ``ood_score`` (the hybrid), ``<component>_score`` for each component, and every other
     output of the components (e.g. the LM's ``perplexity``).
     """
 
-    def __init__(self, scorers: Sequence[tf.Module], names: Sequence[str], means, scales, weights):
+    def __init__(self, scorers: Sequence[tf.Module], names: Sequence[str], normaliser, weights,
+                 combination: str = "weighted_sum"):
         super().__init__(name="hybrid_scorer")
         self.scorers = list(scorers)
         self.names = list(names)
-        self.means = tf.constant(np.asarray(means, np.float32))
-        self.scales = tf.constant(np.asarray(scales, np.float32))
+        self.normaliser = normaliser
         self.weights = tf.constant(np.asarray(weights, np.float32))
+        self.combination = combination
 
     @tf.function(input_signature=TEXT_SIGNATURE, autograph=False)
     def score_texts(self, text):
@@ -116,6 +124,7 @@ class HybridScorer(tf.Module):
             columns.append(out["ood_score"])
             outputs[f"{name}_score"] = out["ood_score"]
             outputs.update({k: v for k, v in out.items() if k != "ood_score"})
-        z = (tf.stack(columns, axis=1) - self.means) / self.scales  # [B, K]
-        outputs["ood_score"] = tf.linalg.matvec(z, self.weights)
+        z = self.normaliser.tf_transform(tf.stack(columns, axis=1))  # [B, K]
+        outputs["ood_score"] = (tf.reduce_max(z, axis=1) if self.combination == "max"
+                                else tf.linalg.matvec(z, self.weights))
         return outputs

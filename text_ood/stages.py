@@ -2,8 +2,9 @@
 
 Workdir layouts (each stage is a :mod:`text_ood.trainer` stage directory, resumable):
 
-``pretrain --workdir P``: ``P/config.json``, ``P/tokenizer/``, ``P/pretrain/best/`` (the
-general-English LM), ``P/logs/pretrain/``.
+``pretrain --workdir P``: ``P/config.json``, ``P/corpus.json`` (corpus files and the held-out
+split's fraction and seed), ``P/tokenizer/``, ``P/pretrain/best/`` (the general-English LM),
+``P/logs/pretrain/``.
 
 ``train --workdir W``: ``W/config.json``, ``W/run.json`` (data set, teacher source),
 ``W/tokenizer/``, ``W/teacher/`` (fine-tuned teacher), ``W/scratch/``, ``W/mlkd/``,
@@ -20,8 +21,9 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from core.files import write_json_atomic
 from text_ood.config import TextOODConfig, default_student_layers
-from text_ood.data import read_corpus, split_holdout
+from text_ood.data import CORPUS_FILE, PRETRAIN_HOLDOUT, read_corpus, split_holdout
 from text_ood.lm import build_lm, load_hf_lm, load_lm
 from text_ood.losses import causal_lm_loss, intermediate_distillation_loss, mlkd_student_loss
 from text_ood.tokenizer import SentencePieceTokenizer, load_tokenizer
@@ -61,7 +63,10 @@ def pretrain(corpus_paths: Sequence[str], workdir: str, config: TextOODConfig,
             list(corpus) + list(tokenizer_extra_texts), tc.vocab_size, tc.model_type,
             tc.character_coverage, tc.max_sentences, seed=config.seed)
         tokenizer.save(tokenizer_dir)
-    train_texts, val_texts = split_holdout(corpus, 0.02, seed=config.seed)
+    train_texts, val_texts = split_holdout(corpus, PRETRAIN_HOLDOUT, seed=config.seed)
+    write_json_atomic(os.path.join(workdir, CORPUS_FILE), {  # what `select` may use as outliers
+        "files": [os.path.abspath(p) for p in corpus_paths], "holdout_fraction": PRETRAIN_HOLDOUT,
+        "seed": config.seed, "texts": len(corpus), "held_out": len(val_texts)})
     tf.keras.utils.set_random_seed(config.seed)  # initial weights follow the config's seed
     lm = build_lm(config.model, tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id)
     monitor = {"id_val": tokenizer.encode(monitor_texts, config.model.max_length)} \

@@ -22,8 +22,11 @@ def test_main_job_smoke(data_dir, tmp_path, capsys):
     assert recsys_eval["metrics"]["overall"]["examples"] == 9818
     summary = json.load(open(os.path.join(workdir, "scored", "summary.json")))
     assert summary["read"] == 5500 and summary["scored"] == 5500 and summary["reconciled"]
-    # The batch job and `text_ood evaluate` score the same texts with the same model.
-    text_eval = json.load(open(os.path.join(workdir, "text_train", "eval.json")))["detectors"]["mlkd"]
+    # The batch job scores with the export of the detector `select` chose, as `text_ood evaluate` did.
+    detectors = json.load(open(os.path.join(workdir, "text_train", "eval.json")))["detectors"]
+    assert {"teacher", "scratch", "mlkd", "selected"} <= set(detectors)
+    assert "selected without OoD data:" in report and "selected (deploy this)" in report
+    text_eval = detectors["selected"]
     batch = main_job.MainJob.batch_metrics(os.path.join(workdir, "scored"))
     assert batch["auroc"] == pytest.approx(text_eval["auroc"], abs=1e-4)
     assert os.listdir(os.path.join(workdir, "exports", "retrieval")) == ["1"]

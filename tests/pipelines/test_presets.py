@@ -34,13 +34,17 @@ def dataclasses_name(options) -> str:
 
 
 @pytest.mark.parametrize("name", sorted(MAIN_JOB_PRESETS))
-def test_main_job_presets_override_real_config_keys(name):
+def test_main_job_presets_override_real_config_keys(name, tmp_path):
     from recsys_ssl.config import preset as recsys_preset
+    from text_ood.__main__ import COMMANDS as TEXT_COMMANDS
     from text_ood.config import preset as text_preset
 
     preset = main_job_preset(name)
     apply_overrides(recsys_preset(preset.recsys_preset), preset.recsys_overrides)
     apply_overrides(text_preset(preset.text_preset), preset.pretrain_overrides)
     apply_overrides(text_preset(preset.text_preset), preset.train_overrides)
+    select = next(c for c in TEXT_COMMANDS if c.name == "select")
+    options, _, _ = cli.parse_command("python -m text_ood", select, ["--workdir", str(tmp_path), *preset.select_flags])
+    assert options.grid is False  # the main job ranks what it trained (no settings grid: time)
     with pytest.raises(ValueError, match="unknown main-job preset"):
         main_job_preset("nope")

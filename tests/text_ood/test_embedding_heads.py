@@ -7,9 +7,10 @@ import pytest
 import tensorflow as tf
 
 from text_ood.detectors import knn as knn_module
-from text_ood.detectors.hybrid import combination_weights, standardisation
+from text_ood.detectors.hybrid import combination_weights
 from text_ood.detectors.knn import KNNHead
 from text_ood.detectors.mahalanobis import MahalanobisHead, fit_gaussians
+from text_ood.normalisation import ScoreNormaliser
 
 
 def _score(head, queries):
@@ -134,8 +135,38 @@ def test_combination_weights_by_hand():
 
 
 def test_standardisation():
-    mean, scale = standardisation(np.array([[1.0, 10.0], [3.0, 30.0]]))
-    np.testing.assert_allclose(mean, [2.0, 20.0])
-    np.testing.assert_allclose(scale, [1.0, 10.0])
+    normaliser = ScoreNormaliser("zscore").fit(np.array([[1.0, 10.0], [3.0, 30.0]]))
+    np.testing.assert_allclose(normaliser.means, [2.0, 20.0])
+    np.testing.assert_allclose(normaliser.scales, [1.0, 10.0])
     with pytest.raises(ValueError, match="constant"):
-        standardisation(np.array([[1.0, 2.0], [1.0, 3.0]]))
+        ScoreNormaliser("zscore").fit(np.array([[1.0, 2.0], [1.0, 3.0]]))
+
+
+def test_classifier_scores_by_hand():
+    from text_ood.detectors.classifier import ClassifierHead, classifier_scores
+
+    logits = np.array([[np.log(3.0), 0.0], [0.0, 0.0]])  # softmax [0.75, 0.25] and [0.5, 0.5]
+    entropy = -(0.75 * np.log(0.75) + 0.25 * np.log(0.25))
+    np.testing.assert_allclose(classifier_scores(logits, "entropy").numpy(), [entropy, np.log(2)], atol=1e-9)
+    np.testing.assert_allclose(classifier_scores(logits, "msp").numpy(), [0.25, 0.5], atol=1e-9)
+    np.testing.assert_allclose(classifier_scores(logits, "energy").numpy(), [-np.log(4.0), -np.log(2.0)],
+                               atol=1e-9)
+    # The head: identity kernel, zero bias -> the same numbers in float32.
+    head = ClassifierHead(np.eye(2), np.zeros(2), "msp")
+    np.testing.assert_allclose(_score(head, logits), [0.25, 0.5], atol=1e-6)
+    with pytest.raises(ValueError, match="classifier_score must be one of"):
+        classifier_scores(logits, "margin")
+
+
+def test_softmax_fit_separates_classes_and_needs_labels():
+    from text_ood.detectors.classifier import fit_softmax
+
+    x = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]], np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    weights, bias, classes = fit_softmax(x, ["b", "b", "a", "a"], c=1.0, steps=200)
+    assert classes == ["a", "b"]
+    assert list(np.argmax(x @ weights + bias, axis=1)) == [1, 1, 0, 0]
+    with pytest.raises(ValueError, match="one ID class label per training text, received none"):
+        fit_softmax(x, None, 1.0, 5)
+    with pytest.raises(ValueError, match="at least two ID classes"):
+        fit_softmax(x, ["a"] * 4, 1.0, 5)

@@ -10,11 +10,13 @@ import os
 from collections.abc import Callable
 
 from text_ood.detectors.base import OODDetector, RequiresFittingError
+from text_ood.detectors.classifier import ClassifierDetector
 from text_ood.detectors.embedding import EmbeddingDetector, MissingEncoderError
 from text_ood.detectors.hybrid import HybridDetector
 from text_ood.detectors.knn import KNNDetector
 from text_ood.detectors.mahalanobis import MahalanobisDetector
 from text_ood.detectors.perplexity import PerplexityDetector
+from text_ood.detectors.selected import SELECTED, selected_detector
 from text_ood.workdir import TrainingContext
 
 DetectorFactory = Callable[[TrainingContext], OODDetector]
@@ -35,8 +37,11 @@ DETECTORS: dict[str, DetectorFactory] = {
     "mahalanobis": lambda ctx: MahalanobisDetector("mahalanobis", ctx),  # class-conditional w/ labels
     "mahalanobis_one_class": lambda ctx: MahalanobisDetector("mahalanobis_one_class", ctx,
                                                              use_labels=False),
+    "classifier": lambda ctx: ClassifierDetector("classifier", ctx),  # softmax; needs ID labels
     "hybrid": lambda ctx: HybridDetector(
         "hybrid", ctx, [create_detector(n, ctx) for n in ctx.config.encoder.hybrid_components]),
+    # The detector `python -m text_ood select` chose (WORKDIR/selection.json), with its settings.
+    SELECTED: lambda ctx: selected_detector(ctx, create_detector),
 }
 DEFAULT_DETECTORS = ("teacher", "scratch", "mlkd")
 # Detectors whose training distils the fine-tuned teacher (``train`` checks the teacher gate first).
@@ -54,6 +59,7 @@ def create_detector(name: str, context: TrainingContext) -> OODDetector:
     return DETECTORS[name](context)
 
 
-__all__ = ["DETECTORS", "DEFAULT_DETECTORS", "STUDENT_DETECTORS", "EmbeddingDetector", "HybridDetector", "KNNDetector",
+__all__ = ["DETECTORS", "DEFAULT_DETECTORS", "SELECTED", "STUDENT_DETECTORS", "ClassifierDetector", "EmbeddingDetector",
+           "HybridDetector", "KNNDetector",
            "MahalanobisDetector", "MissingEncoderError", "OODDetector", "PerplexityDetector",
            "RequiresFittingError", "create_detector"]

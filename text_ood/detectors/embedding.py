@@ -6,11 +6,13 @@ An :class:`EmbeddingDetector` embeds texts with the workdir's sentence encoder
 OoD), built by ``fit`` from the ID training embeddings (cached in ``WORKDIR/embeddings/``).
 Python scoring and the exported SavedModel run the same head, so they cannot drift apart;
 subclasses implement :meth:`_build_head` and the head's saved form (:meth:`_head_state`,
-:meth:`_head_from_state`). Scoring always embeds the raw texts (no cache), as the export does.
+:meth:`_head_from_state`). Scoring always embeds the raw texts (no disk cache; a split scored
+by several detectors in one process is embedded once), as the export does.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 from collections.abc import Sequence
@@ -23,6 +25,9 @@ from text_ood.embedding_cache import EmbeddingCache
 from text_ood.encoder import SentenceEncoder
 
 HEAD_BATCH = 1024  # embeddings per head call in Python scoring
+RECENT_SIZE = 4  # text lists whose embeddings stay in memory (see EmbeddingDetector.embed)
+RECENT_MIN_TEXTS = 256
+_RECENT: collections.OrderedDict = collections.OrderedDict()
 
 
 class MissingEncoderError(ValueError):
@@ -71,8 +76,22 @@ class EmbeddingDetector(OODDetector):
         return self.cache.encoder
 
     def embed(self, texts: Sequence[str | bytes]) -> np.ndarray:
-        """float32 [N, D] unit-norm embeddings of the texts (computed, never read from a cache)."""
-        return self.encoder.embed(texts, self.context.config.encoder.batch_size)
+        """float32 [N, D] unit-norm embeddings of the texts (computed, never read from disk).
+
+        Lists of :data:`RECENT_MIN_TEXTS` or more are kept in memory for the process's next
+        :data:`RECENT_SIZE` calls, so detectors that share an encoder (``evaluate`` of k-NN,
+        Mahalanobis, hybrids, ``selected``) embed the same split once; the texts are still
+        embedded from their raw form, as the export does.
+        """
+        if len(texts) < RECENT_MIN_TEXTS:
+            return self.encoder.embed(texts, self.context.config.encoder.batch_size)
+        key = self.cache.key(texts)  # encoder fingerprint (weights, settings) + the exact texts
+        if key not in _RECENT:
+            _RECENT[key] = self.encoder.embed(texts, self.context.config.encoder.batch_size)
+            while len(_RECENT) > RECENT_SIZE:
+                _RECENT.popitem(last=False)
+        _RECENT.move_to_end(key)
+        return _RECENT[key]
 
     def _fit(self, train_texts, labels):
         self.head = self._build_head(self.cache.embed(train_texts), labels)
