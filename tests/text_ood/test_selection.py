@@ -240,4 +240,6 @@ def test_choose_saves_another_candidate(selected_workdir, corpus_file, tmp_path)
                  "--choose", label]) == 0
     document = _selection(workdir)
     assert document["selected"]["label"] == label and document["overridden_by_user"]
-    assert main(["select", "--workdir", workdir, "--proxy", corpus_file, "--choose", "nope"]) == 2
+    # An unknown label is a usage error (a run without the grid: the check needs no grid scores).
+    assert main(["select", "--workdir", workdir, "--proxy", corpus_file, "--proxy_texts", "40", "--grid=false",
+                 "--choose", "nope"]) == 2
