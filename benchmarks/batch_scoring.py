@@ -42,10 +42,10 @@ def collect_texts(data_dir: str, count: int) -> list[str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--export_dir", required=True, help="export base dir or version dir")
-    parser.add_argument("--texts", type=int, default=100_000)
-    parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--output_dir", default="runs/bench_batch_scoring")
-    parser.add_argument("--data_dir", default=os.environ.get("SSL_DATA_DIR", "../shared/data"))
+    parser.add_argument("--texts", type=int, default=100_000, help="texts scored (sampled with replacement from the data)")
+    parser.add_argument("--batch_size", type=int, default=256, help="texts per SavedModel call")
+    parser.add_argument("--output_dir", default="runs/bench_batch_scoring", help="where the export, inputs, scores and result.json go")
+    parser.add_argument("--data_dir", default=os.environ.get("SSL_DATA_DIR", "../shared/data"), help="the data root (default $SSL_DATA_DIR)")
     parser.add_argument("--beam_args", default="--runner=DirectRunner", help="extra flags for the Beam job")
     args = parser.parse_args(argv)
 
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     results["raw"] = {"seconds": raw_seconds, "texts_per_second": len(texts) / raw_seconds}
     print(json.dumps(results["raw"]), flush=True)
 
-    scored = os.path.join(args.output_dirput_dir, "scored")
+    scored = os.path.join(args.output_dir, "scored")
     started = time.perf_counter()
     with open(os.path.join(args.output_dir, "pipeline.log"), "w") as log:
         subprocess.run([sys.executable, "-m", "pipelines", "batch_score", "--export_dir", model_dir, "--input",

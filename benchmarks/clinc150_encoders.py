@@ -323,16 +323,16 @@ def write_markdown(results: dict, path: str) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    parser.add_argument("--workdir", default="runs/bench_encoders")
+    parser.add_argument("--workdir", default="runs/bench_encoders", help="output directory (one workdir per seed; resumable)")
     parser.add_argument("--data_dir", default=None, help="default: $SSL_DATA_DIR")
     parser.add_argument("--encoder", default=None,
                         help="default: DATA_DIR/models/all-MiniLM-L6-v2")
     parser.add_argument("--mlkd_runs", default="runs/bench_clinc150",
                         help="clinc150_ood.py workdir with seed<N>/mlkd students (read only)")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--heldout_intents", type=int, default=30)
-    parser.add_argument("--heldout_repeats", type=int, default=10)
-    parser.add_argument("--throughput_batch", type=int, default=256)
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    parser.add_argument("--heldout_intents", type=int, default=30, help="intents held out per repeat in the held-out-class analysis")
+    parser.add_argument("--heldout_repeats", type=int, default=10, help="repeats of the held-out-class analysis")
+    parser.add_argument("--throughput_batch", type=int, default=256, help="batch size of the throughput measurement")
     parser.add_argument("--knn_only", action="store_true",
                         help="stop after the selection and the k-NN / Mahalanobis rows")
     args = parser.parse_args(argv)

@@ -166,16 +166,16 @@ def write_markdown(results: dict, path: str) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    parser.add_argument("--workdir", default="runs/bench_clinc150")
+    parser.add_argument("--workdir", default="runs/bench_clinc150", help="output directory (one workdir per seed; resumable)")
     parser.add_argument("--data_dir", default=None, help="default: $SSL_DATA_DIR")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    parser.add_argument("--preset", default="cpu", help="text_ood config preset")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="config overrides for pretrain and train (repeatable); each workdir "
                              "only checks the sections it depends on when resumed")
     parser.add_argument("--deadline_minutes", type=float, default=0,
                         help="do not start a seed that would likely end after this many minutes")
-    parser.add_argument("--throughput_batch", type=int, default=256)
+    parser.add_argument("--throughput_batch", type=int, default=256, help="batch size of the throughput measurement")
     parser.add_argument("--detectors", default=",".join(DETECTORS),
                         help="detectors to train and evaluate per seed, in this order")
     parser.add_argument("--student_option", action="append", default=[], metavar="NAME=KEY=VALUE[,KEY=VALUE]",

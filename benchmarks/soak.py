@@ -394,7 +394,7 @@ def summarize(minutes: list[dict]) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--output_dir", required=True, help="where the soak's logs and result.json go")
     parser.add_argument("--minutes", type=int, default=10, help="total soak minutes (resumes finished ones)")
     parser.add_argument("--retrieval_export", default=None, help="retrieval export (default: ScaNN stand-in)")
     parser.add_argument("--ood_export", default=None, help="OoD export (default: stand-in)")

@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", nargs="+", required=True, help="recsys_ssl train workdirs")
     parser.add_argument("--group", default="brand", help="single-valued item feature that defines a group")
     parser.add_argument("--sample", type=int, default=4000, help="items measured per slice")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampled items")
     parser.add_argument("--output_dir", help="write the numbers as JSON here")
     args = parser.parse_args(argv)
     results = {run: run_geometry(run, args.group, args.sample, args.seed) for run in args.runs}

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     parser.add_argument("--preset", default="movielens", help="recsys_ssl config preset of every variant")
     parser.add_argument("--set", action="append", default=[], help="config override KEY=VALUE (repeatable)")
     parser.add_argument("--steps", type=int, default=20, help="steps per variant per round")
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=10, help="rounds over the variants (median over rounds)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, 'none' first")
     args = parser.parse_args(argv)
     variants = {name: VARIANTS[name] for name in args.variants.split(",")}

@@ -29,10 +29,10 @@ from pipelines import synthetic
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument("--num_users", type=int, default=200_000)
-    parser.add_argument("--num_items", type=int, default=200_000)
-    parser.add_argument("--num_interactions", type=int, default=2_000_000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num_users", type=int, default=200_000, help="users generated")
+    parser.add_argument("--num_items", type=int, default=200_000, help="items generated")
+    parser.add_argument("--num_interactions", type=int, default=2_000_000, help="interactions generated")
+    parser.add_argument("--seed", type=int, default=0, help="generator seed")
     parser.add_argument("--output_dir", default=None, help="keep the output here (default: a temp dir, deleted)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

@@ -22,7 +22,7 @@ import sys
 import numpy as np  # noqa: E402
 
 import recsys_ssl  # noqa: E402,F401  (Keras 2 before TensorFlow)
-from pipelines import synthetic_long_tail as lt  # noqa: E402
+from pipelines.synthetic import long_tail as lt  # noqa: E402
 from recsys_ssl import schema as fs  # noqa: E402
 from recsys_ssl.data import FeatureSet  # noqa: E402
 
@@ -83,8 +83,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data", required=True, help="the generator's output directory")
     parser.add_argument("--features", required=True, help="the feature pipeline's output on it")
     parser.add_argument("--sample", type=int, default=3000, help="eval examples ranked")
-    parser.add_argument("--k", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--k", type=int, default=100, help="recall@k of the oracle rankings")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampled eval examples")
     args = parser.parse_args(argv)
     config, items, preferences = regenerate(args.data)
     feature_set = FeatureSet.load(args.features)

@@ -99,9 +99,9 @@ def recsys_runs(workdir: str, features: str) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
-    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--workdir", required=True, help="scratch directory for the three trainings")
     parser.add_argument("--output_file", required=True, help="where the checksums and histories go (JSON)")
-    parser.add_argument("--features", required=True)
+    parser.add_argument("--features", required=True, help="feature directory to train on (fixed, so checksums compare)")
     args = parser.parse_args(argv)
     tf.config.experimental.enable_op_determinism()
     result = {"text": text_stage(args.workdir), **recsys_runs(args.workdir, args.features)}
