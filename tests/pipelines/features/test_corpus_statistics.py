@@ -13,20 +13,8 @@ from apache_beam.testing.util import assert_that
 from pipelines.features import corpus_statistics
 from pipelines.features.corpus_statistics import CorpusStatisticsFn
 from pipelines.features.item_corpus import CorpusItem
-from pipelines.io.records import (
-    InputSpec, ItemFeatureColumn, RawLine,
-)
 
-SPEC = InputSpec(
-    interactions_path="unused", user_id_column="user", item_id_column="item", timestamp_column="ts",
-    weight_column="rating", items_path="unused", items_id_column="item",
-    item_features=(ItemFeatureColumn("genres", "genres", multivalent=True), ItemFeatureColumn("year", "year")),
-)
-HEADER = ("user", "item", "rating", "ts")
-
-
-def _line(offset: int, data: bytes, header=HEADER) -> RawLine:
-    return RawLine("interactions", "f.csv", offset, header, data)
+from tests.pipelines.raw_input import HEADER, SPEC, line as _line  # noqa: E402,F401
 
 
 def test_corpus_statistics_symmetric_mi_with_pairwise_deletion_and_vocab():

@@ -9,19 +9,10 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.features.item_corpus import DeduplicateItems, KeepKnownItems
 from pipelines.io.records import (
-    DEAD_LETTER_TAG, InputSpec, Interaction, Item, ItemFeatureColumn, RawLine,
+    DEAD_LETTER_TAG, Interaction, Item,
 )
 
-SPEC = InputSpec(
-    interactions_path="unused", user_id_column="user", item_id_column="item", timestamp_column="ts",
-    weight_column="rating", items_path="unused", items_id_column="item",
-    item_features=(ItemFeatureColumn("genres", "genres", multivalent=True), ItemFeatureColumn("year", "year")),
-)
-HEADER = ("user", "item", "rating", "ts")
-
-
-def _line(offset: int, data: bytes, header=HEADER) -> RawLine:
-    return RawLine("interactions", "f.csv", offset, header, data)
+from tests.pipelines.raw_input import HEADER, SPEC, line as _line  # noqa: E402,F401
 
 
 def test_items_deduplicated_and_unknown_ids_dead_lettered():

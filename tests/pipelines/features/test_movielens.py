@@ -5,20 +5,8 @@ from __future__ import annotations
 
 
 from pipelines.features import movielens
-from pipelines.io.records import (
-    InputSpec, ItemFeatureColumn, RawLine,
-)
 
-SPEC = InputSpec(
-    interactions_path="unused", user_id_column="user", item_id_column="item", timestamp_column="ts",
-    weight_column="rating", items_path="unused", items_id_column="item",
-    item_features=(ItemFeatureColumn("genres", "genres", multivalent=True), ItemFeatureColumn("year", "year")),
-)
-HEADER = ("user", "item", "rating", "ts")
-
-
-def _line(offset: int, data: bytes, header=HEADER) -> RawLine:
-    return RawLine("interactions", "f.csv", offset, header, data)
+from tests.pipelines.raw_input import HEADER, SPEC, line as _line  # noqa: E402,F401
 
 
 def test_movielens_item_adapter():

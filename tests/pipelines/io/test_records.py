@@ -8,20 +8,11 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.io.records import (
-    DEAD_LETTER_TAG, DeadLetter, InputSpec, Interaction, Item, ItemFeatureColumn, ParseRecords, RawLine,
+    DEAD_LETTER_TAG, DeadLetter, Interaction, Item, ParseRecords, RawLine,
     interaction_parser, item_parser,
 )
 
-SPEC = InputSpec(
-    interactions_path="unused", user_id_column="user", item_id_column="item", timestamp_column="ts",
-    weight_column="rating", items_path="unused", items_id_column="item",
-    item_features=(ItemFeatureColumn("genres", "genres", multivalent=True), ItemFeatureColumn("year", "year")),
-)
-HEADER = ("user", "item", "rating", "ts")
-
-
-def _line(offset: int, data: bytes, header=HEADER) -> RawLine:
-    return RawLine("interactions", "f.csv", offset, header, data)
+from tests.pipelines.raw_input import HEADER, SPEC, line as _line  # noqa: E402,F401
 
 
 def test_parse_interactions_routes_bad_rows_to_dead_letters():
