@@ -40,6 +40,21 @@ from serving.export import atomic_version_dir
 INDEXES = ("brute_force", "scann")
 
 
+def scann_defaults(num_items: int, k: int, num_leaves: int | None = None) -> dict:
+    """ScaNN index parameters for a corpus of ``num_items`` returning ``k`` items.
+
+    ``num_leaves`` ~ 2 sqrt(N) (at most 4,000), ``num_leaves_to_search`` a fifth of them (at most
+    200), ``num_reordering_candidates`` max(2k, 200, N / 5,000). Up to 250k items this is the rule
+    the project always used; above it the caps follow the 10M x 64 measurement (BENCHMARKS.md,
+    issue 25): with 4,000 leaves recall@10 is set by the re-scoring depth (reorder 500: 0.89,
+    2,000: 0.97), not by the leaves searched (100 and 500 give the same recall). A given
+    ``num_leaves`` replaces the first rule (the number searched follows it).
+    """
+    num_leaves = num_leaves or max(1, min(4000, int(np.sqrt(num_items) * 2)))
+    return {"num_leaves": num_leaves, "num_leaves_to_search": max(1, min(200, num_leaves // 5)),
+            "num_reordering_candidates": max(k * 2, 200, num_items // 5000)}
+
+
 def build_index(query_tower: tf.keras.Model, item_embeddings: np.ndarray, item_ids: np.ndarray, index: str,
                 k: int, scann_options: dict | None = None) -> tf.keras.Model:
     """A TFRS top-k layer over the corpus embeddings.
@@ -50,17 +65,16 @@ def build_index(query_tower: tf.keras.Model, item_embeddings: np.ndarray, item_i
       item_ids: [num_items] item id strings.
       index: "brute_force" or "scann".
       k: number of items returned.
-      scann_options: keyword arguments of ``tfrs.layers.factorized_top_k.ScaNN`` (num_leaves, ...).
+      scann_options: keyword arguments of ``tfrs.layers.factorized_top_k.ScaNN`` (num_leaves, ...)
+        over :func:`scann_defaults`; ``None`` values keep the default.
     """
     k = min(k, len(item_ids))
     if index == "brute_force":
         layer = tfrs.layers.factorized_top_k.BruteForce(query_tower, k=k)
     elif index == "scann":
-        options = {"num_leaves": max(1, min(1000, int(np.sqrt(len(item_ids)) * 2))),
-                   "num_leaves_to_search": None, "num_reordering_candidates": max(k * 2, 200)}
-        options.update(scann_options or {})
-        if options["num_leaves_to_search"] is None:
-            options["num_leaves_to_search"] = max(1, options["num_leaves"] // 5)
+        given = {key: value for key, value in (scann_options or {}).items() if value is not None}
+        options = scann_defaults(len(item_ids), k, given.get("num_leaves"))
+        options.update(given)
         layer = tfrs.layers.factorized_top_k.ScaNN(query_tower, k=k, **options)
     else:
         raise ValueError(f"index must be one of {INDEXES}, received {index!r}")

@@ -17,6 +17,7 @@ import tensorflow as tf
 from recsys_ssl import __main__ as cli
 from recsys_ssl import config as config_lib
 from recsys_ssl.data import FeatureSet
+from recsys_ssl.export import build_index, scann_defaults
 from recsys_ssl.train import Trainer
 from recsys_ssl.workdir import build_model
 from core import config as dataclass_config
@@ -185,7 +186,10 @@ def test_scann_export_loads_with_scann_ops(features_dir, tmp_path, overrides):
     workdir = str(tmp_path / "run")
     Trainer(features_dir, workdir, _config(**{"train.epochs": 1, **overrides})).run()
     export_dir = str(tmp_path / "scann")
-    assert cli.main(["export", "--workdir", workdir, "--export_dir", export_dir, "--index", "scann", "--k", "5"]) == 0
+    # The ScaNN knobs of the command, set explicitly in one of the two runs.
+    knobs = ["--num_leaves", "4", "--leaves_to_search", "2", "--reorder", "50"] if overrides else []
+    assert cli.main(["export", "--workdir", workdir, "--export_dir", export_dir, "--index", "scann", "--k", "5",
+                     *knobs]) == 0
     code = (
         "import scann, serving, tensorflow as tf\n"
         f"m = tf.saved_model.load({os.path.join(export_dir, '1')!r})\n"
@@ -195,6 +199,36 @@ def test_scann_export_loads_with_scann_ops(features_dir, tmp_path, overrides):
     process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert process.returncode == 0, process.stderr[-2000:]
     assert "(1, 5) (1, 5)" in process.stdout
+
+
+def test_scann_defaults_keep_the_old_rule_up_to_250k_items_and_follow_the_10m_measurement():
+    for num_items in (3, 100, 9_742, 100_000, 250_000):  # the rule before issue 25
+        leaves = max(1, min(1000, int(np.sqrt(num_items) * 2)))
+        assert scann_defaults(num_items, 100) == {"num_leaves": leaves, "num_leaves_to_search": max(1, leaves // 5),
+                                                  "num_reordering_candidates": 200}
+    assert scann_defaults(10_000_000, 10) == {"num_leaves": 4000, "num_leaves_to_search": 200,
+                                              "num_reordering_candidates": 2000}
+    assert scann_defaults(10_000_000, 10, num_leaves=50)["num_leaves_to_search"] == 10
+
+
+def test_build_index_takes_the_given_scann_options_over_the_defaults():
+    vectors = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
+    ids = np.array([f"i{n}" for n in range(300)])
+    layer = build_index(None, vectors, ids, "scann", 5, {"num_reordering_candidates": 40, "num_leaves": None})
+    assert layer._num_reordering_candidates == 40
+    assert build_index(None, vectors, ids, "scann", 5)._num_reordering_candidates == 200
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--reorder", "500"], "--reorder tune the ScaNN index: use them with --index scann"),
+    (["--index", "scann", "--num_leaves", "0"], "--num_leaves must be >= 1"),
+    (["--index", "scann", "--leaves_to_search", "many"], "expected an integer"),
+])
+def test_export_refuses_scann_knobs_it_cannot_use(tmp_path, capsys, argv, message):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    assert cli.main(["export", "--workdir", str(workdir), "--export_dir", str(tmp_path / "e"), *argv]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(features_dir, tmp_path):
